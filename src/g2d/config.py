@@ -1,0 +1,162 @@
+"""The experiment config: typed dataclasses, read from YAML and dotted ``key=value`` overrides.
+
+OmegaConf merges the YAML file and the overrides onto the schema below, so a misspelt key
+or a value of the wrong type is an error that names the key. Method hyperparameters are a
+free-form mapping here because each method validates its own (see ``g2d.methods``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from g2d.errors import G2DError
+
+
+@dataclass
+class DatasetConfig:
+    """Which data, where it lives, which modalities, and how validation/test are carved."""
+
+    name: str = "mfeat"
+    root: Optional[str] = None
+    modalities: list[str] = field(default_factory=list)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+
+@dataclass
+class EncoderConfig:
+    """One encoder. ``name: auto`` picks the MLP for vectors and ResNet-18 for images/video."""
+
+    name: str = "auto"
+    width: int = 64
+    hidden: list[int] = field(default_factory=lambda: [128])
+    dropout: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    """Fusion plus encoders; ``encoders.<modality>`` overrides ``encoder`` for that modality."""
+
+    fusion: str = "late"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    encoders: dict[str, EncoderConfig] = field(default_factory=dict)
+
+    def encoder_for(self, modality: str) -> EncoderConfig:
+        return self.encoders.get(modality, self.encoder)
+
+
+@dataclass
+class SMPConfig:
+    """Sequential Modality Prioritization and the partial alternative (see ``g2d.methods.smp``).
+
+    ``enabled: null`` means the method's default (on for ``g2d``, off otherwise).
+    ``tau: null`` gives the prioritized phases the first half of training, split evenly.
+    """
+
+    enabled: Optional[bool] = None
+    schedule: str = "ranked"
+    tau: Optional[list[int]] = None
+    modulator: str = "complete"
+    partial_alpha: float = 1.0
+    suppression: str = "freeze"
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and step decay; the defaults are the paper's (A.4.2)."""
+
+    name: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step: int = 200
+    lr_gamma: float = 0.1
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop's settings."""
+
+    epochs: int = 300
+    batch_size: int = 16
+    eval_batch_size: int = 256
+    device: str = "auto"
+    progress: bool = True
+    resume: bool = False
+
+
+@dataclass
+class TeachersConfig:
+    """Where unimodal teachers live; missing ones are trained first when a run needs them."""
+
+    root: Optional[str] = None
+    epochs: Optional[int] = None
+    train_missing: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment. ``out`` is the run folder."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "g2d"})
+    smp: SMPConfig = field(default_factory=SMPConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    seed: int = 0
+    out: Optional[str] = None
+
+    @property
+    def method_name(self) -> str:
+        return str(self.method.get("name", ""))
+
+    def run_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        return Path("runs") / f"{self.dataset.name}_{self.method_name}_seed{self.seed}"
+
+    def teachers_dir(self) -> Path:
+        if self.teachers.root:
+            return Path(self.teachers.root)
+        return self.run_dir().parent / "teachers"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Build an ``ExperimentConfig`` from an optional YAML file and ``key=value`` overrides."""
+    schema = OmegaConf.structured(ExperimentConfig)
+    layers: list[DictConfig] = [schema]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise G2DError(f"config file not found: {path}")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as exc:  # yaml errors come in several types
+            raise G2DError(f"{path}: not a readable YAML config ({exc})") from exc
+    for item in overrides or []:
+        if "=" not in item:
+            raise G2DError(f"override {item!r} is not of the form key=value")
+    try:
+        if overrides:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        where = f"config key {key}" if key else "config"
+        raise G2DError(f"{where}: {str(exc).splitlines()[0]}") from exc
+    assert isinstance(config, ExperimentConfig)
+    return config
+
+
+def to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """The config as plain data, for metrics.json and checkpoints."""
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,170 @@
+"""The in-memory multimodal dataset every loader returns, and the batch iterator over it.
+
+Datasets are decoded once into arrays; a batch is a dict keyed by modality name plus
+``"label"``, cut from those arrays by index, so no per-item Python runs in an epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from g2d.errors import G2DError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ModalitySpec:
+    """What an encoder needs to know about one modality's input.
+
+    ``kind`` is ``"vector"`` (shape ``(d,)``), ``"image"`` (``(C, H, W)``; spectrograms
+    are 1-channel images) or ``"video"`` (``(T, C, H, W)``). ``scale`` multiplies the
+    stored values after conversion to float (1/255 for uint8 pixels), so data can stay
+    compact in memory.
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+    scale: float = 1.0
+
+
+@dataclass
+class MultimodalData:
+    """A whole dataset in memory: ``splits[split][modality or "label"]`` is a tensor.
+
+    Labels are int64 class indices for classification and float targets for regression.
+    """
+
+    name: str
+    task: str
+    num_classes: int
+    modalities: dict[str, ModalitySpec]
+    splits: dict[str, dict[str, torch.Tensor]]
+    class_names: list[str] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in ("classification", "regression"):
+            raise G2DError(f"dataset {self.name}: task must be classification or regression, got {self.task!r}")
+        for split in SPLITS:
+            if split not in self.splits:
+                raise G2DError(f"dataset {self.name}: missing split {split!r}")
+            tensors = self.splits[split]
+            sizes = {key: len(value) for key, value in tensors.items()}
+            if len(set(sizes.values())) != 1:
+                raise G2DError(f"dataset {self.name}: split {split} has arrays of different lengths {sizes}")
+            for modality, spec in self.modalities.items():
+                if modality not in tensors:
+                    raise G2DError(f"dataset {self.name}: split {split} lacks modality {modality!r}")
+                if tuple(tensors[modality].shape[1:]) != tuple(spec.shape):
+                    raise G2DError(
+                        f"dataset {self.name}: split {split} modality {modality!r} has per-sample shape "
+                        f"{tuple(tensors[modality].shape[1:])}, expected {tuple(spec.shape)}"
+                    )
+
+    def size(self, split: str) -> int:
+        return len(self.splits[split]["label"])
+
+    def select(self, modalities: list[str]) -> "MultimodalData":
+        """The same data restricted to ``modalities`` (in that order); unknown names are an error."""
+        unknown = [m for m in modalities if m not in self.modalities]
+        if unknown:
+            raise G2DError(
+                f"dataset {self.name}: unknown modality {unknown[0]!r} (dataset.modalities); "
+                f"available: {', '.join(self.modalities)}"
+            )
+        keep = list(modalities) + ["label"]
+        return MultimodalData(
+            name=self.name,
+            task=self.task,
+            num_classes=self.num_classes,
+            modalities={m: self.modalities[m] for m in modalities},
+            splits={s: {k: t[k] for k in keep} for s, t in self.splits.items()},
+            class_names=self.class_names,
+            notes=self.notes,
+        )
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (rest, held_out) with ``fraction`` of each class held out, deterministically."""
+    if not 0.0 < fraction < 1.0:
+        raise G2DError(f"split fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    held: list[np.ndarray] = []
+    for value in np.unique(labels):
+        idx = np.flatnonzero(labels == value)
+        rng.shuffle(idx)
+        held.append(idx[: max(1, int(round(fraction * len(idx))))])
+    held_out = np.sort(np.concatenate(held))
+    rest = np.setdiff1d(np.arange(len(labels)), held_out)
+    return rest, held_out
+
+
+def random_split(size: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(size)`` into (rest, held_out) for regression targets, deterministically."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(size)
+    cut = max(1, int(round(fraction * size)))
+    return np.sort(order[cut:]), np.sort(order[:cut])
+
+
+class Batches:
+    """Iterates over one split in batches of dicts, shuffled by a seeded generator per epoch.
+
+    The order for epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same
+    batches as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        tensors: dict[str, torch.Tensor],
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise G2DError(f"trainer.batch_size must be >= 1, got {batch_size}")
+        self.tensors = tensors
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.size = len(next(iter(tensors.values())))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.size // self.batch_size
+        return (self.size + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield {key: value[index] for key, value in self.tensors.items()}
+
+
+def to_device(batch: dict[str, torch.Tensor], data: MultimodalData, device: torch.device) -> dict[str, torch.Tensor]:
+    """Move a batch to ``device`` and turn stored modality arrays into scaled float32 tensors."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in batch.items():
+        value = value.to(device, non_blocking=True)
+        if key in data.modalities:
+            value = value.float()
+            scale = data.modalities[key].scale
+            if scale != 1.0:
+                value = value * scale
+        out[key] = value
+    return out

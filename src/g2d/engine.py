@@ -1,0 +1,278 @@
+"""The one training loop: steps, modulation, per-epoch evaluation, checkpoints and resume.
+
+The step makes no host synchronization: losses, accuracy and SMP coefficients are
+accumulated on the device and read once per epoch; SMP's choice is a tensor multiplied into
+gradients. Checkpoints are written atomically after each epoch, so an interrupted run
+resumes (``trainer.resume=true``) to the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from g2d.config import ExperimentConfig, OptimConfig, to_dict
+from g2d.data.base import Batches, MultimodalData, to_device
+from g2d.errors import G2DError
+from g2d.evaluate import evaluate, selection_score
+from g2d.methods.base import Method, TeacherOutputs
+from g2d.methods.losses import teacher_confidence
+from g2d.methods.smp import Modulator
+
+RESUME_IGNORED_KEYS = ("trainer.resume", "trainer.progress")
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` is CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise G2DError(f"config key trainer.device: {exc}") from exc
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.name == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.name == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.name == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise G2DError(f"config key optim.name: unknown optimizer {config.name!r} (choose from sgd, adam, adamw)")
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
+
+
+def save_weights(path: Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    """Load a safetensors state dict; a missing file or mismatched keys name the file."""
+    if not path.is_file():
+        raise G2DError(f"weights file not found: {path}")
+    try:
+        state = load_file(str(path))
+        model.load_state_dict(state)
+    except Exception as exc:
+        raise G2DError(f"{path}: cannot load weights into this model ({str(exc).splitlines()[0]})") from exc
+
+
+class TeacherEnsemble(nn.Module):
+    """Frozen unimodal teachers, run in eval mode without gradients."""
+
+    def __init__(self, teachers: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.teachers = nn.ModuleDict(teachers)
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, inputs: dict[str, torch.Tensor]) -> TeacherOutputs:
+        self.eval()
+        features, logits = {}, {}
+        for modality, teacher in self.teachers.items():
+            output = teacher({modality: inputs[modality]})
+            features[modality] = output.features[modality]
+            logits[modality] = output.logits
+        return TeacherOutputs(features=features, logits=logits)
+
+
+@torch.no_grad()
+def dataset_confidence(
+    teachers: TeacherEnsemble, data: MultimodalData, device: torch.device, batch_size: int
+) -> torch.Tensor:
+    """Teachers' confidence (Eq. 5) averaged over the whole training split, ``[k]``."""
+    modalities = list(teachers.teachers)
+    total = torch.zeros(len(modalities), device=device)
+    for batch in Batches(data.splits["train"], batch_size, shuffle=False):
+        inputs = to_device(batch, data, device)
+        logits = teachers(inputs).stacked_logits(modalities)
+        total += teacher_confidence(logits, inputs["label"], data.task) * len(inputs["label"])
+    return total / data.size("train")
+
+
+@dataclass
+class FitResult:
+    """What a finished run knows: the epoch chosen on validation, its metrics, and the history."""
+
+    best_epoch: int
+    best_val: dict
+    history: list[dict] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def fit(
+    model: nn.Module,
+    method: Method,
+    data: MultimodalData,
+    config: ExperimentConfig,
+    run_dir: Path,
+    teachers: TeacherEnsemble | None = None,
+    modulator: Modulator | None = None,
+    device: torch.device | None = None,
+) -> FitResult:
+    """Train ``model`` with ``method`` for ``trainer.epochs``; keep the best validation epoch's weights."""
+    device = device or select_device(config.trainer.device)
+    model.to(device)
+    if teachers is not None:
+        teachers.to(device)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.optim.lr_step, gamma=config.optim.lr_gamma)
+    batches = Batches(data.splits["train"], config.trainer.batch_size, shuffle=True, seed=config.seed, drop_last=True)
+    if len(batches) == 0:
+        raise G2DError(
+            f"config key trainer.batch_size: {config.trainer.batch_size} is larger than the "
+            f"{batches.size} training rows of {data.name}"
+        )
+    checkpoints = run_dir / "checkpoints"
+    state = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": -math.inf, "best_val": {}, "wall": 0.0}
+    if config.trainer.resume and (checkpoints / "last_state.pt").is_file():
+        state = resume(checkpoints, model, optimizer, scheduler, config)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tb"))
+    modalities = list(data.modalities)
+    epochs = config.trainer.epochs
+    bar = tqdm(range(state["epoch"], epochs), desc=f"{method.name} {run_dir.name}", unit="epoch",
+               initial=state["epoch"], total=epochs, disable=None if config.trainer.progress else True, leave=False)
+    try:
+        for epoch in bar:
+            started = time.perf_counter()
+            batches.set_epoch(epoch)
+            method.on_epoch_start(epoch)
+            model.train()
+            modulating = modulator is not None and modulator.active(epoch)
+            sums: dict[str, torch.Tensor] = {}
+            seen = 0
+            for batch in batches:
+                inputs = to_device(batch, data, device)
+                output = model(inputs)
+                teacher_out = teachers(inputs) if teachers is not None else None
+                loss, terms = method.loss(output, inputs, teacher_out)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                size = len(inputs["label"])
+                terms = {"loss": loss.detach(), **terms}
+                if modulating:
+                    assert teacher_out is not None
+                    confidence = teacher_confidence(teacher_out.stacked_logits(modalities), inputs["label"], data.task)
+                    kappa = modulator.coefficients(epoch, confidence)
+                    modulator.scale_gradients(kappa)
+                    modulator.optimizer_step(optimizer, kappa)
+                    for index, modality in enumerate(modalities):
+                        terms[f"kappa/{modality}"] = kappa[index]
+                else:
+                    optimizer.step()
+                if data.task == "classification":
+                    terms["accuracy"] = (output.logits.detach().argmax(dim=-1) == inputs["label"]).float().mean()
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + value.float() * size
+                seen += size
+            scheduler.step()
+            names = list(sums)
+            values = (torch.stack([sums[n] for n in names]) / seen).tolist()
+            train_stats = dict(zip(names, values))
+            if not all(math.isfinite(v) for v in train_stats.values()):
+                raise G2DError(
+                    f"epoch {epoch}: training produced a non-finite value ({train_stats}); "
+                    f"the last good checkpoint is kept in {checkpoints}"
+                )
+            val = evaluate(model, data, "val", device, config.trainer.eval_batch_size)
+            score = selection_score(val, data.task)
+            state["wall"] += time.perf_counter() - started
+            record = {"epoch": epoch, "train": train_stats, "val": val, "lr": optimizer.param_groups[0]["lr"]}
+            state["history"].append(record)
+            log_epoch(writer, record, epoch)
+            if score > state["best_score"]:
+                state.update(best_epoch=epoch, best_score=score, best_val=val)
+                save_weights(checkpoints / "best.safetensors", model)
+            state["epoch"] = epoch + 1
+            save_checkpoint(checkpoints, model, optimizer, scheduler, state, config)
+            bar.set_postfix(loss=f"{train_stats['loss']:.3f}", val=f"{score:.3f}")
+    finally:
+        writer.close()
+        bar.close()
+    load_weights(checkpoints / "best.safetensors", model)
+    return FitResult(state["best_epoch"], state["best_val"], state["history"], state["wall"])
+
+
+def log_epoch(writer: Any, record: dict, epoch: int) -> None:
+    for name, value in record["train"].items():
+        writer.add_scalar(f"train/{name}", value, epoch)
+    for scope, metrics in (("val/multimodal", record["val"]["multimodal"]),
+                           *((f"val/{m}", v) for m, v in record["val"]["per_modality"].items())):
+        for name, value in metrics.items():
+            writer.add_scalar(f"{scope}/{name}", value, epoch)
+    writer.add_scalar("lr", record["lr"], epoch)
+
+
+def save_checkpoint(
+    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict,
+    config: ExperimentConfig,
+) -> None:
+    """Weights (safetensors) and the loop's own state (a torch file loaded with weights_only)."""
+    save_weights(folder / "last.safetensors", model)
+    payload = {
+        "state": state,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "config": json.dumps(to_dict(config), sort_keys=True),
+    }
+    atomic_write(folder / "last_state.pt", lambda tmp: torch.save(payload, tmp))
+
+
+def resume(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, config: ExperimentConfig) -> dict:
+    """Restore the loop from ``folder``; the config must match the interrupted run's."""
+    path = folder / "last_state.pt"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise G2DError(f"{path}: not a readable g2d checkpoint ({str(exc).splitlines()[0]})") from exc
+    saved, current = flatten(json.loads(payload["config"])), flatten(to_dict(config))
+    for key in sorted(set(saved) | set(current)):
+        if key not in RESUME_IGNORED_KEYS and saved.get(key) != current.get(key):
+            raise G2DError(
+                f"config key {key}: {current.get(key)!r} differs from the interrupted run's "
+                f"{saved.get(key)!r} in {path}; use a new out= folder or the same config"
+            )
+    load_weights(folder / "last.safetensors", model)
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    torch.set_rng_state(payload["rng"])
+    return payload["state"]
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` to ``{"a.b": 1}``, for naming the key where two configs differ."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    items: dict[str, Any] = {}
+    for key, value in tree.items():
+        items.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return items

@@ -1,0 +1,63 @@
+"""Loss terms and teacher confidence shared by the methods (G²D paper, Eq. 1-5)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    """Eq. 1: cross-entropy for classification, MSE of a sigmoid output for regression.
+
+    Regression targets are expected already scaled to [0, 1] by the dataset.
+    """
+    if task == "classification":
+        return F.cross_entropy(logits, labels)
+    return F.mse_loss(torch.sigmoid(logits.squeeze(-1)), labels.float())
+
+
+def feature_distillation(
+    student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Eq. 2 per modality: mean squared error between student and teacher encoder features.
+
+    Mean-reduced over batch and feature dimensions, as the authors' code does.
+    """
+    return {m: F.mse_loss(student[m], teacher[m]) for m in teacher}
+
+
+def logit_distillation(
+    student_logits: torch.Tensor,
+    teacher_logits: dict[str, torch.Tensor],
+    task: str,
+    temperature: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Eq. 3 per modality: KL(softmax(teacher_m / T) || softmax(student / T)) * T^2, batch mean.
+
+    For regression there is no class distribution, so the term is the MSE between the
+    student's and the teacher's sigmoid predictions.
+    """
+    if task == "regression":
+        prediction = torch.sigmoid(student_logits.squeeze(-1))
+        return {m: F.mse_loss(prediction, torch.sigmoid(t.squeeze(-1))) for m, t in teacher_logits.items()}
+    student_log_p = F.log_softmax(student_logits / temperature, dim=-1)
+    return {
+        m: F.kl_div(student_log_p, F.log_softmax(t / temperature, dim=-1), reduction="batchmean", log_target=True)
+        * temperature**2
+        for m, t in teacher_logits.items()
+    }
+
+
+def teacher_confidence(teacher_logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    """Eq. 5: per modality, the batch mean of the teacher's probability of the true class.
+
+    ``teacher_logits`` is stacked ``[k, B, C]``; returns ``[k]``. For regression the
+    confidence is ``1 - mean |sigmoid(prediction) - target|`` on the [0, 1] target scale:
+    like the true-class probability it lies in [0, 1] and grows as the teacher is right.
+    """
+    if task == "regression":
+        error = (torch.sigmoid(teacher_logits.squeeze(-1)) - labels.float().unsqueeze(0)).abs()
+        return 1.0 - error.mean(dim=1)
+    probabilities = teacher_logits.float().softmax(dim=-1)
+    index = labels.view(1, -1, 1).expand(probabilities.shape[0], -1, 1)
+    return probabilities.gather(-1, index).squeeze(-1).mean(dim=1)

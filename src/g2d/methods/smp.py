@@ -1,0 +1,171 @@
+"""Sequential Modality Prioritization (SMP, Eq. 6-8) and partial (OGM-style) modulation.
+
+Any method can be given this modulator. Each step it yields a coefficient per modality,
+kappa (a device tensor, never read on the host), which scales that modality's encoder
+gradients; with ``suppression: freeze`` a zero coefficient also keeps the optimizer from
+moving the encoder at all (no momentum, no weight decay), as Eq. 8 reads.
+
+Schedules (both follow Eq. 6: the j-th weakest modality alone for tau_j epochs, j < k,
+then all modalities together):
+- ``ranked``: modalities ranked once, by the teachers' mean confidence over the training set.
+- ``dynamic``: ranked anew on every batch from that batch's teacher confidence (Eq. 5); for
+  k = 2 and ``tau = [150]`` this is the authors' code, which zeroes the more confident
+  modality per batch for the first 150 epochs.
+
+Ties: modalities with equal confidence share the ranks they span, so each of them trains in
+every phase any of those ranks owns (the authors' code raises an error instead).
+
+Modulators: ``complete`` gives kappa in {0, 1} as above; ``partial`` keeps every modality
+training and scales the gradients of each modality m more confident than the weakest by
+``1 - tanh(partial_alpha * rho_m / rho_min)`` (OGM-GE's coefficient, Table 6) during the
+same window as the prioritized phases.
+
+Suppression, i.e. what kappa touches: ``freeze`` (all encoder parameters, and a zero
+coefficient leaves parameters and optimizer state bit-identical), ``zero_grad`` (all encoder
+gradients scaled; momentum and weight decay still move the encoder) or ``conv_grad`` (only
+4-D convolution weight gradients, as the authors' and OGM-GE's codes do).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from g2d.config import SMPConfig
+from g2d.errors import G2DError
+
+SCHEDULES = ("ranked", "dynamic")
+MODULATORS = ("complete", "partial")
+SUPPRESSIONS = ("freeze", "zero_grad", "conv_grad")
+
+
+def resolve_tau(tau: list[int] | None, num_modalities: int, epochs: int) -> list[int]:
+    """Epochs of each prioritized phase: ``k - 1`` entries; by default half of training, split evenly."""
+    phases = num_modalities - 1
+    if tau is None:
+        share = max(1, epochs // (2 * phases)) if epochs > 1 else 0
+        return [share] * phases
+    if len(tau) != phases:
+        raise G2DError(
+            f"config key smp.tau: needs {phases} entries for {num_modalities} modalities "
+            f"(epochs for each prioritized modality before joint training), got {list(tau)}"
+        )
+    if any(int(t) < 0 for t in tau):
+        raise G2DError(f"config key smp.tau: epochs must be >= 0, got {list(tau)}")
+    return [int(t) for t in tau]
+
+
+def phase_of(epoch: int, tau: list[int]) -> int:
+    """The SMP phase of a 0-based epoch: ``j`` while the j-th weakest leads, ``len(tau)`` when all train."""
+    boundary = 0
+    for index, length in enumerate(tau):
+        boundary += length
+        if epoch < boundary:
+            return index
+    return len(tau)
+
+
+def priority_mask(confidence: torch.Tensor, phase: int) -> torch.Tensor:
+    """Eq. 7: 1 for the modality ranked ``phase`` (0 = least confident), else 0; all ones once joint.
+
+    Vectorized with no host synchronization. A modality's ranks span from the number of
+    strictly less confident modalities to that plus its ties, minus one.
+    """
+    k = confidence.shape[0]
+    if phase >= k - 1:
+        return torch.ones_like(confidence)
+    lower = (confidence.unsqueeze(0) < confidence.unsqueeze(1)).sum(dim=1)
+    equal = (confidence.unsqueeze(0) == confidence.unsqueeze(1)).sum(dim=1)
+    first_rank, last_rank = lower, lower + equal - 1
+    return ((first_rank <= phase) & (phase <= last_rank)).to(confidence.dtype)
+
+
+def partial_coefficients(confidence: torch.Tensor, alpha: float) -> torch.Tensor:
+    """OGM-GE's ``1 - tanh(alpha * rho_m / rho_min)`` for modalities above the weakest; 1 for the weakest."""
+    ratio = confidence / confidence.min().clamp_min(1e-12)
+    return torch.where(ratio > 1.0, 1.0 - torch.tanh(alpha * ratio), torch.ones_like(ratio))
+
+
+class Modulator:
+    """Applies SMP (or partial modulation) to the encoders of a multimodal model."""
+
+    def __init__(self, config: SMPConfig, encoders: dict[str, list[nn.Parameter]], epochs: int) -> None:
+        for key, value, allowed in (
+            ("schedule", config.schedule, SCHEDULES),
+            ("modulator", config.modulator, MODULATORS),
+            ("suppression", config.suppression, SUPPRESSIONS),
+        ):
+            if value not in allowed:
+                raise G2DError(f"config key smp.{key}: unknown value {value!r} (choose from {', '.join(allowed)})")
+        if len(encoders) < 2:
+            raise G2DError("config key smp.enabled: SMP needs at least two modalities")
+        self.config = config
+        self.modalities = list(encoders)
+        self.tau = resolve_tau(config.tau, len(encoders), epochs)
+        self.window = sum(self.tau)
+        self.dataset_confidence: torch.Tensor | None = None
+        self.targets: list[list[nn.Parameter]] = [
+            [p for p in params if config.suppression != "conv_grad" or p.dim() == 4] for params in encoders.values()
+        ]
+
+    @property
+    def needs_dataset_confidence(self) -> bool:
+        return self.config.schedule == "ranked"
+
+    def set_dataset_confidence(self, confidence: torch.Tensor) -> None:
+        """Teachers' mean confidence over the training set, for the ranked schedule."""
+        self.dataset_confidence = confidence
+
+    def active(self, epoch: int) -> bool:
+        """Whether ``epoch`` lies in the modulation window (a host-side decision on the epoch alone)."""
+        return epoch < self.window
+
+    def ranking(self) -> list[str]:
+        """Modalities from least to most confident over the training set (ranked schedule only)."""
+        assert self.dataset_confidence is not None
+        order = torch.argsort(self.dataset_confidence.cpu(), stable=True).tolist()
+        return [self.modalities[i] for i in order]
+
+    def coefficients(self, epoch: int, batch_confidence: torch.Tensor) -> torch.Tensor:
+        """kappa for this step, ``[k]`` on the confidence's device."""
+        confidence = batch_confidence
+        if self.config.schedule == "ranked":
+            assert self.dataset_confidence is not None, "ranked SMP needs set_dataset_confidence() first"
+            confidence = self.dataset_confidence.to(batch_confidence.device)
+        if self.config.modulator == "partial":
+            return partial_coefficients(confidence, self.config.partial_alpha)
+        return priority_mask(confidence, phase_of(epoch, self.tau))
+
+    def scale_gradients(self, kappa: torch.Tensor) -> None:
+        """Multiply each targeted encoder gradient by its modality's coefficient, on the device."""
+        for index, params in enumerate(self.targets):
+            for param in params:
+                if param.grad is not None:
+                    param.grad.mul_(kappa[index])
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, kappa: torch.Tensor) -> None:
+        """``optimizer.step()``; under ``freeze``, encoders with kappa == 0 keep parameters and state.
+
+        Optimizer state that does not exist yet counts as zeros, which is what SGD's momentum
+        and Adam's moments start from. Selection uses ``torch.where``, so nothing syncs.
+        """
+        if self.config.suppression != "freeze":
+            optimizer.step()
+            return
+        saved = []
+        for index, params in enumerate(self.targets):
+            for param in params:
+                state = {name: value.clone() for name, value in optimizer.state.get(param, {}).items() if torch.is_tensor(value)}
+                saved.append((index, param, param.detach().clone(), state))
+        optimizer.step()
+        frozen = kappa == 0
+        with torch.no_grad():
+            for index, param, old_value, old_state in saved:
+                keep = frozen[index]
+                param.copy_(torch.where(keep, old_value, param))
+                for name, value in optimizer.state.get(param, {}).items():
+                    if torch.is_tensor(value):
+                        previous = old_state.get(name)
+                        if previous is None:
+                            previous = torch.zeros_like(value)
+                        value.copy_(torch.where(keep, previous, value))

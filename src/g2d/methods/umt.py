@@ -1,0 +1,35 @@
+"""UMT (Du et al. 2023): task loss plus feature distillation from unimodal teachers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from g2d.methods.base import Method, TeacherOutputs
+from g2d.methods.losses import feature_distillation, task_loss
+from g2d.models.multimodal import ModelOutput
+
+
+@dataclass
+class UMTParams:
+    """Weight of the feature-distillation term (10 in a public implementation of UMT)."""
+
+    feature_weight: float = 10.0
+
+
+class UMT(Method):
+    """L = L_S + feature_weight * sum_m MSE(student feature_m, teacher feature_m)."""
+
+    name = "umt"
+    Params = UMTParams
+    uses_teachers = True
+
+    def loss(
+        self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert teachers is not None, "UMT needs teacher outputs"
+        student = task_loss(output.logits, batch["label"], self.task)
+        feature = sum(feature_distillation(output.features, teachers.features).values())
+        loss = student + self.params.feature_weight * feature
+        return loss, {"task": student.detach(), "feature": feature.detach()}

@@ -1,0 +1,140 @@
+"""Unimodal teachers as explicit artifacts: safetensors weights plus JSON metadata, checked on load.
+
+A teacher for modality ``m`` is a one-modality ``MultimodalModel`` (the student's encoder
+config for ``m`` and a linear head), trained with the task loss alone. Its folder
+``<teachers.root>/teacher_<m>/`` holds ``teacher.safetensors``, ``teacher.json`` and the
+usual run files (``metrics.json``, checkpoints, TensorBoard logs).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from g2d.config import ExperimentConfig, ModelConfig
+from g2d.data.base import MultimodalData
+from g2d.errors import G2DError
+from g2d.models.multimodal import MultimodalModel
+
+FORMAT = "g2d-teacher/1"
+
+
+def teacher_dir(config: ExperimentConfig, modality: str) -> Path:
+    return config.teachers_dir() / f"teacher_{modality}"
+
+
+def teacher_model_config(config: ExperimentConfig, modality: str) -> ModelConfig:
+    """Late fusion over one modality is an encoder plus a linear head."""
+    return ModelConfig(fusion="late", encoder=copy.deepcopy(config.model.encoder_for(modality)), encoders={})
+
+
+def data_fingerprint(data: MultimodalData, modality: str) -> str:
+    """A hash of the training rows a teacher sees, so one trained on other data is caught."""
+    digest = hashlib.sha256()
+    for tensor in (data.splits["train"][modality], data.splits["train"]["label"]):
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def expected_metadata(config: ExperimentConfig, data: MultimodalData, modality: str) -> dict:
+    spec = data.modalities[modality]
+    return {
+        "format": FORMAT,
+        "dataset": data.name,
+        "modality": modality,
+        "task": data.task,
+        "num_classes": data.num_classes,
+        "class_names": list(data.class_names),
+        "input": {"kind": spec.kind, "shape": list(spec.shape)},
+        "encoder": asdict(config.model.encoder_for(modality)),
+        "data_fingerprint": data_fingerprint(data, modality),
+    }
+
+
+def check_metadata(path: Path, found: dict, expected: dict) -> None:
+    """Every field that makes a teacher usable for this student must match; the error names it."""
+    for key, value in expected.items():
+        if found.get(key) != value:
+            raise G2DError(
+                f"{path}: teacher field {key!r} is {found.get(key)!r} but this run needs {value!r}; "
+                "retrain the teacher (delete its folder) or point teachers.root elsewhere"
+            )
+
+
+def load_teacher(config: ExperimentConfig, data: MultimodalData, modality: str) -> tuple[MultimodalModel, dict]:
+    """The teacher for ``modality``, checked against this run's data and encoder config."""
+    folder = teacher_dir(config, modality)
+    meta_path = folder / "teacher.json"
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except FileNotFoundError as exc:
+        raise G2DError(f"teacher metadata not found: {meta_path}") from exc
+    except json.JSONDecodeError as exc:
+        raise G2DError(f"{meta_path}: not valid JSON ({exc})") from exc
+    check_metadata(meta_path, metadata, expected_metadata(config, data, modality))
+    from g2d.engine import load_weights
+
+    model = MultimodalModel({modality: data.modalities[modality]}, teacher_model_config(config, modality), output_size(data))
+    load_weights(folder / "teacher.safetensors", model)
+    return model, metadata
+
+
+def output_size(data: MultimodalData) -> int:
+    return data.num_classes if data.task == "classification" else 1
+
+
+def ensure_teachers(
+    config: ExperimentConfig,
+    data: MultimodalData,
+    train_one: Callable[[ExperimentConfig, str], dict],
+) -> dict[str, tuple[MultimodalModel, dict]]:
+    """Load every modality's teacher, training the missing ones first with ``train_one``."""
+    teachers = {}
+    for modality in data.modalities:
+        if not (teacher_dir(config, modality) / "teacher.json").is_file():
+            if not config.teachers.train_missing:
+                raise G2DError(
+                    f"teacher for {modality!r} not found in {teacher_dir(config, modality)} "
+                    "and teachers.train_missing is false"
+                )
+            train_one(teacher_run_config(config, modality), modality)
+        teachers[modality] = load_teacher(config, data, modality)
+    return teachers
+
+
+def teacher_run_config(config: ExperimentConfig, modality: str) -> ExperimentConfig:
+    """The student's settings for one modality, with the task loss alone and no SMP."""
+    teacher = copy.deepcopy(config)
+    teacher.method = {"name": "joint"}
+    teacher.smp.enabled = False
+    teacher.model = teacher_model_config(config, modality)
+    teacher.dataset.modalities = [modality]
+    teacher.out = str(teacher_dir(config, modality))
+    teacher.trainer.resume = False
+    if config.teachers.epochs is not None:
+        teacher.trainer.epochs = config.teachers.epochs
+    return teacher
+
+
+def save_teacher(model: MultimodalModel, folder: Path, metadata: dict) -> None:
+    """Weights first, metadata last: a teacher without ``teacher.json`` counts as missing."""
+    from g2d.engine import save_weights, write_json
+
+    save_weights(folder / "teacher.safetensors", model, metadata={"format": FORMAT})
+    write_json(folder / "teacher.json", metadata)
+
+
+def teacher_summary(teachers: dict[str, tuple[MultimodalModel, dict]]) -> dict[str, dict]:
+    """Each teacher's test metrics, for metrics.json."""
+    return {m: meta.get("test", {}) for m, (_, meta) in teachers.items()}
+
+
+def as_modules(teachers: dict[str, tuple[MultimodalModel, dict]]) -> dict[str, torch.nn.Module]:
+    return {m: model for m, (model, _) in teachers.items()}
