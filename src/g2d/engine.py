@@ -184,10 +184,11 @@ def fit(
                     kappa = modulator.coefficients(epoch, confidence)
                     modulator.scale_gradients(kappa)
                     modulator.optimizer_step(optimizer, kappa)
-                    for index, modality in enumerate(modalities):
-                        terms[f"kappa/{modality}"] = kappa[index]
                 else:
                     optimizer.step()
+                if modulator is not None:
+                    for index, modality in enumerate(modalities):
+                        terms[f"kappa/{modality}"] = kappa[index] if modulating else loss.new_ones(())
                 if data.task == "classification":
                     terms["accuracy"] = (output.logits.detach().argmax(dim=-1) == inputs["label"]).float().mean()
                 for name, value in terms.items():

@@ -21,10 +21,22 @@ def method_class(name: str) -> type[Method]:
 
 
 def build_method(method_config: dict[str, Any], task: str, modalities: list[str]) -> Method:
-    """Instantiate the configured method with its checked hyperparameters."""
+    """Instantiate ``method.name`` with its hyperparameters from ``method.<name>``.
+
+    Hyperparameters are namespaced by method, so one config can hold several methods'
+    settings and scripts can switch ``method.name`` alone; the selected block is checked
+    strictly, and a key that is neither ``name`` nor a method's name is an error.
+    """
     values = dict(method_config)
-    cls = method_class(str(values.pop("name", "")))
-    return cls(parse_params(cls.Params, values), task, modalities)
+    name = str(values.pop("name", ""))
+    cls = method_class(name)
+    for key in values:
+        if key not in METHODS:
+            raise G2DError(
+                f"config key method.{key}: not a method name; hyperparameters go under method.<name>, "
+                f"e.g. method.{name}.{key}"
+            )
+    return cls(parse_params(cls.Params, dict(values.get(name) or {}), prefix=f"method.{name}"), task, modalities)
 
 
 __all__ = ["METHODS", "Method", "TeacherOutputs", "build_method", "method_class"]

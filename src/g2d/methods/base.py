@@ -3,7 +3,7 @@
 A method owns only its loss and its epoch hooks; the training loop, optimizer and gradient
 modulation live in ``g2d.engine`` and ``g2d.methods.smp`` so that every method gets them.
 Each method declares its hyperparameters as a dataclass; the config's ``method`` mapping is
-checked against it, so a misspelt key is an error naming ``method.<key>``.
+checked against it, so a misspelt key is an error naming ``method.<name>.<key>``.
 """
 
 from __future__ import annotations
@@ -57,16 +57,16 @@ class Method:
         """Hook for methods whose behaviour changes with the epoch."""
 
 
-def parse_params(params_type: type, values: dict[str, Any]) -> Any:
-    """Check ``values`` (the config's ``method`` mapping without ``name``) against ``params_type``."""
+def parse_params(params_type: type, values: dict[str, Any], prefix: str) -> Any:
+    """Check ``values`` (the config's ``method.<name>`` mapping) against ``params_type``."""
     known = {f.name for f in fields(params_type)}
     unknown = sorted(set(values) - known)
     if unknown:
         allowed = ", ".join(sorted(known)) or "none"
-        raise G2DError(f"config key method.{unknown[0]}: not a hyperparameter of this method (allowed: {allowed})")
+        raise G2DError(f"config key {prefix}.{unknown[0]}: not a hyperparameter of this method (allowed: {allowed})")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(params_type), values)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
-        raise G2DError(f"config key method.{key}: {str(exc).splitlines()[0]}") from exc
+        raise G2DError(f"config key {prefix}.{key}: {str(exc).splitlines()[0]}") from exc

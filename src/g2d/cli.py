@@ -1,0 +1,82 @@
+"""The ``g2d`` command: parse arguments, load the config, call the library; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from g2d.errors import G2DError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="g2d", description="Balanced multimodal learning with G²D.")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="run one experiment from a YAML config")
+    train.add_argument("config", type=Path, help="experiment YAML file")
+    train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.01 out=runs/x")
+
+    demo = commands.add_parser("demo", help="teachers, Joint-Train and G²D on the embedded mfeat data")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run folders")
+    demo.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run")
+
+    prepare = commands.add_parser("prepare", help="build a dataset from raw files")
+    datasets = prepare.add_subparsers(dest="dataset", required=True)
+    avdigits = datasets.add_parser("avdigits", help="AV-MNIST-format data from FSDD, MNIST and noise wavs")
+    avdigits.add_argument("--fsdd", type=Path, required=True, help="folder of FSDD recordings/*.wav")
+    avdigits.add_argument("--mnist", type=Path, required=True, help="folder with t10k-*-ubyte.gz and mnist_5k.csv.gz")
+    avdigits.add_argument("--noise", type=Path, required=True, help="folder of noise wavs (searched recursively)")
+    avdigits.add_argument("--out", type=Path, required=True, help="output folder")
+    avdigits.add_argument("--seed", type=int, default=0)
+    avdigits.add_argument("--snr-db", type=float, default=None, help="speech-to-noise ratio in dB")
+    avdigits.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return dispatch(args)
+    except G2DError as exc:
+        if args.debug:
+            raise
+        print(f"g2d: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("g2d: interrupted; completed epochs are checkpointed (resume with trainer.resume=true)", file=sys.stderr)
+        return 130
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from g2d.config import load_config
+        from g2d.experiment import run
+        from g2d.report import results_table
+
+        config = load_config(args.config, args.overrides)
+        metrics = run(config)
+        print(results_table({metrics["method"]: metrics}))
+        print(f"run folder: {config.run_dir()}")
+        return 0
+    if args.command == "demo":
+        from g2d.demo import demo
+
+        print(demo(args.out, args.overrides))
+        print(f"run folders: {args.out}")
+        return 0
+    if args.command == "prepare":
+        from g2d.data.avdigits import prepare_avdigits
+
+        options = {"seed": args.seed, "overwrite": args.overwrite}
+        if args.snr_db is not None:
+            options["snr_db"] = args.snr_db
+        summary = prepare_avdigits(args.fsdd, args.mnist, args.noise, args.out, **options)
+        print(f"avdigits written to {args.out}: {summary.get('counts')}, SNR {summary.get('snr_db')} dB")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The training loop: resume equals an uninterrupted run, NaN stops cleanly, no per-step host sync."""
+
+import json
+
+import pytest
+import torch
+
+import g2d.engine as engine
+from g2d.config import load_config
+from g2d.errors import G2DError
+from g2d.experiment import run
+from conftest import TINY
+
+
+def config_for(tmp_path, name, *extra):
+    return load_config(None, [*TINY, "method.name=g2d", "smp.schedule=dynamic", "smp.tau=[1]",
+                              f"out={tmp_path / name}", f"teachers.root={tmp_path / 'teachers'}", *extra])
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
+    run(config_for(tmp_path, "whole"))
+    original = engine.save_checkpoint
+
+    def crash_after_second_epoch(folder, model, optimizer, scheduler, state, config):
+        original(folder, model, optimizer, scheduler, state, config)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", crash_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(config_for(tmp_path, "split"))
+    monkeypatch.setattr(engine, "save_checkpoint", original)
+    resumed = run(config_for(tmp_path, "split", "trainer.resume=true"))
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    for name in ("last.safetensors", "best.safetensors"):
+        a = (tmp_path / "whole" / "checkpoints" / name).read_bytes()
+        b = (tmp_path / "split" / "checkpoints" / name).read_bytes()
+        assert a == b, name
+    assert resumed["test"] == whole["test"] and resumed["best_epoch"] == whole["best_epoch"]
+
+
+def test_resume_with_another_config_names_the_key(tmp_path):
+    run(config_for(tmp_path, "a"))
+    with pytest.raises(G2DError, match="optim.lr"):
+        run(config_for(tmp_path, "a", "trainer.resume=true", "optim.lr=0.2"))
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    config = config_for(tmp_path, "nan", "method.name=joint", "smp.enabled=false")
+    from g2d.methods.joint import JointTrain
+
+    original = JointTrain.loss
+    calls = {"epoch": 0}
+
+    def poisoned(self, output, batch, teachers):
+        loss, terms = original(self, output, batch, teachers)
+        return (loss * float("nan"), terms) if calls["epoch"] >= 1 else (loss, terms)
+
+    def count_epoch(self, epoch):
+        calls["epoch"] = epoch
+
+    monkeypatch.setattr(JointTrain, "loss", poisoned)
+    monkeypatch.setattr(JointTrain, "on_epoch_start", count_epoch)
+    with pytest.raises(G2DError, match="epoch 1: training produced a non-finite value"):
+        run(config)
+    state = torch.load(tmp_path / "nan" / "checkpoints" / "last_state.pt", weights_only=True)
+    assert state["state"]["epoch"] == 1
+    assert not (tmp_path / "nan" / "metrics.json").exists()
+
+
+def count_host_reads(monkeypatch, config):
+    """Run one epoch and count tensor-to-host conversions."""
+    reads = {"n": 0}
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    try:
+        run(config)
+    finally:
+        monkeypatch.undo()
+    return reads["n"]
+
+
+@pytest.mark.parametrize("schedule", ["dynamic", "ranked"])
+def test_training_step_makes_no_host_synchronization(tmp_path, monkeypatch, schedule):
+    """Host reads do not grow with the number of steps: they happen per epoch, not per batch."""
+    run(config_for(tmp_path, "warm"))  # teachers trained outside the count
+    base = ["trainer.epochs=1", f"smp.schedule={schedule}", "smp.tau=[1]"]
+    few = count_host_reads(monkeypatch, config_for(tmp_path, "few", *base, "trainer.batch_size=128"))
+    many = count_host_reads(monkeypatch, config_for(tmp_path, "many", *base, "trainer.batch_size=16"))
+    assert few == many
