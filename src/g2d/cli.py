@@ -73,7 +73,10 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.snr_db is not None:
             options["snr_db"] = args.snr_db
         summary = prepare_avdigits(args.fsdd, args.mnist, args.noise, args.out, **options)
-        print(f"avdigits written to {args.out}: {summary.get('counts')}, SNR {summary.get('snr_db')} dB")
+        counts = summary["counts"]
+        print(f"avdigits written to {args.out}: {counts['train']['pairs']} train and {counts['test']['pairs']} test "
+              f"pairs, audio at {summary['audio']['snr_db']} dB SNR, images from "
+              f"{summary['image']['pca_components']} PCA components")
         return 0
     raise AssertionError(args.command)
 

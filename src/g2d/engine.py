@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from g2d.config import ExperimentConfig, OptimConfig, to_dict
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
 from g2d.evaluate import evaluate, selection_score
+from g2d.io import atomic_write, load_weights, save_weights
 from g2d.methods.base import Method, TeacherOutputs
 from g2d.methods.losses import teacher_confidence
 from g2d.methods.smp import Modulator
@@ -51,36 +51,6 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
     if config.name == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     raise G2DError(f"config key optim.name: unknown optimizer {config.name!r} (choose from sgd, adam, adamw)")
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, value: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
-
-
-def save_weights(path: Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-
-
-def load_weights(path: Path, model: nn.Module) -> None:
-    """Load a safetensors state dict; a missing file or mismatched keys name the file."""
-    if not path.is_file():
-        raise G2DError(f"weights file not found: {path}")
-    try:
-        state = load_file(str(path))
-        model.load_state_dict(state)
-    except Exception as exc:
-        raise G2DError(f"{path}: cannot load weights into this model ({str(exc).splitlines()[0]})") from exc
 
 
 class TeacherEnsemble(nn.Module):
@@ -153,8 +123,6 @@ def fit(
     state = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": -math.inf, "best_val": {}, "wall": 0.0}
     if config.trainer.resume and (checkpoints / "last_state.pt").is_file():
         state = resume(checkpoints, model, optimizer, scheduler, config)
-    from torch.utils.tensorboard import SummaryWriter
-
     writer = SummaryWriter(str(run_dir / "tb"))
     modalities = list(data.modalities)
     epochs = config.trainer.epochs

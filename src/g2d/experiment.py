@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 
 from g2d.config import ExperimentConfig, to_dict
 from g2d.data import MultimodalData, load_dataset
-from g2d.engine import TeacherEnsemble, dataset_confidence, fit, select_device, write_json
+from g2d.engine import TeacherEnsemble, dataset_confidence, fit, select_device
+from g2d.io import write_json
 from g2d.errors import G2DError
 from g2d.evaluate import evaluate
 from g2d.methods import build_method

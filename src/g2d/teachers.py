@@ -20,6 +20,7 @@ import torch
 from g2d.config import ExperimentConfig, ModelConfig
 from g2d.data.base import MultimodalData
 from g2d.errors import G2DError
+from g2d.io import load_weights, save_weights, write_json
 from g2d.models.multimodal import MultimodalModel
 
 FORMAT = "g2d-teacher/1"
@@ -79,8 +80,6 @@ def load_teacher(config: ExperimentConfig, data: MultimodalData, modality: str) 
     except json.JSONDecodeError as exc:
         raise G2DError(f"{meta_path}: not valid JSON ({exc})") from exc
     check_metadata(meta_path, metadata, expected_metadata(config, data, modality))
-    from g2d.engine import load_weights
-
     model = MultimodalModel({modality: data.modalities[modality]}, teacher_model_config(config, modality), output_size(data))
     load_weights(folder / "teacher.safetensors", model)
     return model, metadata
@@ -125,8 +124,6 @@ def teacher_run_config(config: ExperimentConfig, modality: str) -> ExperimentCon
 
 def save_teacher(model: MultimodalModel, folder: Path, metadata: dict) -> None:
     """Weights first, metadata last: a teacher without ``teacher.json`` counts as missing."""
-    from g2d.engine import save_weights, write_json
-
     save_weights(folder / "teacher.safetensors", model, metadata={"format": FORMAT})
     write_json(folder / "teacher.json", metadata)
 
