@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of variant names")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     results: dict[str, list[dict]] = {}
     data = None
     for name in args.variants:

@@ -93,3 +93,16 @@ def test_missing_config_file(capsys, tmp_path):
     assert "nope.yaml" in capsys.readouterr().err
 
 
+
+
+def test_results_table_lists_methods_modalities_and_teachers():
+    from g2d.report import results_table
+
+    metrics = {"dataset": "mfeat", "task": "classification", "modalities": ["pix", "mor"],
+               "test": {"multimodal": {"accuracy": 0.9825}, "per_modality": {"pix": {"accuracy": 0.95},
+                                                                              "mor": {"accuracy": 0.3375}}},
+               "teachers": {"pix": {"accuracy": 0.978}, "mor": {"accuracy": 0.715}}}
+    lines = results_table({"joint": metrics}).splitlines()
+    assert lines[1].split() == ["method", "multimodal", "pix", "mor"]
+    assert lines[3].split() == ["joint", "98.2", "95.0", "33.8"]
+    assert lines[4].split() == ["teachers", "-", "97.8", "71.5"]

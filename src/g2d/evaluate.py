@@ -9,7 +9,7 @@ from g2d.data.base import Batches, MultimodalData, to_device
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    return {"accuracy": (logits.argmax(dim=-1) == labels).float().mean().item()}
+    return {"accuracy": (logits.argmax(dim=-1) == labels).double().mean().item()}
 
 
 def regression_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
