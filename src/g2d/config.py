@@ -126,7 +126,7 @@ class ExperimentConfig:
     def teachers_dir(self) -> Path:
         if self.teachers.root:
             return Path(self.teachers.root)
-        return self.run_dir().parent / "teachers"
+        return self.run_dir().parent / "teachers" / self.dataset.name
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
