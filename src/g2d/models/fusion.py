@@ -48,23 +48,20 @@ class LateFusion(Fusion):
         super().__init__(modalities, feature_dims, num_outputs)
         self.heads = nn.ModuleDict({m: make_linear(self.feature_dims[m], num_outputs) for m in self.modalities})
 
-    def forward(self, features: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        per_modality = {m: self.heads[m](features[m]) for m in self.modalities}
-        fused = torch.stack([per_modality[m] for m in self.modalities]).mean(dim=0)
-        return fused, per_modality
-
-
-class SumFusion(Fusion):
-    """One Linear head per modality; the fused logits are the sum of the heads' logits."""
-
-    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
-        super().__init__(modalities, feature_dims, num_outputs)
-        self.heads = nn.ModuleDict({m: make_linear(self.feature_dims[m], num_outputs) for m in self.modalities})
+    def combine(self, stacked: Tensor) -> Tensor:
+        return stacked.mean(dim=0)
 
     def forward(self, features: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         per_modality = {m: self.heads[m](features[m]) for m in self.modalities}
-        fused = torch.stack([per_modality[m] for m in self.modalities]).sum(dim=0)
+        fused = self.combine(torch.stack([per_modality[m] for m in self.modalities]))
         return fused, per_modality
+
+
+class SumFusion(LateFusion):
+    """Late fusion's per-modality heads, with the fused logits the sum of the heads' logits (A.3.1)."""
+
+    def combine(self, stacked: Tensor) -> Tensor:
+        return stacked.sum(dim=0)
 
 
 class ConcatFusion(Fusion):
