@@ -23,7 +23,9 @@ same window as the prioritized phases.
 Suppression, i.e. what kappa touches: ``freeze`` (all encoder parameters, and a zero
 coefficient leaves parameters and optimizer state bit-identical), ``zero_grad`` (all encoder
 gradients scaled; momentum and weight decay still move the encoder) or ``conv_grad`` (only
-4-D convolution weight gradients, as the authors' and OGM-GE's codes do).
+4-D convolution weight gradients, as the authors' and OGM-GE's codes do). Under every
+mode a suppressed encoder still runs forward in training mode, so its BatchNorm running
+statistics keep tracking the data; Eq. 8 concerns its parameters, which ``freeze`` holds still.
 """
 
 from __future__ import annotations
