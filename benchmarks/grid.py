@@ -46,6 +46,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of variant names")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
+    unknown = [name for name in args.variants if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r} (put key=value overrides before --variants); "
+                     f"variants: {', '.join(VARIANTS)}")
     results: dict[str, list[dict]] = {}
     data = None
     for name in args.variants:
