@@ -21,8 +21,8 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
     run(config_for(tmp_path, "whole"))
     original = engine.save_checkpoint
 
-    def crash_after_second_epoch(folder, model, optimizer, scheduler, state, config):
-        original(folder, model, optimizer, scheduler, state, config)
+    def crash_after_second_epoch(folder, model, optimizer, scheduler, state, config, method):
+        original(folder, model, optimizer, scheduler, state, config, method)
         if state["epoch"] == 2:
             raise KeyboardInterrupt
 

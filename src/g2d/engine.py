@@ -25,7 +25,7 @@ from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
 from g2d.evaluate import evaluate, selection_score
 from g2d.io import atomic_write, load_weights, save_weights
-from g2d.methods.base import Method, TeacherOutputs
+from g2d.methods.base import Method, MethodContext, TeacherOutputs
 from g2d.methods.losses import teacher_confidence
 from g2d.methods.smp import Modulator
 
@@ -42,14 +42,32 @@ def select_device(name: str) -> torch.device:
         raise G2DError(f"config key trainer.device: {exc}") from exc
 
 
+def parameter_groups(model: nn.Module) -> list[dict]:
+    """One named param group per encoder (``encoder:<m>``), one for the fusion, one for method modules."""
+    groups = []
+    seen: set[int] = set()
+    named = [(f"encoder:{m}", model.encoders[m]) for m in model.modalities] + [("fusion", model.fusion)]
+    if getattr(model, "method_modules", None) is not None:
+        named.append(("method", model.method_modules))
+    for name, module in named:
+        params = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if params:
+            groups.append({"name": name, "params": params})
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+    if rest:
+        groups.append({"name": "other", "params": rest})
+    return groups
+
+
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    groups = parameter_groups(model)
     if config.name == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.name == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.name == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     raise G2DError(f"config key optim.name: unknown optimizer {config.name!r} (choose from sgd, adam, adamw)")
 
 
@@ -66,7 +84,7 @@ class TeacherEnsemble(nn.Module):
         self.eval()
         features, logits = {}, {}
         for modality, teacher in self.teachers.items():
-            output = teacher({modality: inputs[modality]})
+            output = teacher(inputs)
             features[modality] = output.features[modality]
             logits[modality] = output.logits
         return TeacherOutputs(features=features, logits=logits)
@@ -121,8 +139,10 @@ def fit(
         )
     checkpoints = run_dir / "checkpoints"
     state = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": -math.inf, "best_val": {}, "wall": 0.0}
+    method.setup(MethodContext(model=model, optimizer=optimizer, data=data, device=device, config=config,
+                               teachers=teachers, modulator=modulator))
     if config.trainer.resume and (checkpoints / "last_state.pt").is_file():
-        state = resume(checkpoints, model, optimizer, scheduler, config)
+        state = resume(checkpoints, model, optimizer, scheduler, config, method)
     writer = SummaryWriter(str(run_dir / "tb"))
     modalities = list(data.modalities)
     epochs = config.trainer.epochs
@@ -134,31 +154,12 @@ def fit(
             batches.set_epoch(epoch)
             method.on_epoch_start(epoch)
             model.train()
-            modulating = modulator is not None and modulator.active(epoch)
             sums: dict[str, torch.Tensor] = {}
             seen = 0
             for batch in batches:
                 inputs = to_device(batch, data, device)
-                output = model(inputs)
-                teacher_out = teachers(inputs) if teachers is not None else None
-                loss, terms = method.loss(output, inputs, teacher_out)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                terms = method.train_step(inputs, epoch)
                 size = len(inputs["label"])
-                terms = {"loss": loss.detach(), **terms}
-                if modulating:
-                    assert teacher_out is not None
-                    confidence = teacher_confidence(teacher_out.stacked_logits(modalities), inputs["label"], data.task)
-                    kappa = modulator.coefficients(epoch, confidence)
-                    modulator.scale_gradients(kappa)
-                    modulator.optimizer_step(optimizer, kappa)
-                else:
-                    optimizer.step()
-                if modulator is not None:
-                    for index, modality in enumerate(modalities):
-                        terms[f"kappa/{modality}"] = kappa[index] if modulating else loss.new_ones(())
-                if data.task == "classification":
-                    terms["accuracy"] = (output.logits.detach().argmax(dim=-1) == inputs["label"]).float().mean()
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value.float() * size
                 seen += size
@@ -171,7 +172,8 @@ def fit(
                     f"epoch {epoch}: training produced a non-finite value ({train_stats}); "
                     f"the last good checkpoint is kept in {checkpoints}"
                 )
-            val = evaluate(model, data, "val", device, config.trainer.eval_batch_size)
+            val = evaluate(model, data, "val", device, config.trainer.eval_batch_size, method)
+            method.on_epoch_end(epoch, val)
             score = selection_score(val, data.task)
             state["wall"] += time.perf_counter() - started
             record = {"epoch": epoch, "train": train_stats, "val": val, "lr": optimizer.param_groups[0]["lr"]}
@@ -181,7 +183,7 @@ def fit(
                 state.update(best_epoch=epoch, best_score=score, best_val=val)
                 save_weights(checkpoints / "best.safetensors", model)
             state["epoch"] = epoch + 1
-            save_checkpoint(checkpoints, model, optimizer, scheduler, state, config)
+            save_checkpoint(checkpoints, model, optimizer, scheduler, state, config, method)
             bar.set_postfix(loss=f"{train_stats['loss']:.3f}", val=f"{score:.3f}")
     finally:
         writer.close()
@@ -202,7 +204,7 @@ def log_epoch(writer: Any, record: dict, epoch: int) -> None:
 
 def save_checkpoint(
     folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict,
-    config: ExperimentConfig,
+    config: ExperimentConfig, method: Method,
 ) -> None:
     """Weights (safetensors) and the loop's own state (a torch file loaded with weights_only)."""
     save_weights(folder / "last.safetensors", model)
@@ -210,13 +212,16 @@ def save_checkpoint(
         "state": state,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "method": method.state_dict(),
         "rng": torch.get_rng_state(),
         "config": json.dumps(to_dict(config), sort_keys=True),
     }
     atomic_write(folder / "last_state.pt", lambda tmp: torch.save(payload, tmp))
 
 
-def resume(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, config: ExperimentConfig) -> dict:
+def resume(
+    folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, config: ExperimentConfig, method: Method
+) -> dict:
     """Restore the loop from ``folder``; the config must match the interrupted run's."""
     path = folder / "last_state.pt"
     try:
@@ -233,6 +238,7 @@ def resume(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, confi
     load_weights(folder / "last.safetensors", model)
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
+    method.load_state_dict(payload.get("method", {}))
     torch.set_rng_state(payload["rng"])
     return payload["state"]
 

@@ -2,46 +2,67 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from g2d.data.base import Batches, MultimodalData, to_device
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    return {"accuracy": (logits.argmax(dim=-1) == labels).double().mean().item()}
+    """Accuracy and mean cross-entropy (``loss``, which MSES watches)."""
+    return {
+        "accuracy": (logits.argmax(dim=-1) == labels).double().mean().item(),
+        "loss": F.cross_entropy(logits.double(), labels).item(),
+    }
 
 
-def regression_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """MSE, MAPE (percent) and R² of the sigmoid prediction against targets on the dataset's scale."""
+def regression_metrics(
+    logits: torch.Tensor, targets: torch.Tensor, offset: float = 0.0, span: float = 1.0
+) -> dict[str, float]:
+    """Eq. 1's loss (``mse`` on the [0, 1] scale, also ``loss``), and MAPE (percent) and R² on the
+    dataset's own scale ``offset + span * y``, where a percentage error means something."""
     prediction = torch.sigmoid(logits.squeeze(-1)).double()
-    targets = targets.double()
+    scaled_targets = targets.double()
+    mse = ((prediction - scaled_targets) ** 2).mean().item()
+    prediction = offset + span * prediction
+    targets = offset + span * scaled_targets
     error = prediction - targets
     total = ((targets - targets.mean()) ** 2).sum().clamp_min(1e-12)
     return {
-        "mse": (error**2).mean().item(),
+        "mse": mse,
+        "loss": mse,
         "mape": (100.0 * (error.abs() / targets.abs().clamp_min(1e-12)).mean()).item(),
         "r2": (1.0 - (error**2).sum() / total).item(),
     }
 
 
-def metrics_for(logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict[str, float]:
-    if task == "classification":
+def metrics_for(logits: torch.Tensor, labels: torch.Tensor, data: MultimodalData) -> dict[str, float]:
+    if data.task == "classification":
         return classification_metrics(logits, labels)
-    return regression_metrics(logits, labels)
+    return regression_metrics(logits, labels, data.target_offset, data.target_span)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: MultimodalData, split: str, device: torch.device, batch_size: int) -> dict:
-    """Fused and per-modality logits over a whole split, gathered on the device."""
+def predict(
+    model: nn.Module, data: MultimodalData, split: str, device: torch.device, batch_size: int, method: Any = None
+) -> dict:
+    """Fused and per-modality logits over a whole split, gathered on the device.
+
+    ``method.predict`` maps the model's output to the logits scored (a method such as MLA
+    or UME combines modalities its own way at test time); without a method, the model's own.
+    """
     model.eval()
     fused, per_modality, labels = [], {m: [] for m in data.modalities}, []
     for batch in Batches(data.splits[split], batch_size, shuffle=False):
         inputs = to_device(batch, data, device)
         output = model(inputs)
-        fused.append(output.logits.float())
+        logits, modality_logits = method.predict(output) if method is not None else (output.logits, output.modality_logits)
+        fused.append(logits.float())
         for m in per_modality:
-            per_modality[m].append(output.modality_logits[m].float())
+            per_modality[m].append(modality_logits[m].float())
         labels.append(inputs["label"])
     return {
         "logits": torch.cat(fused),
@@ -50,13 +71,15 @@ def predict(model: nn.Module, data: MultimodalData, split: str, device: torch.de
     }
 
 
-def evaluate(model: nn.Module, data: MultimodalData, split: str, device: torch.device, batch_size: int) -> dict:
+def evaluate(
+    model: nn.Module, data: MultimodalData, split: str, device: torch.device, batch_size: int, method: Any = None
+) -> dict:
     """``{"multimodal": {...}, "per_modality": {m: {...}}}`` for one split."""
-    outputs = predict(model, data, split, device, batch_size)
+    outputs = predict(model, data, split, device, batch_size, method)
     return {
-        "multimodal": metrics_for(outputs["logits"], outputs["labels"], data.task),
+        "multimodal": metrics_for(outputs["logits"], outputs["labels"], data),
         "per_modality": {
-            m: metrics_for(logits, outputs["labels"], data.task) for m, logits in outputs["modality_logits"].items()
+            m: metrics_for(logits, outputs["labels"], data) for m, logits in outputs["modality_logits"].items()
         },
     }
 

@@ -70,6 +70,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
 
     seed_everything(config.seed)
     model = MultimodalModel(data.modalities, config.model, output_size(data))
+    model.method_modules = method.build_modules(model.feature_dims, model.num_outputs)
     modulator = None
     smp_report: dict = {"enabled": smp_enabled}
     if smp_enabled:
@@ -86,7 +87,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_dict(config)))
     result = fit(model, method, data, config, run_dir, teachers, modulator, device)
     started = time.perf_counter()
-    test = evaluate(model, data, "test", device, config.trainer.eval_batch_size)
+    test = evaluate(model, data, "test", device, config.trainer.eval_batch_size, method)
     wall_seconds = result.wall_seconds + time.perf_counter() - started
     metrics = {
         "dataset": data.name,

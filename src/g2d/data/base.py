@@ -15,6 +15,12 @@ import torch
 from g2d.errors import G2DError
 
 SPLITS = ("train", "val", "test")
+KINDS = ("vector", "image", "video", "sequence")
+
+
+def mask_key(modality: str) -> str:
+    """The split key of a sequence modality's padding mask (modality names never contain '.')."""
+    return f"{modality}.mask"
 
 
 @dataclass
@@ -22,9 +28,10 @@ class ModalitySpec:
     """What an encoder needs to know about one modality's input.
 
     ``kind`` is ``"vector"`` (shape ``(d,)``), ``"image"`` (``(C, H, W)``; spectrograms
-    are 1-channel images) or ``"video"`` (``(T, C, H, W)``). ``scale`` multiplies the
-    stored values after conversion to float (1/255 for uint8 pixels), so data can stay
-    compact in memory.
+    are 1-channel images), ``"video"`` (``(T, C, H, W)``) or ``"sequence"`` (``(T, d)``,
+    padded feature sequences; the split then holds a boolean mask ``[N, T]`` under
+    ``mask_key(modality)``, True for real steps). ``scale`` multiplies the stored values
+    after conversion to float (1/255 for uint8 pixels), so data can stay compact in memory.
     """
 
     kind: str
@@ -37,6 +44,9 @@ class MultimodalData:
     """A whole dataset in memory: ``splits[split][modality or "label"]`` is a tensor.
 
     Labels are int64 class indices for classification and float targets for regression.
+    Regression targets are stored scaled to [0, 1] (Eq. 1's sigmoid output);
+    ``target_offset + target_span * y`` gives them back on the dataset's own scale, which
+    is where MAPE is measured.
     """
 
     name: str
@@ -46,6 +56,8 @@ class MultimodalData:
     splits: dict[str, dict[str, torch.Tensor]]
     class_names: list[str] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
+    target_offset: float = 0.0
+    target_span: float = 1.0
 
     def __post_init__(self) -> None:
         if self.task not in ("classification", "regression"):
@@ -58,6 +70,15 @@ class MultimodalData:
             if len(set(sizes.values())) != 1:
                 raise G2DError(f"dataset {self.name}: split {split} has arrays of different lengths {sizes}")
             for modality, spec in self.modalities.items():
+                if spec.kind not in KINDS:
+                    raise G2DError(f"dataset {self.name}: modality {modality!r} has unknown kind {spec.kind!r}")
+                if spec.kind == "sequence":
+                    mask = tensors.get(mask_key(modality))
+                    if mask is None or mask.dtype != torch.bool or tuple(mask.shape[1:]) != tuple(spec.shape[:1]):
+                        raise G2DError(
+                            f"dataset {self.name}: split {split} sequence modality {modality!r} needs a boolean "
+                            f"mask {mask_key(modality)!r} of shape [N, {spec.shape[0]}]"
+                        )
                 if modality not in tensors:
                     raise G2DError(f"dataset {self.name}: split {split} lacks modality {modality!r}")
                 if tuple(tensors[modality].shape[1:]) != tuple(spec.shape):
@@ -69,6 +90,10 @@ class MultimodalData:
     def size(self, split: str) -> int:
         return len(self.splits[split]["label"])
 
+    def unscale_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """Regression targets or predictions from the [0, 1] training scale back to the dataset's scale."""
+        return self.target_offset + self.target_span * targets
+
     def select(self, modalities: list[str]) -> "MultimodalData":
         """The same data restricted to ``modalities`` (in that order); unknown names are an error."""
         unknown = [m for m in modalities if m not in self.modalities]
@@ -77,7 +102,8 @@ class MultimodalData:
                 f"dataset {self.name}: unknown modality {unknown[0]!r} (dataset.modalities); "
                 f"available: {', '.join(self.modalities)}"
             )
-        keep = list(modalities) + ["label"]
+        keep = list(modalities) + [mask_key(m) for m in modalities if self.modalities[m].kind == "sequence"]
+        keep.append("label")
         return MultimodalData(
             name=self.name,
             task=self.task,
@@ -86,6 +112,8 @@ class MultimodalData:
             splits={s: {k: t[k] for k in keep} for s, t in self.splits.items()},
             class_names=self.class_names,
             notes=self.notes,
+            target_offset=self.target_offset,
+            target_span=self.target_span,
         )
 
 

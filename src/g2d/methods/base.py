@@ -1,7 +1,8 @@
 """The method interface: a method turns the model's (and teachers') outputs into the step's loss.
 
-A method owns only its loss and its epoch hooks; the training loop, optimizer and gradient
-modulation live in ``g2d.engine`` and ``g2d.methods.smp`` so that every method gets them.
+A method owns its loss, and may own its whole step and epoch hooks; the loop, optimizer,
+checkpoints and evaluation live in ``g2d.engine``, and SMP in ``g2d.methods.smp``, so every
+method gets them. Nothing outside a method's module tests the method's name.
 Each method declares its hyperparameters as a dataclass; the config's ``method`` mapping is
 checked against it, so a misspelt key is an error naming ``method.<name>.<key>``.
 """
@@ -12,10 +13,12 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from g2d.errors import G2DError
+from g2d.methods.losses import teacher_confidence
 from g2d.models.multimodal import ModelOutput
 
 
@@ -35,8 +38,82 @@ class NoParams:
     """A method without hyperparameters."""
 
 
+@dataclass
+class MethodContext:
+    """What a method may use during training, handed over once by the engine before the first step.
+
+    ``parameter_groups`` maps ``"encoder:<modality>"`` and ``"fusion"`` (plus ``"method"`` when
+    the method added modules) to the optimizer's param group of that name, so a method can
+    change one modality's learning rate.
+    """
+
+    model: Any
+    optimizer: torch.optim.Optimizer
+    data: Any
+    device: torch.device
+    config: Any
+    teachers: Any = None
+    modulator: Any = None
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.model.modalities)
+
+    @property
+    def parameter_groups(self) -> dict[str, dict]:
+        return {group["name"]: group for group in self.optimizer.param_groups}
+
+    def teacher_outputs(self, inputs: dict[str, torch.Tensor]) -> TeacherOutputs | None:
+        return self.teachers(inputs) if self.teachers is not None else None
+
+    def smp_coefficients(self, epoch: int, inputs: dict[str, torch.Tensor], teachers: TeacherOutputs | None) -> torch.Tensor | None:
+        """SMP's (or partial modulation's) kappa ``[k]`` for this step, or None when no modulator acts now."""
+        if self.modulator is None or not self.modulator.active(epoch):
+            return None
+        assert teachers is not None, "SMP needs teacher outputs"
+        confidence = teacher_confidence(teachers.stacked_logits(self.modalities), inputs["label"], self.data.task)
+        return self.modulator.coefficients(epoch, confidence)
+
+    def encoder_gradients_scaled(self, kappa: torch.Tensor) -> None:
+        """Multiply modality m's encoder gradients by ``kappa[m]``: the modulator's targets, else every parameter."""
+        if self.modulator is not None:
+            self.modulator.scale_gradients(kappa)
+            return
+        for index, modality in enumerate(self.modalities):
+            for param in self.model.encoder_parameters(modality):
+                if param.grad is not None:
+                    param.grad.mul_(kappa[index])
+
+    def optimizer_step(self, kappa: torch.Tensor | None = None) -> None:
+        """``optimizer.step()``, honouring the modulator's suppression rule when ``kappa`` came from it."""
+        if kappa is not None and self.modulator is not None:
+            self.modulator.optimizer_step(self.optimizer, kappa)
+        else:
+            self.optimizer.step()
+
+
+def step_terms(loss: torch.Tensor, terms: dict[str, torch.Tensor], logits: torch.Tensor,
+               inputs: dict[str, torch.Tensor], task: str, kappa: torch.Tensor | None,
+               modalities: list[str]) -> dict[str, torch.Tensor]:
+    """The device tensors a step reports: loss, the method's terms, training accuracy and kappa."""
+    out = {"loss": loss.detach(), **terms}
+    if task == "classification":
+        out["accuracy"] = (logits.detach().argmax(dim=-1) == inputs["label"]).float().mean()
+    if kappa is not None:
+        for index, modality in enumerate(modalities):
+            out[f"kappa/{modality}"] = kappa[index].detach()
+    return out
+
+
 class Method:
-    """Base class: ``loss`` returns the scalar to back-propagate and named terms for logging."""
+    """Base class. Most methods only define ``loss``; methods that need several backward passes,
+    alternating updates or their own gradient modulation override ``train_step``.
+
+    The engine calls ``setup`` once, then per epoch ``on_epoch_start``, ``train_step`` per
+    batch and ``on_epoch_end`` with the validation metrics. ``predict`` turns a model output
+    into the fused and per-modality logits that evaluation scores. ``state_dict`` holds what
+    a resumed run needs beyond the weights (tensors, numbers, lists, dicts only).
+    """
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
@@ -47,14 +124,56 @@ class Method:
         self.params = params
         self.task = task
         self.modalities = modalities
+        self.context: MethodContext | None = None
+
+    @property
+    def ctx(self) -> MethodContext:
+        assert self.context is not None, f"method {self.name}: setup() has not been called"
+        return self.context
+
+    def build_modules(self, feature_dims: dict[str, int], num_outputs: int) -> nn.Module | None:
+        """Trainable modules the method adds to the model (e.g. a shared head); None for most."""
+        return None
+
+    def setup(self, context: MethodContext) -> None:
+        self.context = context
 
     def loss(
         self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def train_step(self, inputs: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        """One optimizer step on one batch; returns device tensors to average over the epoch."""
+        ctx = self.ctx
+        output = ctx.model(inputs)
+        teachers = ctx.teacher_outputs(inputs)
+        loss, terms = self.loss(output, inputs, teachers)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        kappa = ctx.smp_coefficients(epoch, inputs, teachers)
+        if kappa is not None:
+            ctx.encoder_gradients_scaled(kappa)
+        ctx.optimizer_step(kappa)
+        if ctx.modulator is not None and kappa is None:
+            kappa = torch.ones(len(self.modalities), device=loss.device)
+        return step_terms(loss, terms, output.logits, inputs, self.task, kappa, self.modalities)
+
+    def predict(self, output: ModelOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Fused and per-modality logits for evaluation; the model's own by default."""
+        return output.logits, output.modality_logits
+
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for methods whose behaviour changes with the epoch."""
+
+    def on_epoch_end(self, epoch: int, val: dict) -> None:
+        """Hook with the epoch's validation metrics (``evaluate``'s dict, losses included)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned, when a run resumes."""
 
 
 def parse_params(params_type: type, values: dict[str, Any], prefix: str) -> Any:

@@ -1,7 +1,8 @@
 """Unimodal encoders: an MLP for feature vectors and a ResNet-18 trunk for images and video.
 
 Every encoder maps one modality's batch to features ``[B, out_dim]`` and exposes ``out_dim``
-so the fusion module can size its heads.
+so the fusion module can size its heads. ``forward(x, mask=None)`` is the one signature:
+``mask`` is the padding mask of a sequence modality (True = real step) and ``None`` otherwise.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class MLPEncoder(nn.Module):
         self.out_dim = int(hidden[-1])
         init_weights(self)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.net(x)
 
 
@@ -105,7 +106,7 @@ class ResNet18Encoder(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if x.dim() == 4:
             return self.trunk(x).mean(dim=(2, 3))
         if x.dim() == 5:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from g2d.config import ModelConfig
-from g2d.data.base import ModalitySpec
+from g2d.data.base import ModalitySpec, mask_key
 from g2d.errors import G2DError
 from g2d.models.encoders import build_encoder
 from g2d.models.fusion import build_fusion
@@ -48,9 +48,17 @@ class MultimodalModel(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         feature_dims = {m: int(encoders[m].out_dim) for m in self.modalities}
         self.fusion = build_fusion(config.fusion, self.modalities, feature_dims, num_outputs)
+        self.num_outputs = num_outputs
+        # Trainable modules a method adds (e.g. MLA's shared head) live here, so the optimizer,
+        # checkpoints and device moves include them without special cases.
+        self.method_modules: nn.Module | None = None
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        return dict(self.fusion.feature_dims)
 
     def forward(self, inputs: dict[str, Tensor]) -> ModelOutput:
-        features = {m: self.encoders[m](inputs[m]) for m in self.modalities}
+        features = {m: self.encoders[m](inputs[m], inputs.get(mask_key(m))) for m in self.modalities}
         logits, modality_logits = self.fusion(features)
         return ModelOutput(features=features, logits=logits, modality_logits=modality_logits)
 
