@@ -19,7 +19,11 @@ from g2d.errors import G2DError
 
 @dataclass
 class DatasetConfig:
-    """Which data, where it lives, which modalities, and how validation/test are carved."""
+    """Which data, where it lives, which modalities, and how validation/test are carved.
+
+    ``options`` holds a loader's own settings (checked by that loader, which names the
+    ``dataset.options.<key>`` at fault).
+    """
 
     name: str = "mfeat"
     root: Optional[str] = None
@@ -27,6 +31,7 @@ class DatasetConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     split_seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

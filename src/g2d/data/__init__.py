@@ -1,30 +1,47 @@
-"""Dataset loaders and the registry that ``dataset.name`` selects from."""
+"""Dataset loaders and the registry that ``dataset.name`` selects from.
+
+Each entry maps a name to a function ``DatasetConfig -> MultimodalData``; loaders import
+their module lazily so a dataset's optional dependencies are needed only when it is used.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from g2d.config import DatasetConfig
 from g2d.data.base import Batches, ModalitySpec, MultimodalData, to_device
 from g2d.errors import G2DError
 
-DATASETS = ("mfeat", "avmnist", "avdigits")
+
+def _mfeat(config: DatasetConfig) -> MultimodalData:
+    from g2d.data.mfeat import load_mfeat
+
+    return load_mfeat(config.root, config.modalities, config.val_fraction, config.test_fraction, config.split_seed)
+
+
+def _avmnist(config: DatasetConfig) -> MultimodalData:
+    from g2d.data.avmnist import load_avmnist
+
+    if not config.root:
+        raise G2DError(f"config key dataset.root: {config.name} needs the folder with image/, audio/ and *_labels.npy")
+    return load_avmnist(Path(config.root), config.val_fraction, config.split_seed, name=config.name)
+
+
+LOADERS: dict[str, Callable[[DatasetConfig], MultimodalData]] = {
+    "mfeat": _mfeat,
+    "avmnist": _avmnist,
+    "avdigits": _avmnist,
+}
+DATASETS = tuple(LOADERS)
 
 
 def load_dataset(config: DatasetConfig) -> MultimodalData:
     """Load the configured dataset, restricted to ``dataset.modalities`` when given."""
-    if config.name == "mfeat":
-        from g2d.data.mfeat import load_mfeat
-
-        return load_mfeat(config.root, config.modalities, config.val_fraction, config.test_fraction, config.split_seed)
-    if config.name in ("avmnist", "avdigits"):
-        from g2d.data.avmnist import load_avmnist
-
-        if not config.root:
-            raise G2DError(f"config key dataset.root: {config.name} needs the folder with image/, audio/ and *_labels.npy")
-        data = load_avmnist(Path(config.root), config.val_fraction, config.split_seed, name=config.name)
-        return data.select(config.modalities) if config.modalities else data
-    raise G2DError(f"config key dataset.name: unknown dataset {config.name!r} (available: {', '.join(DATASETS)})")
+    if config.name not in LOADERS:
+        raise G2DError(f"config key dataset.name: unknown dataset {config.name!r} (available: {', '.join(LOADERS)})")
+    data = LOADERS[config.name](config)
+    return data.select(config.modalities) if config.modalities else data
 
 
-__all__ = ["DATASETS", "Batches", "ModalitySpec", "MultimodalData", "load_dataset", "to_device"]
+__all__ = ["DATASETS", "LOADERS", "Batches", "ModalitySpec", "MultimodalData", "load_dataset", "to_device"]
