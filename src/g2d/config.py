@@ -36,12 +36,33 @@ class DatasetConfig:
 
 @dataclass
 class EncoderConfig:
-    """One encoder. ``name: auto`` picks the MLP for vectors and ResNet-18 for images/video."""
+    """One encoder and its settings; each encoder reads only the fields it names below.
+
+    ``name``: ``auto`` (MLP for vectors, ResNet-18 for images/video, Transformer for
+    sequences), ``mlp``, ``resnet18``, ``mobilenetv2`` or ``transformer`` (docs/encoders.md).
+    ``width``: ResNet-18 channels of the first stage (64 in the paper; features are 8 * width).
+    ``hidden``: MLP layer sizes. ``dropout``: MLP dropout after each hidden layer, and the
+    Transformer's dropout inside each layer (attention weights and feedforward).
+    ``width_mult``: MobileNetV2 width multiplier (features are 1280 * max(1, width_mult)).
+    ``d_model``, ``layers``, ``heads``, ``feedforward``: the Transformer's width, depth,
+    attention heads and feedforward size (the paper's UR-Funny setting: 768, 4, 8).
+    ``kernel_size``: the Conv1d projection's kernel over time (1 = per-step, as MultiBench).
+    ``positional``: ``sinusoidal`` (fixed encoding of each step's index among the real steps)
+    or ``none``. ``pooling``: ``mean`` over real steps or ``last`` real step (MultiBench).
+    """
 
     name: str = "auto"
     width: int = 64
     hidden: list[int] = field(default_factory=lambda: [128])
     dropout: float = 0.0
+    width_mult: float = 1.0
+    d_model: int = 768
+    layers: int = 4
+    heads: int = 8
+    feedforward: int = 2048
+    kernel_size: int = 1
+    positional: str = "sinusoidal"
+    pooling: str = "mean"
 
 
 @dataclass

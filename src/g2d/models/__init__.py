@@ -1,18 +1,28 @@
 """Encoders, fusion modules and the multimodal model."""
 
-from g2d.models.encoders import MLPEncoder, ResNet18Encoder, build_encoder
+from g2d.models.encoders import (
+    ENCODER_NAMES,
+    MLPEncoder,
+    MobileNetV2Encoder,
+    ResNet18Encoder,
+    SequenceTransformer,
+    build_encoder,
+)
 from g2d.models.fusion import FUSIONS, ConcatFusion, Fusion, LateFusion, SumFusion, build_fusion
 from g2d.models.multimodal import ModelOutput, MultimodalModel
 
 __all__ = [
+    "ENCODER_NAMES",
     "FUSIONS",
     "ConcatFusion",
     "Fusion",
     "LateFusion",
     "MLPEncoder",
+    "MobileNetV2Encoder",
     "ModelOutput",
     "MultimodalModel",
     "ResNet18Encoder",
+    "SequenceTransformer",
     "SumFusion",
     "build_encoder",
     "build_fusion",
