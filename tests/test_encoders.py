@@ -57,9 +57,12 @@ def test_transformer_ignores_padding(pooling: str, kernel_size: int) -> None:
     longer = torch.cat([junk, 50 * torch.randn(3, 4, 4)], dim=1)
     longer_mask = torch.cat([mask, torch.zeros(3, 4, dtype=torch.bool)], dim=1)
     torch.testing.assert_close(encoder(longer, longer_mask), expected)
-    # Each row equals the same sequence encoded alone, unpadded.
+    # Each row equals the same sequence encoded alone, unpadded, and padded at the front instead.
     for row, length in enumerate(lengths):
         torch.testing.assert_close(encoder(x[row : row + 1, :length])[0], expected[row])
+        front = torch.cat([torch.randn(1, 6 - length, 4), x[row : row + 1, :length]], dim=1)
+        front_mask = torch.arange(6).unsqueeze(0) >= 6 - length
+        torch.testing.assert_close(encoder(front, front_mask)[0], expected[row])
 
 
 def test_transformer_mask_none_equals_all_real() -> None:
@@ -83,6 +86,17 @@ def test_transformer_row_without_real_steps_is_zero_and_finite(pooling: str) -> 
     evaluated = encoder(x.detach(), mask)
     assert torch.equal(evaluated[1], torch.zeros(16))
     torch.testing.assert_close(evaluated[[0, 2]], encoder(x[[0, 2]].detach(), mask[[0, 2]]))
+
+
+def test_attention_never_sees_a_row_with_every_key_masked() -> None:
+    """Fully masked attention rows are NaN on some backends, so an empty row must reach attention unmasked."""
+    encoder = small_transformer()
+    seen = []
+    encoder.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["src_key_padding_mask"]), with_kwargs=True
+    )
+    encoder(torch.randn(3, 4, 4), lengths_mask([4, 0, 2], 4))
+    assert torch.equal(seen[0], ~lengths_mask([4, 4, 2], 4))
 
 
 def test_transformer_gradient_reaches_projection_but_not_padding() -> None:
