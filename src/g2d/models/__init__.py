@@ -1,13 +1,28 @@
 """Encoders, fusion modules and the multimodal model."""
 
 from g2d.models.encoders import MLPEncoder, ResNet18Encoder, build_encoder
-from g2d.models.fusion import FUSIONS, ConcatFusion, Fusion, LateFusion, SumFusion, build_fusion
+from g2d.models.fusion import (
+    FUSIONS,
+    ConcatFusion,
+    CrossAttentionFusion,
+    DeactivationFusion,
+    FiLMFusion,
+    Fusion,
+    GatedFusion,
+    LateFusion,
+    SumFusion,
+    build_fusion,
+)
 from g2d.models.multimodal import ModelOutput, MultimodalModel
 
 __all__ = [
     "FUSIONS",
     "ConcatFusion",
+    "CrossAttentionFusion",
+    "DeactivationFusion",
+    "FiLMFusion",
     "Fusion",
+    "GatedFusion",
     "LateFusion",
     "MLPEncoder",
     "ModelOutput",
