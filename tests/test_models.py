@@ -122,7 +122,7 @@ def test_single_modality_late_model() -> None:
     torch.testing.assert_close(out.logits, out.modality_logits["audio"])
 
 
-@pytest.mark.parametrize("fusion", ["late", "sum", "concat"])
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
 def test_gradients_reach_every_encoder(fusion: str) -> None:
     specs = {
         "audio": ModalitySpec("image", (1, 28, 28)),

@@ -8,14 +8,29 @@ from g2d.models.encoders import (
     SequenceTransformer,
     build_encoder,
 )
-from g2d.models.fusion import FUSIONS, ConcatFusion, Fusion, LateFusion, SumFusion, build_fusion
+from g2d.models.fusion import (
+    FUSIONS,
+    ConcatFusion,
+    CrossAttentionFusion,
+    DeactivationFusion,
+    FiLMFusion,
+    Fusion,
+    GatedFusion,
+    LateFusion,
+    SumFusion,
+    build_fusion,
+)
 from g2d.models.multimodal import ModelOutput, MultimodalModel
 
 __all__ = [
     "ENCODER_NAMES",
     "FUSIONS",
     "ConcatFusion",
+    "CrossAttentionFusion",
+    "DeactivationFusion",
+    "FiLMFusion",
     "Fusion",
+    "GatedFusion",
     "LateFusion",
     "MLPEncoder",
     "MobileNetV2Encoder",

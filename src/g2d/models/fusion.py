@@ -1,11 +1,18 @@
 """Fusion modules: combine per-modality features into fused logits plus per-modality logits.
 
-Every fusion is k-modal (k >= 1) and returns ``(fused, {modality: logits})``; the
-per-modality logits are what the balancing methods measure and distil. A new fusion is a
-``Fusion`` subclass added to ``FUSIONS``.
+Every fusion returns ``(fused, {modality: logits})``, all ``[B, num_outputs]``; the
+per-modality logits are what per-modality evaluation scores and what balancing methods
+measure and distil, so they must depend on (and back-propagate to) that modality alone. How
+each fusion forms them follows the paper's A.5 (see docs/models.md): late and sum use each
+modality's own head, concat a partition of its head, and the interaction fusions (FiLM,
+gated, cross-attention) their own fused output with every other modality deactivated.
+Late, sum and concat accept k >= 1 modalities, the interaction fusions k >= 2. A new fusion
+is a ``Fusion`` subclass added to ``FUSIONS``.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +30,8 @@ def make_linear(in_dim: int, out_dim: int) -> nn.Linear:
 
 class Fusion(nn.Module):
     """Base class: maps ``{modality: features [B, d_m]}`` to fused and per-modality logits ``[B, num_outputs]``."""
+
+    name: ClassVar[str] = ""
 
     def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
         super().__init__()
@@ -44,6 +53,8 @@ class Fusion(nn.Module):
 class LateFusion(Fusion):
     """One Linear head per modality; the fused logits are the mean of the heads' logits (the paper's default)."""
 
+    name = "late"
+
     def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
         super().__init__(modalities, feature_dims, num_outputs)
         self.heads = nn.ModuleDict({m: make_linear(self.feature_dims[m], num_outputs) for m in self.modalities})
@@ -60,6 +71,8 @@ class LateFusion(Fusion):
 class SumFusion(LateFusion):
     """Late fusion's per-modality heads, with the fused logits the sum of the heads' logits (A.3.1)."""
 
+    name = "sum"
+
     def combine(self, stacked: Tensor) -> Tensor:
         return stacked.sum(dim=0)
 
@@ -69,6 +82,8 @@ class ConcatFusion(Fusion):
 
     Modality m's logits are ``f_m @ W[:, slice_m].T + bias / k``, so they sum exactly to the fused logits.
     """
+
+    name = "concat"
 
     def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
         super().__init__(modalities, feature_dims, num_outputs)
@@ -89,10 +104,143 @@ class ConcatFusion(Fusion):
         return fused, per_modality
 
 
+class DeactivationFusion(Fusion):
+    """A fusion whose modality m logits are its own fused output with every other modality deactivated.
+
+    A.5 (after MLA [46]) measures a modality inside FiLM, BiGated and cross-attention models
+    by deactivating the others; here that means zeroing their encoder features, the input
+    the fusion sees. The zeros are constants, so modality m's
+    logits carry gradient to m's features (and the fusion's weights) and to no other
+    modality. The full input and the k single-modality inputs go through ``fuse`` as one
+    batch of ``(k + 1) * B`` rows, which is exact because ``fuse`` treats rows independently.
+    """
+
+    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
+        super().__init__(modalities, feature_dims, num_outputs)
+        if len(self.modalities) < 2:
+            raise G2DError(
+                f"model.fusion: {self.name} fuses modalities with each other and needs at least two, "
+                f"got {', '.join(self.modalities)}; use late for a single modality"
+            )
+
+    def fuse(self, features: dict[str, Tensor]) -> Tensor:
+        """Fused logits ``[N, num_outputs]`` from features ``{modality: [N, d_m]}``; rows independent."""
+        raise NotImplementedError
+
+    def forward(self, features: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        alone = [{m: f if m == kept else torch.zeros_like(f) for m, f in features.items()} for kept in self.modalities]
+        rows = [features, *alone]
+        stacked = {m: torch.cat([row[m] for row in rows]) for m in self.modalities}
+        logits = self.fuse(stacked).unflatten(0, (len(rows), -1))
+        return logits[0], {m: logits[1 + i] for i, m in enumerate(self.modalities)}
+
+
+class FiLMFusion(DeactivationFusion):
+    """Feature-wise linear modulation (A.3.3) in which every modality is modulated by all the others.
+
+    ``h_m = gamma_m * f_m + beta_m`` with ``[gamma_m, beta_m] = W_m [f_j for j != m] + b_m``
+    (one Linear per modality, from the concatenated other features to ``2 d_m``), and
+    ``fused = head([h_1, ..., h_k])``. The paper does not say which of two modalities
+    conditions the other; conditioning each on the rest treats all modalities alike, makes
+    the two-modality case bidirectional FiLM, and for k > 2 lets every modality scale and
+    shift every other. Feature sizes may differ: ``W_m`` maps to m's own size, so nothing is
+    projected.
+    """
+
+    name = "film"
+
+    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
+        super().__init__(modalities, feature_dims, num_outputs)
+        dims = self.feature_dims
+        total = sum(dims.values())
+        self.film = nn.ModuleDict({m: make_linear(total - dims[m], 2 * dims[m]) for m in self.modalities})
+        self.head = make_linear(total, num_outputs)
+
+    def modulated(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``{m: gamma_m * f_m + beta_m}``, each conditioned on the other modalities."""
+        out = {}
+        for m in self.modalities:
+            others = torch.cat([features[j] for j in self.modalities if j != m], dim=1)
+            gamma, beta = self.film[m](others).chunk(2, dim=1)
+            out[m] = gamma * features[m] + beta
+        return out
+
+    def fuse(self, features: dict[str, Tensor]) -> Tensor:
+        modulated = self.modulated(features)
+        return self.head(torch.cat([modulated[m] for m in self.modalities], dim=1))
+
+
+class GatedFusion(DeactivationFusion):
+    """Gated fusion (the paper's BiGated, A.3.4): each modality's hidden state gated by the others'.
+
+    Each modality has its own Linear to a common hidden size ``d = max_m d_m``,
+    ``z_m = W_m f_m + b_m``; its gate is ``g_m = sigmoid(mean_{j != m} z_j)`` and
+    ``fused = head(sum_m g_m * z_m)``. With two modalities each hidden state gates the other
+    (the bidirectional form of OGM-GE's one-way gate); for k > 2 the gate averages the other
+    modalities' hidden states before the sigmoid, so every other modality has a say and the
+    gate's scale does not shrink with k (a product of k - 1 sigmoids would).
+    """
+
+    name = "gated"
+
+    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
+        super().__init__(modalities, feature_dims, num_outputs)
+        self.hidden_dim = max(self.feature_dims.values())
+        self.hidden = nn.ModuleDict({m: make_linear(self.feature_dims[m], self.hidden_dim) for m in self.modalities})
+        self.head = make_linear(self.hidden_dim, num_outputs)
+
+    def gated(self, features: dict[str, Tensor]) -> Tensor:
+        """``sum_m g_m * z_m`` ``[N, d]``: the representation the head classifies."""
+        hidden = torch.stack([self.hidden[m](features[m]) for m in self.modalities])
+        k = len(self.modalities)
+        others_mean = (hidden.sum(dim=0, keepdim=True) - hidden) / (k - 1)
+        return (torch.sigmoid(others_mean) * hidden).sum(dim=0)
+
+    def fuse(self, features: dict[str, Tensor]) -> Tensor:
+        return self.head(self.gated(features))
+
+
+class CrossAttentionFusion(DeactivationFusion):
+    """Cross-attention fusion (A.3.5): each modality's token attends across all modalities' tokens.
+
+    Features are vectors, so each modality is one token, projected by its own Linear to a
+    common size ``d = max_m d_m``: ``t_m = P_m f_m``. As in CrossViT [4], whose query token
+    attends over its own token together with the other branch's tokens, modality m's query
+    attends over all k tokens: bidirectional for two modalities, all-directional for more
+    (attending over the others alone would, for two modalities, be a softmax over one key,
+    always 1). Single head, scaled dot product:
+    ``a_m = softmax(q_m K^T / sqrt(d)) V``, and the attended representation is normalized,
+    ``r_m = LayerNorm(t_m + W_o a_m)``. ``fused = head([r_1, ..., r_k])``, one Linear from
+    ``k d`` to the outputs.
+    """
+
+    name = "cross_attention"
+
+    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
+        super().__init__(modalities, feature_dims, num_outputs)
+        d = self.token_dim = max(self.feature_dims.values())
+        self.project = nn.ModuleDict({m: make_linear(self.feature_dims[m], d) for m in self.modalities})
+        self.query, self.key, self.value, self.out = (make_linear(d, d) for _ in range(4))
+        self.norm = nn.LayerNorm(d)
+        self.head = make_linear(len(self.modalities) * d, num_outputs)
+
+    def tokens(self, features: dict[str, Tensor]) -> Tensor:
+        """One token per modality, ``[N, k, d]``."""
+        return torch.stack([self.project[m](features[m]) for m in self.modalities], dim=1)
+
+    def attend(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Refined tokens ``[N, k, d]`` and attention weights ``[N, k, k]`` (row m: what m attends to)."""
+        scores = self.query(tokens) @ self.key(tokens).transpose(1, 2) / self.token_dim**0.5
+        weights = scores.softmax(dim=-1)
+        return self.norm(tokens + self.out(weights @ self.value(tokens))), weights
+
+    def fuse(self, features: dict[str, Tensor]) -> Tensor:
+        refined, _ = self.attend(self.tokens(features))
+        return self.head(refined.flatten(1))
+
+
 FUSIONS: dict[str, type[Fusion]] = {
-    "late": LateFusion,
-    "sum": SumFusion,
-    "concat": ConcatFusion,
+    cls.name: cls for cls in (LateFusion, SumFusion, ConcatFusion, FiLMFusion, GatedFusion, CrossAttentionFusion)
 }
 
 

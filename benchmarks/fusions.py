@@ -1,0 +1,86 @@
+"""Run the Table 5 analogue: G²D (and optionally Joint-Train) with each fusion module, over seeds.
+
+Prints a markdown table of test accuracy (mean ± std over seeds) for the multimodal model and
+each modality inside it (A.5's per-modality rule of each fusion, see docs/models.md), and
+writes it to ``OUT/summary.md``. Teachers do not depend on the fusion, so each seed trains
+them once in ``OUT/seed<s>/teachers`` and every fusion and method of that seed uses them.
+
+    python benchmarks/fusions.py configs/mfeat.yaml --seeds 0 1 2 --methods g2d joint --out runs/fusions_mfeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from g2d.config import load_config
+from g2d.data import load_dataset
+from g2d.experiment import run
+from g2d.models import FUSIONS
+
+# The paper's Table 5 order; late fusion, its default, last.
+ORDER = ["sum", "concat", "film", "gated", "cross_attention", "late"]
+METHODS = {"g2d": "G²D", "joint": "Joint-Train"}
+
+
+def cell(values: list[float]) -> str:
+    mean = 100 * statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--fusions", nargs="+", default=ORDER, help="subset of fusion names")
+    parser.add_argument("--methods", nargs="+", default=["g2d"], help="subset of: " + ", ".join(METHODS))
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_intermixed_args()
+    for name in args.fusions:
+        if name not in FUSIONS:
+            parser.error(f"unknown fusion {name!r}; fusions: {', '.join(FUSIONS)}")
+    for name in args.methods:
+        if name not in METHODS:
+            parser.error(f"unknown method {name!r}; methods: {', '.join(METHODS)}")
+    results: dict[tuple[str, str], list[dict]] = {}
+    data = None
+    for method in args.methods:
+        for fusion in args.fusions:
+            for seed in args.seeds:
+                config = load_config(args.config, [*args.overrides, f"method.name={method}", f"model.fusion={fusion}",
+                                                   f"seed={seed}", "trainer.progress=false",
+                                                   f"out={args.out / f'seed{seed}' / f'{method}_{fusion}'}",
+                                                   f"teachers.root={args.out / f'seed{seed}' / 'teachers'}"])
+                data = data or load_dataset(config.dataset)
+                metrics = run(config, data)
+                results.setdefault((method, fusion), []).append(metrics)
+                print(f"{method} {fusion} seed {seed}: {json.dumps(metrics['test'])} ({metrics['wall_seconds']:.0f} s)",
+                      flush=True)
+    modalities = next(iter(results.values()))[0]["modalities"]
+    lines = [f"| fusion | method | multimodal | {' | '.join(modalities)} | wall s/run |",
+             "|" + " --- |" * (len(modalities) + 4)]
+    for fusion in args.fusions:
+        for method in args.methods:
+            runs = results[(method, fusion)]
+            per = [cell([r["test"]["per_modality"][m]["accuracy"] for r in runs]) for m in modalities]
+            wall = statistics.mean(r["wall_seconds"] for r in runs)
+            multimodal = cell([r["test"]["multimodal"]["accuracy"] for r in runs])
+            lines.append(f"| {fusion} | {METHODS[method]} | {multimodal} | {' | '.join(per)} | {wall:.1f} |")
+    by_seed = {r["seed"]: r["teachers"] for runs in results.values() for r in runs if r["teachers"]}
+    if by_seed:
+        per = [cell([t[m]["accuracy"] for t in by_seed.values()]) for m in modalities]
+        lines.append(f"| - | teachers | - | {' | '.join(per)} | - |")
+    table = "\n".join(lines)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.md").write_text(table + "\n")
+    (args.out / "results.json").write_text(json.dumps({f"{m}/{f}": r for (m, f), r in results.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
