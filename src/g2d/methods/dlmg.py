@@ -8,11 +8,14 @@ k >= 2 works) and the factor 2 is the official code's. The alignment weight w fo
   and the labels taking over as training goes on (the exponential schedule of public
   implementations of the method);
 - ``learned``: w starts at ``initial_weight`` and is moved once per epoch by a hypergradient
-  on a validation batch (the first ``trainer.batch_size`` rows of the validation split):
-  a one-step look-ahead gives ``dL_val/dw ~ -lr g_val . (g_align - g_cls)``, so
-  ``w <- clip(w + weight_lr * g_val . (g_align - g_cls), 0.05, 0.95)`` with the gradients of
-  the validation CE and of the training alignment and CE terms on the epoch's first batch;
-  weight_lr halves every 20 epochs, as in the official code.
+  on a validation batch (the first ``trainer.batch_size`` rows of the validation split).
+  A one-step look-ahead gives ``dL_val/dw ~ -lr g_val . (g_align - g_cls)``, with the
+  gradients of the validation CE and of the training alignment and CE terms (on the epoch's
+  first batch); w moves along it by ``weight_lr`` times its cosine,
+  ``w <- clip(w + weight_lr * cos(g_val, g_align - g_cls), 0.05, 0.95)``, and weight_lr
+  halves every 20 epochs, as in the official code. The cosine makes the step a fraction
+  of weight_lr whatever the model's gradient scale: with the raw dot product and the
+  official 1e-4, w moved from 0.95 to 0.949 in 60 epochs on mfeat.
 
 Differences from the official code, on purpose:
 - Its "JS" calls ``kl_div(p.log(), m)``, which is KL(m || p), so it computes
@@ -20,9 +23,9 @@ Differences from the official code, on purpose:
   ``(KL(p||m) + KL(q||m)) / 2``.
 - Its learned update uses the mean of the first parameter tensor's Hessian-vector product,
   which is not a derivative with respect to the weight; here it is the first-order
-  hypergradient above.
+  hypergradient's direction above.
 The validation batch also serves model selection, so the learned weight sees it (through
-one gradient dot product per epoch).
+one gradient cosine per epoch).
 
 Classification only (the alignment compares class distributions). SMP (``smp.enabled``):
 kappa scales the encoder gradients of this loss, as in joint training.
@@ -51,12 +54,13 @@ HALVING_EPOCHS = 20
 @dataclass
 class DLMGParams:
     """strategy: ``heuristic`` or ``learned`` alignment weight; decay: the heuristic's rate;
-    initial_weight and weight_lr: the learned weight's start and step size (official 0.95, 1e-4)."""
+    initial_weight: the learned weight's start (official 0.95); weight_lr: the most it moves
+    in one epoch (halved every 20 epochs)."""
 
     strategy: str = "heuristic"
     decay: float = 0.3
     initial_weight: float = 0.95
-    weight_lr: float = 1e-4
+    weight_lr: float = 0.1
 
 
 def js_divergence(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -127,7 +131,7 @@ class DLMG(Method):
         return super().train_step(inputs, epoch)
 
     def update_weight(self, inputs: dict[str, torch.Tensor], epoch: int) -> None:
-        """The learned strategy's first-order hypergradient step on the alignment weight."""
+        """The learned strategy's step along the first-order hypergradient on the alignment weight."""
         assert self.validation_batch is not None
         model = self.ctx.model
         params = [p for p in model.parameters() if p.requires_grad]
@@ -140,9 +144,10 @@ class DLMG(Method):
         validation = task_loss(model(self.validation_batch).logits, self.validation_batch["label"], self.task)
         model.train()
         g_val = gradients(validation, params, retain_graph=False)
-        hypergradient = dot(g_val, g_align) - dot(g_val, g_cls)
+        difference = [a - c for a, c in zip(g_align, g_cls)]
+        cosine = dot(g_val, difference) / (dot(g_val, g_val) * dot(difference, difference)).sqrt().clamp_min(1e-12)
         step = self.params.weight_lr / 2 ** (epoch // HALVING_EPOCHS)
-        self.weight = (self.weight + step * hypergradient).clamp(*WEIGHT_RANGE).detach()
+        self.weight = (self.weight + step * cosine).clamp(*WEIGHT_RANGE).detach()
 
     def state_dict(self) -> dict[str, Any]:
         return {"weight": self.weight.detach().cpu()}

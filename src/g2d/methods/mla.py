@@ -11,8 +11,9 @@ Differences from the official code, on purpose:
 - Its projection never runs: the plugin looks for a parameter named ``module.weight`` in a
   ``Linear`` whose weight is named ``weight``. Here the intended projection runs: from the
   second sub-step of training on, P <- P - P r r^T P / (alpha + r^T P r) with r the batch
-  mean of the head's input, P is divided by its Frobenius norm, and the head's weight
-  gradient G becomes G P^T; alpha = 0.1 ** (1 + batch_index / batches_per_epoch).
+  mean of this sub-step's head input (the plugin's order: update, then project), P is
+  divided by its Frobenius norm, and the head's weight gradient G becomes G P^T (the bias
+  is not projected); alpha = 0.1 ** (1 + batch_index / batches_per_epoch).
 - Its entropy gating takes one softmax over the batch dimension and one entropy per batch;
   here each sample's class distribution has its own entropy (the paper's definition), so a
   prediction does not depend on the other samples in its evaluation batch.

@@ -57,7 +57,8 @@ def min_norm_weight(g1: list[torch.Tensor], g2: list[torch.Tensor]) -> torch.Ten
 
 def pareto_integrate(multimodal: list[torch.Tensor], unimodal: list[torch.Tensor], gamma: float) -> list[torch.Tensor]:
     """One encoder's new gradient from its multimodal and unimodal gradients (lists of tensors)."""
-    cosine = dot(multimodal, unimodal) / (dot(multimodal, multimodal) * dot(unimodal, unimodal)).sqrt().clamp_min(EPSILON)
+    norms = (dot(multimodal, multimodal) * dot(unimodal, unimodal)).sqrt()
+    cosine = dot(multimodal, unimodal) / norms.clamp_min(EPSILON)
     weight = torch.where(cosine > 0, torch.full_like(cosine, 0.5), min_norm_weight(multimodal, unimodal))
     integrated = []
     for g_mm, g_m in zip(multimodal, unimodal):
@@ -98,16 +99,16 @@ class MMPareto(Method):
         in_encoders = {id(p) for params in encoders.values() for p in params}
         shared = [p for p in model.parameters() if p.requires_grad and id(p) not in in_encoders]
         encoder_list = [p for m in self.modalities for p in encoders[m]]
-        from_multimodal = gradients(multimodal, encoder_list + shared, retain_graph=True)
-        shared_grads = from_multimodal[len(encoder_list):]
+        from_multimodal = iter(gradients(multimodal, encoder_list + shared, retain_graph=True))
+        multimodal_grads = {m: [next(from_multimodal) for _ in encoders[m]] for m in self.modalities}
+        shared_grads = list(from_multimodal)
         integrated = []
-        start = 0
         for index, m in enumerate(self.modalities):
             count = len(encoders[m])
-            from_unimodal = gradients(unimodal[m], encoders[m] + shared, retain_graph=index < len(self.modalities) - 1)
+            retain = index < len(self.modalities) - 1
+            from_unimodal = gradients(unimodal[m], encoders[m] + shared, retain_graph=retain)
             shared_grads = [g + u for g, u in zip(shared_grads, from_unimodal[count:])]
-            integrated += pareto_integrate(from_multimodal[start:start + count], from_unimodal[:count], self.params.gamma)
-            start += count
+            integrated += pareto_integrate(multimodal_grads[m], from_unimodal[:count], self.params.gamma)
 
         ctx.optimizer.zero_grad(set_to_none=True)
         for param, grad in zip(encoder_list + shared, integrated + shared_grads):
