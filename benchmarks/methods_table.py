@@ -1,0 +1,79 @@
+"""Run several methods over seeds on one config and tabulate test accuracy (mean ± std).
+
+Each method is ``name`` or ``label=override,override`` (e.g. ``"DLMG learned=method.name=dlmg,
+method.dlmg.strategy=learned"``). All runs share one teachers folder, ``OUT/teachers``, so
+teachers are trained once (by the first run that needs them) and reused across methods and
+seeds. Writes ``OUT/summary.md`` and ``OUT/results.json``.
+
+    python benchmarks/methods_table.py configs/mfeat.yaml --methods joint mla ume --seeds 0 1 2 \
+        --out runs/methods_mfeat trainer.progress=false
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from g2d.config import load_config
+from g2d.data import load_dataset
+from g2d.experiment import run
+
+
+def parse_method(spec: str) -> tuple[str, list[str]]:
+    """``mla`` -> ("mla", ["method.name=mla"]); ``label=a=1,b=2`` -> ("label", ["a=1", "b=2"])."""
+    if "=" not in spec:
+        return spec, [f"method.name={spec}"]
+    label, overrides = spec.split("=", 1)
+    return label, overrides.split(",")
+
+
+def cell(values: list[float]) -> str:
+    mean = 100 * statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--methods", nargs="+", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_intermixed_args()
+    results: dict[str, list[dict]] = {}
+    data = None
+    for spec in args.methods:
+        label, method_overrides = parse_method(spec)
+        for seed in args.seeds:
+            slug = label.lower().replace(" ", "_")
+            config = load_config(args.config, [*args.overrides, *method_overrides, f"seed={seed}",
+                                               f"out={args.out / slug / f'seed{seed}'}",
+                                               f"teachers.root={args.out / 'teachers'}"])
+            data = data or load_dataset(config.dataset)
+            metrics = run(config, data)
+            results.setdefault(label, []).append(metrics)
+            print(f"{label} seed {seed}: {json.dumps(metrics['test'])} ({metrics['wall_seconds']:.0f} s)", flush=True)
+    modalities = next(iter(results.values()))[0]["modalities"]
+    lines = [f"| method | multimodal | {' | '.join(modalities)} | best epochs |",
+             "|" + " --- |" * (len(modalities) + 3)]
+    for label, runs in results.items():
+        per = [cell([r["test"]["per_modality"][m]["accuracy"] for r in runs]) for m in modalities]
+        epochs = ", ".join(str(r["best_epoch"]) for r in runs)
+        multimodal = cell([r["test"]["multimodal"]["accuracy"] for r in runs])
+        lines.append(f"| {label} | {multimodal} | {' | '.join(per)} | {epochs} |")
+    teachers = [r["teachers"] for runs in results.values() for r in runs if r["teachers"]]
+    if teachers:
+        lines.append(f"| teachers | - | {' | '.join(cell([teachers[0][m]['accuracy']]) for m in modalities)} | - |")
+    table = "\n".join(lines)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.md").write_text(table + "\n")
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
