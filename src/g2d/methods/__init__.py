@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from g2d.errors import G2DError
+from g2d.methods.agm import AGM
 from g2d.methods.base import Method, TeacherOutputs, parse_params
 from g2d.methods.g2d import G2D
 from g2d.methods.joint import JointTrain
+from g2d.methods.mses import MSES
+from g2d.methods.mslr import MSLR
+from g2d.methods.ogm_ge import OGMGE
+from g2d.methods.pmr import PMR
 from g2d.methods.umt import UMT
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (JointTrain, G2D, UMT)}
+METHODS.update({cls.name: cls for cls in (OGMGE, AGM, PMR, MSES, MSLR)})
 
 
 def method_class(name: str) -> type[Method]:
