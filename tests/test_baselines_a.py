@@ -15,7 +15,7 @@ from g2d.data.base import Batches, to_device
 from g2d.errors import G2DError
 from g2d.experiment import run, seed_everything
 from g2d.methods import build_method
-from g2d.methods.agm import AGM, AGMParams, agm_coefficients, mono_scores, shapley_weights
+from g2d.methods.agm import AGM, AGMParams, agm_coefficients, clip_large_gradients, mono_scores, shapley_weights
 from g2d.methods.base import MethodContext
 from g2d.methods.mses import MSES, MSESParams
 from g2d.methods.mslr import MSLR, MSLRParams
@@ -146,6 +146,17 @@ def test_agm_scores_and_coefficient_formula():
     assert clipped[0].item() == pytest.approx(math.exp(0.5))
     three = agm_coefficients(torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3), alpha=1.0, clip=10.0)
     assert three[0].item() == pytest.approx(math.exp(1 - math.exp(2.5 - 1.0)), rel=1e-5)
+
+
+def test_agm_clips_the_gradient_norm_only_when_a_fusion_gradient_is_large():
+    encoder, head = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+    encoder.grad, head.grad = torch.tensor([3.0, 4.0]), torch.tensor([0.5])
+    clip_large_gradients([encoder, head], [head], limit=1.0)
+    assert encoder.grad.tolist() == [3.0, 4.0] and head.grad.tolist() == [0.5]  # head entries within 1: no clip
+    head.grad = torch.tensor([12.0])  # total norm 13
+    clip_large_gradients([encoder, head], [head], limit=1.0)
+    assert encoder.grad.tolist() == pytest.approx([3 / 13, 4 / 13], rel=1e-4)
+    assert head.grad.tolist() == pytest.approx([12 / 13], rel=1e-4)
 
 
 def test_agm_refuses_too_many_modalities():

@@ -16,13 +16,16 @@ averages of the scores over all steps so far (the code's cumulative mean, taken 
 step's update). The coefficient exp(alpha * min(target - r_m, clip)) multiplies modality
 m's encoder gradients while ``modulation_starts <= epoch <= modulation_ends``.
 
+As in the official code, when any fusion gradient entry exceeds ``grad_clip`` in magnitude
+the whole model's gradient norm is clipped to ``grad_clip`` (computed on the device, no host
+sync): coefficients up to exp(alpha * clip) would otherwise blow the step up.
+
 Differences from the official code: the coefficient scales each encoder's gradients
 directly. The official code routes it through backward hooks on the mono-modal outputs;
 where those padded passes run without gradient (its CREMA-D model) the hooks reduce to one
 common scale, the mean of the coefficients, on the whole network, which is not the
-per-modality modulation the paper describes. The code's extra gradient-norm clipping is
-left out. With ``smp.enabled=true``, SMP's coefficient replaces AGM's inside SMP's window;
-the running scores keep updating throughout.
+per-modality modulation the paper describes. With ``smp.enabled=true``, SMP's coefficient
+replaces AGM's inside SMP's window; the running scores keep updating throughout.
 """
 
 from __future__ import annotations
@@ -45,12 +48,14 @@ from g2d.methods.losses import task_loss
 class AGMParams:
     """alpha: modulation strength (1.5 CREMA-D, 2.5 AV-MNIST, 4.0 UR-Funny in the paper);
     clip bounds target - current ratio before alpha (10 in the two-modality code, 7 in the
-    three-modality one); ``modulation_ends: null`` modulates until the end."""
+    three-modality one); ``modulation_ends: null`` modulates until the end; grad_clip: the
+    official conditional gradient-norm clip (null turns it off)."""
 
     alpha: float = 2.5
     clip: float = 10.0
     modulation_starts: int = 0
     modulation_ends: Optional[int] = None
+    grad_clip: Optional[float] = 1.0
     max_modalities: int = 4
 
 
@@ -78,6 +83,20 @@ def mono_scores(mono_logits: torch.Tensor, labels: torch.Tensor, task: str) -> t
     index = labels.view(1, -1, 1).expand(probabilities.shape[0], -1, 1)
     true_class = probabilities.gather(-1, index).squeeze(-1)
     return -torch.log(true_class.clamp_min(1e-8)).mean(dim=1)
+
+
+def clip_large_gradients(parameters: list[torch.nn.Parameter], watched: list[torch.nn.Parameter], limit: float) -> None:
+    """If any gradient entry of ``watched`` exceeds ``limit`` in magnitude, clip the total norm of
+    ``parameters``' gradients to ``limit``; the decision is a device tensor, so nothing syncs."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    watched_grads = [p.grad for p in watched if p.grad is not None]
+    if not grads or not watched_grads:
+        return
+    large = torch.stack([g.abs().max() for g in watched_grads]).max() > limit
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    factor = torch.where(large, (limit / (total + 1e-6)).clamp(max=1.0), torch.ones_like(total))
+    for g in grads:
+        g.mul_(factor)
 
 
 def discrepancy_ratios(scores: torch.Tensor) -> torch.Tensor:
@@ -153,16 +172,17 @@ class AGM(Method):
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         kappa = ctx.smp_coefficients(epoch, inputs, ctx.teacher_outputs(inputs))
-        if kappa is not None:
+        smp = kappa is not None
+        if smp:
             ctx.encoder_gradients_scaled(kappa)
-            ctx.optimizer_step(kappa)
+        elif in_window(epoch, self.params.modulation_starts, self.params.modulation_ends):
+            kappa = coefficients
+            scale_gradients(self.encoders, kappa)
         else:
-            if in_window(epoch, self.params.modulation_starts, self.params.modulation_ends):
-                kappa = coefficients
-                scale_gradients(self.encoders, kappa)
-            else:
-                kappa = torch.ones_like(coefficients)
-            ctx.optimizer.step()
+            kappa = torch.ones_like(coefficients)
+        if self.params.grad_clip is not None:
+            clip_large_gradients(list(ctx.model.parameters()), list(ctx.model.fusion.parameters()), self.params.grad_clip)
+        ctx.optimizer_step(kappa if smp else None)
         terms = {"task": loss.detach(), **{f"score/{m}": scores[i] for i, m in enumerate(self.modalities)}}
         return step_terms(loss, terms, output.logits, inputs, self.task, kappa, self.modalities)
 
