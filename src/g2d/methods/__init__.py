@@ -5,18 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from g2d.errors import G2DError
+from g2d.methods.agm import AGM
 from g2d.methods.base import Method, TeacherOutputs, parse_params
 from g2d.methods.dlmg import DLMG
 from g2d.methods.g2d import G2D
 from g2d.methods.joint import JointTrain
 from g2d.methods.mla import MLA
 from g2d.methods.mmpareto import MMPareto
+from g2d.methods.mses import MSES
+from g2d.methods.mslr import MSLR
+from g2d.methods.ogm_ge import OGMGE
+from g2d.methods.pmr import PMR
 from g2d.methods.reconboost import ReconBoost
 from g2d.methods.ume import UME
 from g2d.methods.umt import UMT
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (JointTrain, G2D, UMT)}
-METHODS.update({cls.name: cls for cls in (MLA, MMPareto, ReconBoost, DLMG, UME)})
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (JointTrain, G2D, UMT, UME, OGMGE, AGM, PMR, MLA, MMPareto, ReconBoost, DLMG, MSES, MSLR)
+}
 
 
 def method_class(name: str) -> type[Method]:

@@ -1,0 +1,127 @@
+"""MSES (Fujimori et al., ACPR 2019): modality-specific early stopping.
+
+After every epoch each modality's validation loss (its own head inside the multimodal model)
+is smoothed, s_t = smoothing * s_{t-1} + (1 - smoothing) * loss_t. When a modality's
+smoothed loss has not reached a new minimum for more than ``patience`` epochs, that
+modality stops: from the next epoch on its encoder's learning rate is 0 (no gradient step, no
+momentum, no weight decay moves it), and with ``restore_best`` its encoder weights first go
+back to those of its best epoch. The other modalities keep training. Stops are method state, so
+they survive ``trainer.resume``.
+
+Defaults follow the MSES baseline in the AGM authors' code (used for the G²D comparison):
+smoothing weight 0.6 on the past, patience 80 epochs. Deliberate differences: that code
+smooths with the previous *raw* loss (a two-tap filter) where we keep an exponential
+average, and on a stop it reloads the whole model and optimizer from the stopped modality's
+best epoch, which also rolls back the other modalities; we restore that modality's encoder
+only. Its stop also covers the modality's own classifier; here only the encoder's param
+group stops, because fusion parameters are shared by all modalities in general.
+With ``smp.enabled=true``, SMP's coefficient replaces the stop flags inside SMP's window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from g2d.methods.balancing import scaled_learning_rates
+from g2d.methods.base import Method, MethodContext, step_terms
+from g2d.methods.losses import task_loss
+
+
+@dataclass
+class MSESParams:
+    """patience: epochs without a new smoothed minimum before a modality stops; smoothing: weight of the past."""
+
+    patience: int = 80
+    smoothing: float = 0.6
+    restore_best: bool = True
+
+
+class MSES(Method):
+    """Joint training in which each modality's encoder stops on its own validation loss plateau."""
+
+    name = "mses"
+    Params = MSESParams
+
+    def __init__(self, params: MSESParams, task: str, modalities: list[str]) -> None:
+        super().__init__(params, task, modalities)
+        self.smoothed: dict[str, float] = {}
+        self.best: dict[str, float] = {}
+        self.best_epoch: dict[str, int] = {}
+        self.stopped: dict[str, bool] = {m: False for m in modalities}
+        self.best_weights: dict[str, dict[str, torch.Tensor]] = {}
+        self.kappa: torch.Tensor | None = None
+
+    def setup(self, context: MethodContext) -> None:
+        super().setup(context)
+        self.refresh_kappa()
+
+    def refresh_kappa(self) -> None:
+        """The stop flags as a device tensor (1 = training), built once per change, reported per step."""
+        flags = [0.0 if self.stopped[m] else 1.0 for m in self.modalities]
+        self.kappa = torch.tensor(flags, device=self.ctx.device)
+
+    def train_step(self, inputs: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        ctx = self.ctx
+        output = ctx.model(inputs)
+        loss = task_loss(output.logits, inputs["label"], self.task)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        kappa = ctx.smp_coefficients(epoch, inputs, ctx.teacher_outputs(inputs))
+        if kappa is not None:
+            ctx.encoder_gradients_scaled(kappa)
+            ctx.optimizer_step(kappa)
+        else:
+            kappa = self.kappa
+            with scaled_learning_rates(ctx.optimizer, {f"encoder:{m}": 0.0 for m in self.modalities if self.stopped[m]}):
+                ctx.optimizer.step()
+        return step_terms(loss, {"task": loss.detach()}, output.logits, inputs, self.task, kappa, self.modalities)
+
+    def on_epoch_end(self, epoch: int, val: dict) -> None:
+        encoders = self.ctx.model.encoders
+        for m in self.modalities:
+            if self.stopped[m]:
+                continue
+            loss = float(val["per_modality"][m]["loss"])
+            previous = self.smoothed.get(m)
+            smoothed = loss if previous is None else self.params.smoothing * previous + (1 - self.params.smoothing) * loss
+            self.smoothed[m] = smoothed
+            if m not in self.best or smoothed < self.best[m]:
+                self.best[m], self.best_epoch[m] = smoothed, epoch
+                if self.params.restore_best:
+                    self.best_weights[m] = {k: v.detach().clone() for k, v in encoders[m].state_dict().items()}
+            elif epoch - self.best_epoch[m] > self.params.patience:
+                self.stop(m)
+
+    def stop(self, modality: str) -> None:
+        """Freeze ``modality``'s encoder from the next epoch on (its best weights come back then)."""
+        self.stopped[modality] = True
+        self.refresh_kappa()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Restore stopped encoders' best weights here, not at the stop, so the epoch just evaluated
+        is checkpointed with the weights its validation metrics describe."""
+        for m in self.modalities:
+            if self.stopped[m] and m in self.best_weights:
+                self.ctx.model.encoders[m].load_state_dict(self.best_weights.pop(m))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "smoothed": dict(self.smoothed),
+            "best": dict(self.best),
+            "best_epoch": dict(self.best_epoch),
+            "stopped": dict(self.stopped),
+            "best_weights": {m: {k: v.cpu() for k, v in w.items()} for m, w in self.best_weights.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self.smoothed = {m: float(v) for m, v in state["smoothed"].items()}
+        self.best = {m: float(v) for m, v in state["best"].items()}
+        self.best_epoch = {m: int(v) for m, v in state["best_epoch"].items()}
+        self.stopped = {m: bool(v) for m, v in state["stopped"].items()}
+        self.best_weights = {m: {k: v.to(self.ctx.device) for k, v in w.items()} for m, w in state["best_weights"].items()}
+        self.refresh_kappa()
