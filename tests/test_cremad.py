@@ -23,6 +23,7 @@ pytest.importorskip("av")
 SETTINGS = {"fps": 1.0, "frames": 2, "size": 32, "progress": False}
 CORRUPT = "1004_DFA_HAP_XX"
 NO_AUDIO = "1005_DFA_SAD_XX"
+LFS = "1006_DFA_FEA_XX"
 LONG, SHORT = 2.5, 1.5
 
 
@@ -32,17 +33,20 @@ def clip(actor: int, emotion: str) -> str:
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """AudioWAV/ + VideoFlash/ + split lists: 13 train rows (one corrupt video), 7 test rows (one without audio).
+    """AudioWAV/ + VideoFlash/ + split lists: 13 train rows (one corrupt video), 8 test rows (one without audio,
+    one whose wav is a git-lfs pointer, as a clone without ``git lfs pull`` leaves it).
 
     Clips of the emotions NEU, SAD, DIS last 2.5 s, the others 1.5 s.
     """
     root = tmp_path_factory.mktemp("cremad") / "CREMA-D"
     (root / "VideoFlash").mkdir(parents=True)
     train = [clip(actor, emotion) for actor in (1001, 1002) for emotion in EMOTIONS] + [CORRUPT]
-    test = [clip(1003, emotion) for emotion in EMOTIONS] + [NO_AUDIO]
+    test = [clip(1003, emotion) for emotion in EMOTIONS] + [NO_AUDIO, LFS]
     for name, wav in zip(train + test, fsdd_recordings(len(train) + len(test))):
         if name != NO_AUDIO:
             copy_wav(wav, root / "AudioWAV" / f"{name}.wav")
+        if name == LFS:
+            (root / "AudioWAV" / f"{name}.wav").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n")
         if name == CORRUPT:
             (root / "VideoFlash" / f"{name}.flv").write_bytes(b"FLV\x01 this is not a video" * 20)
         else:
@@ -106,11 +110,12 @@ def test_frames_are_sampled_at_fps_and_spread_evenly(prepared: tuple[Path, dict]
 
 def test_corrupt_and_missing_clips_are_skipped_and_counted(prepared: tuple[Path, dict]) -> None:
     out, meta = prepared
-    assert meta["skipped"]["total"] == 2
-    assert meta["skipped"]["by_reason"] == {"missing": 1, "unreadable": 1}
+    assert meta["skipped"]["total"] == 3
+    assert meta["skipped"]["by_reason"] == {"missing": 1, "unreadable": 2}
     with (out / "skipped.csv").open() as handle:
         rows = {row["item"]: row for row in csv.DictReader(handle)}
-    assert set(rows) == {CORRUPT, NO_AUDIO}
+    assert set(rows) == {CORRUPT, NO_AUDIO, LFS}
+    assert "git-lfs pointer" in rows[LFS]["reason"]
     assert rows[NO_AUDIO]["split"] == "test" and rows[NO_AUDIO]["reason"].startswith("missing:")
     assert rows[CORRUPT]["reason"].startswith("unreadable:") and f"{CORRUPT}.flv" in rows[CORRUPT]["reason"]
 

@@ -16,7 +16,7 @@ import torch
 
 from g2d.data.audio import log_spectrogram, read_wav, repeat_to_length, resample
 from g2d.data.base import ModalitySpec
-from g2d.data.media import read_audio_track, sample_frames
+from g2d.data.media import lfs_pointer, read_audio_track, sample_frames
 from g2d.data.prepared import PreparedWriter, SkipLog, map_items, say
 from g2d.errors import G2DError
 
@@ -130,6 +130,9 @@ def audio_spectrogram(path: Path, settings: AudioSettings) -> np.ndarray:
 
 def clip_arrays(job: ClipJob) -> tuple[np.ndarray, np.ndarray] | str:
     """(spectrogram, frames) of a clip, or the reason it cannot be read (returned, so workers never raise)."""
+    for path in dict.fromkeys((job.audio, job.video)):
+        if lfs_pointer(path):
+            return f"{path} is a git-lfs pointer, not the media (fetch the files with: git lfs pull)"
     try:
         return audio_spectrogram(job.audio, job.audio_settings), sample_frames(
             job.video, job.video_settings.fps, job.video_settings.frames, job.video_settings.size

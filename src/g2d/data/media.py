@@ -18,6 +18,7 @@ import numpy as np
 from g2d.errors import G2DError
 
 TIME_EPSILON = 1e-6
+LFS_MAGIC = b"version https://git-lfs"
 
 
 def _av() -> ModuleType:
@@ -34,6 +35,15 @@ def _image_module() -> ModuleType:
     except ImportError as error:
         raise G2DError("resizing video frames needs Pillow: pip install pillow") from error
     return Image
+
+
+def lfs_pointer(path: Path) -> bool:
+    """True when a media file is a git-lfs pointer (a clone without ``git lfs pull``), not the media itself."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(LFS_MAGIC)) == LFS_MAGIC
+    except OSError:
+        return False
 
 
 def kept_positions(sampled: int, count: int) -> list[int]:
