@@ -120,10 +120,11 @@ def test_corrupt_and_missing_clips_are_skipped_and_counted(prepared: tuple[Path,
     assert rows[CORRUPT]["reason"].startswith("unreadable:") and f"{CORRUPT}.flv" in rows[CORRUPT]["reason"]
 
 
-def test_preparation_is_deterministic_for_any_worker_count(raw: Path, prepared: tuple[Path, dict]) -> None:
+def test_the_command_line_gives_identical_files_with_two_workers(raw: Path, prepared: tuple[Path, dict]) -> None:
     out, _ = prepared
     again = raw.parent / "again"
-    prepare_cremad(raw, again, workers=2, **SETTINGS)
+    options = ["--fps", "1", "--frames", "2", "--size", "32", "--workers", "2"]
+    assert main(["prepare", "cremad", "--root", str(raw), "--out", str(again), *options]) == 0
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for name in files:

@@ -93,4 +93,5 @@ def test_layout_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "val.csv").write_text("image,vwc,a,b\nimg4.png,0.4,2,wet\n")
     with pytest.raises(G2DError, match=r"val.csv:2: column 'b' holds 'wet'"):
         prepare_misme(tmp_path, tmp_path / "out", columns=("a", "b"), progress=False)
+    assert main(["prepare", "misme", "--root", str(tmp_path), "--out", str(tmp_path / "out"), "--columns", "a,b"]) == 2
     assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from g2d.cli import main
 from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.data.vggsound import prepare_vggsound, read_vggsound_csv
@@ -88,6 +89,7 @@ def test_name_format_and_csv_errors(raw: Path, tmp_path: Path) -> None:
         prepare_vggsound(raw, tmp_path / "x", name_format="{id}_{begin}.mp4", **SETTINGS)
     with pytest.raises(G2DError, match="too few"):
         prepare_vggsound(raw, tmp_path / "x", name_format="{id}_{start}_{end}.mp4", **SETTINGS)
+    assert main(["prepare", "vggsound", "--root", str(raw), "--out", str(tmp_path / "x"), "--size", "4"]) == 2
     bad = tmp_path / "bad.csv"
     bad.write_text("youtube_id,start,label,split\nabc,12,dog,validation\n")
     with pytest.raises(G2DError, match=r"bad.csv:2: split must be train or test"):

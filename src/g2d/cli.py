@@ -133,30 +133,31 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def prepare(args: argparse.Namespace) -> dict:
     """Call the chosen dataset's prepare function with the command line's options."""
-    common = {"overwrite": args.overwrite}
-    if args.dataset == "cremad":
-        from g2d.data.cremad import prepare_cremad
+    common = {"root": args.root, "out": args.out, "overwrite": args.overwrite}
+    if args.dataset in ("cremad", "vggsound"):
+        media = {"fps": args.fps, "frames": args.frames, "size": args.size, "val_fraction": args.val_fraction,
+                 "seed": args.seed, "workers": args.workers}
+        if args.dataset == "cremad":
+            from g2d.data.cremad import prepare_cremad
 
-        return prepare_cremad(args.root, args.out, args.split_dir, args.fps, args.frames, args.size,
-                              args.val_fraction, args.seed, args.workers, **common)
-    if args.dataset == "vggsound":
+            return prepare_cremad(split_dir=args.split_dir, **media, **common)
         from g2d.data.vggsound import prepare_vggsound
 
-        return prepare_vggsound(args.root, args.out, args.csv, args.name_format, args.fps, args.frames, args.size,
-                                args.val_fraction, args.seed, args.workers, **common)
+        return prepare_vggsound(csv_path=args.csv, name_format=args.name_format, **media, **common)
     if args.dataset == "avmnist":
         from g2d.data.avmnist import prepare_avmnist
 
-        return prepare_avmnist(args.root, args.out, args.val_rows, **common)
+        return prepare_avmnist(val_rows=args.val_rows, **common)
     if args.dataset in ("urfunny", "iemocap"):
         from g2d.data.affect import prepare_affect
 
-        return prepare_affect(args.dataset, args.root, args.out, args.trust_pickle, args.max_len, args.unaligned, **common)
+        return prepare_affect(args.dataset, trust_pickle=args.trust_pickle, max_len=args.max_len,
+                              unaligned=args.unaligned, **common)
     if args.dataset == "misme":
         from g2d.data.misme import COLUMNS, prepare_misme
 
         columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else COLUMNS
-        return prepare_misme(args.root, args.out, args.images, columns, args.size, args.workers, **common)
+        return prepare_misme(images=args.images, columns=columns, size=args.size, workers=args.workers, **common)
     raise AssertionError(args.dataset)
 
 

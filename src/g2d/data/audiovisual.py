@@ -139,6 +139,8 @@ def clip_arrays(job: ClipJob) -> tuple[np.ndarray, np.ndarray] | str:
         )
     except G2DError as error:
         return str(error)
+    except Exception as error:  # a decoder can fail in ways no list foresees; one clip must not end the run
+        return f"{job.name}: {type(error).__name__}: {error}"
 
 
 def write_clips(
