@@ -128,6 +128,7 @@ def test_g2d_train_runs_the_paper_config_on_urfunny(urfunny: tuple[Path, dict, d
     out, _, _ = urfunny
     overrides = [
         f"dataset.root={out}", "trainer.epochs=1", "trainer.batch_size=4", "trainer.progress=false",
+        "model.encoder.d_model=16", "model.encoder.layers=1", "model.encoder.heads=2", "model.encoder.feedforward=32",
         f"out={tmp_path / 'run'}", f"teachers.root={tmp_path / 'teachers'}",
     ]
     assert main(["train", str(ROOT / "configs" / "paper" / "urfunny" / "g2d.yaml"), *overrides]) == 0
