@@ -32,7 +32,51 @@ def build_parser() -> argparse.ArgumentParser:
     avdigits.add_argument("--seed", type=int, default=0)
     avdigits.add_argument("--snr-db", type=float, default=None, help="speech-to-noise ratio in dB")
     avdigits.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_prepare_commands(datasets)
     return parser
+
+
+def add_prepare_commands(datasets: argparse._SubParsersAction) -> None:
+    """``g2d prepare NAME --root RAW --out DIR [options]`` for the paper's datasets (docs/datasets.md)."""
+
+    def command(name: str, help_text: str, root_help: str) -> argparse.ArgumentParser:
+        sub = datasets.add_parser(name, help=help_text)
+        sub.add_argument("--root", type=Path, required=True, help=root_help)
+        sub.add_argument("--out", type=Path, required=True, help="output folder (built aside, then renamed into place)")
+        sub.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+        return sub
+
+    def media_options(sub: argparse.ArgumentParser, frames: int) -> None:
+        sub.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
+        sub.add_argument("--frames", type=int, default=frames, help=f"frames kept per clip (default {frames})")
+        sub.add_argument("--size", type=int, default=224, help="frame side in pixels (default 224)")
+        sub.add_argument("--val-fraction", type=float, default=0.1, help="stratified part of train held out (0.1)")
+        sub.add_argument("--seed", type=int, default=0, help="seed of the validation carve (default 0)")
+        sub.add_argument("--workers", type=int, default=1, help="decoding processes (output is the same for any)")
+
+    cremad = command("cremad", "CREMA-D from AudioWAV/ and VideoFlash/", "CREMA-D folder with AudioWAV/ and VideoFlash/")
+    cremad.add_argument("--split-dir", type=Path, default=None, help="folder of train.csv and test.csv (default: --root)")
+    media_options(cremad, frames=1)
+
+    vggsound = command("vggsound", "VGGSound from the CSV and downloaded clips", "folder of downloaded clips (searched recursively)")
+    vggsound.add_argument("--csv", type=Path, default=None, help="the published vggsound.csv (default: ROOT/vggsound.csv)")
+    vggsound.add_argument("--name-format", default="{id}_{start:06d}.mp4", help="clip file name (fields id, start, end)")
+    media_options(vggsound, frames=3)
+
+    avmnist = command("avmnist", "AV-MNIST .npy folder with MultiBench's 55k/5k/10k split", "the AV-MNIST folder")
+    avmnist.add_argument("--val-rows", type=int, default=5000, help="last training rows held out for validation")
+
+    for name, file_name in (("urfunny", "humor.pkl"), ("iemocap", "iemocap_data.pkl")):
+        affect = command(name, f"{name} from a MultiBench/MulT feature pickle", f"{file_name} or the folder holding it")
+        affect.add_argument("--trust-pickle", action="store_true", help="allow reading the pickle (only numpy content)")
+        affect.add_argument("--max-len", type=int, default=50, help="time steps kept per sequence (default 50)")
+        affect.add_argument("--unaligned", action="store_true", help="each modality starts at its own first step")
+
+    misme = command("misme", "MIS-ME soil images and meteorological tables", "folder with {train,val,test}.csv")
+    misme.add_argument("--images", type=Path, default=None, help="image folder (default: ROOT/images)")
+    misme.add_argument("--columns", default=None, help="comma-separated meteorological columns (default: MIS-ME's 8)")
+    misme.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
+    misme.add_argument("--workers", type=int, default=1, help="image decoding processes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +110,12 @@ def dispatch(args: argparse.Namespace) -> int:
         print(demo(args.out, args.overrides))
         print(f"run folders: {args.out}")
         return 0
+    if args.command == "prepare" and args.dataset != "avdigits":
+        summary = prepare(args)
+        skipped = summary["skipped"]["total"]
+        sizes = ", ".join(f"{count} {split}" for split, count in summary["splits"].items())
+        print(f"{args.dataset} written to {args.out}: {sizes}; {skipped} items skipped (listed in skipped.csv)")
+        return 0
     if args.command == "prepare":
         from g2d.data.avdigits import prepare_avdigits
 
@@ -79,6 +129,36 @@ def dispatch(args: argparse.Namespace) -> int:
               f"{summary['image']['pca_components']} PCA components")
         return 0
     raise AssertionError(args.command)
+
+
+def prepare(args: argparse.Namespace) -> dict:
+    """Call the chosen dataset's prepare function with the command line's options."""
+    common = {"root": args.root, "out": args.out, "overwrite": args.overwrite}
+    if args.dataset in ("cremad", "vggsound"):
+        media = {"fps": args.fps, "frames": args.frames, "size": args.size, "val_fraction": args.val_fraction,
+                 "seed": args.seed, "workers": args.workers}
+        if args.dataset == "cremad":
+            from g2d.data.cremad import prepare_cremad
+
+            return prepare_cremad(split_dir=args.split_dir, **media, **common)
+        from g2d.data.vggsound import prepare_vggsound
+
+        return prepare_vggsound(csv_path=args.csv, name_format=args.name_format, **media, **common)
+    if args.dataset == "avmnist":
+        from g2d.data.avmnist import prepare_avmnist
+
+        return prepare_avmnist(val_rows=args.val_rows, **common)
+    if args.dataset in ("urfunny", "iemocap"):
+        from g2d.data.affect import prepare_affect
+
+        return prepare_affect(args.dataset, trust_pickle=args.trust_pickle, max_len=args.max_len,
+                              unaligned=args.unaligned, **common)
+    if args.dataset == "misme":
+        from g2d.data.misme import COLUMNS, prepare_misme
+
+        columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else COLUMNS
+        return prepare_misme(images=args.images, columns=columns, size=args.size, workers=args.workers, **common)
+    raise AssertionError(args.dataset)
 
 
 if __name__ == "__main__":

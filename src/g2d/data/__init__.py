@@ -20,18 +20,47 @@ def _mfeat(config: DatasetConfig) -> MultimodalData:
     return load_mfeat(config.root, config.modalities, config.val_fraction, config.test_fraction, config.split_seed)
 
 
+def _options(config: DatasetConfig, allowed: tuple[str, ...]) -> dict:
+    """``dataset.options``, with a key this loader does not use named as an error."""
+    unknown = sorted(set(config.options) - set(allowed))
+    if unknown:
+        used = f"it uses: {', '.join(allowed)}" if allowed else "it takes none"
+        raise G2DError(f"config key dataset.options.{unknown[0]}: not an option of dataset {config.name} ({used})")
+    return dict(config.options)
+
+
 def _avmnist(config: DatasetConfig) -> MultimodalData:
     from g2d.data.avmnist import load_avmnist
 
     if not config.root:
         raise G2DError(f"config key dataset.root: {config.name} needs the folder with image/, audio/ and *_labels.npy")
-    return load_avmnist(Path(config.root), config.val_fraction, config.split_seed, name=config.name)
+    if config.name == "avmnist" and (Path(config.root) / "prepare.json").is_file():
+        return _prepared(config)
+    val_rows = _options(config, ("val_rows",)).get("val_rows")
+    if val_rows is not None and (isinstance(val_rows, bool) or not isinstance(val_rows, int)):
+        raise G2DError(f"config key dataset.options.val_rows: must be an integer row count, got {val_rows!r}")
+    return load_avmnist(Path(config.root), config.val_fraction, config.split_seed, name=config.name, val_rows=val_rows)
+
+
+def _prepared(config: DatasetConfig) -> MultimodalData:
+    """A folder written by ``g2d prepare <name>``, memory-mapped (see ``g2d.data.prepared``)."""
+    from g2d.data.prepared import load_prepared
+
+    _options(config, ())
+    if not config.root:
+        raise G2DError(f"config key dataset.root: {config.name} needs the folder written by g2d prepare {config.name}")
+    return load_prepared(config.root, config.name, config.val_fraction, DatasetConfig.val_fraction)
 
 
 LOADERS: dict[str, Callable[[DatasetConfig], MultimodalData]] = {
     "mfeat": _mfeat,
     "avmnist": _avmnist,
     "avdigits": _avmnist,
+    "cremad": _prepared,
+    "vggsound": _prepared,
+    "urfunny": _prepared,
+    "iemocap": _prepared,
+    "misme": _prepared,
 }
 DATASETS = tuple(LOADERS)
 

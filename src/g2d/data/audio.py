@@ -70,11 +70,26 @@ def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarr
     return (signal + gain * noise).astype(np.float32)
 
 
-def log_spectrogram(waves: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
-    """Batched log(1e-6 + |STFT|) with a Hann window, [N, L] -> [N, n_fft // 2 + 1, frames]."""
+def log_spectrogram(
+    waves: torch.Tensor, n_fft: int, hop: int, floor: float = 1e-6, pad_mode: str = "reflect"
+) -> torch.Tensor:
+    """Batched log(floor + |STFT|) with a Hann window, centred frames, [N, L] -> [N, n_fft // 2 + 1, frames].
+
+    ``pad_mode`` pads the signal ends for the centred frames: "reflect" (torch's default) or
+    "constant" (zeros, librosa's default since 0.10).
+    """
     if waves.dim() != 2:
         raise G2DError(f"log_spectrogram: expected waves of shape [N, L], got {tuple(waves.shape)}")
     waves = waves.to(torch.float32)
     window = torch.hann_window(n_fft, dtype=torch.float32, device=waves.device)
-    spectrum = torch.stft(waves, n_fft=n_fft, hop_length=hop, window=window, center=True, return_complex=True)
-    return torch.log(1e-6 + spectrum.abs())
+    spectrum = torch.stft(
+        waves, n_fft=n_fft, hop_length=hop, window=window, center=True, pad_mode=pad_mode, return_complex=True
+    )
+    return torch.log(floor + spectrum.abs())
+
+
+def repeat_to_length(wave: np.ndarray, length: int) -> np.ndarray:
+    """The signal repeated end to end until it fills ``length`` samples (cut there), as the reference codes tile clips."""
+    if len(wave) == 0:
+        raise G2DError("repeat_to_length: the signal is empty")
+    return np.resize(np.asarray(wave, dtype=np.float32), length)

@@ -12,12 +12,9 @@ import csv
 import gzip
 import json
 import math
-import os
 import re
-import secrets
 import shutil
 import struct
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +22,7 @@ import numpy as np
 import torch
 
 from g2d.data.audio import log_spectrogram, noise_gain, read_wav, resample
+from g2d.data.prepared import check_out, publish, say, staging_dir, warn
 from g2d.errors import G2DError
 
 SAMPLE_RATE = 8000
@@ -88,7 +86,7 @@ def prepare_avdigits(
             raise G2DError(f"{folder}: {option} folder not found")
     length, hop = _stft_geometry(duration_s)
     _check_settings(snr_db, pca_energy, test_images, max_train, max_test)
-    _check_out(out, overwrite)
+    check_out(out, overwrite)
     rng = np.random.default_rng(seed)
 
     for name in (T10K_IMAGES, T10K_LABELS, MNIST_5K):
@@ -99,7 +97,7 @@ def prepare_avdigits(
         raise G2DError(f"{noise}: no .wav files in the noise folder")
     recordings = _index_fsdd(fsdd)
 
-    _say(progress, f"avdigits: reading MNIST from {mnist}")
+    say(progress, f"avdigits: reading MNIST from {mnist}")
     t10k_pixels, t10k_labels = _read_t10k(mnist)
     extra_pixels, extra_labels = _read_mnist_csv(mnist / MNIST_5K)
     if test_images > len(t10k_labels):
@@ -118,15 +116,15 @@ def prepare_avdigits(
         "test": _select_images("test", test_pool, max_test, rng),
     }
 
-    _say(progress, "avdigits: PCA on the train images")
+    say(progress, "avdigits: PCA on the train images")
     components, energy_kept = _pca_degrade(splits, pca_energy)
 
     skipped: list[dict[str, str]] = []
     speech: dict[str, tuple[np.ndarray, float]] = {}
-    _say(progress, f"avdigits: reading recordings from {fsdd}")
+    say(progress, f"avdigits: reading recordings from {fsdd}")
     for split in splits.values():
         _pair_recordings(split, recordings[split.name], fsdd, length, speech, skipped, rng)
-    _say(progress, f"avdigits: drawing noise from {noise}")
+    say(progress, f"avdigits: drawing noise from {noise}")
     noise_cache: dict[int, np.ndarray | None] = {}
     for split in splits.values():
         _pair_noise(split, noise_files, noise, length, snr_db, speech, noise_cache, skipped, rng)
@@ -134,14 +132,12 @@ def prepare_avdigits(
     mixer = _Mixer(speech=speech, noise=noise_cache, length=length, hop=hop)
     low, high, sample_size = _spectrogram_range(splits["train"], mixer, rng)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    work.mkdir()
+    work = staging_dir(out)
     try:
         (work / "image").mkdir()
         (work / "audio").mkdir()
         for split in splits.values():
-            _say(progress, f"avdigits: writing {split.name} ({len(split.label)} pairs)")
+            say(progress, f"avdigits: writing {split.name} ({len(split.label)} pairs)")
             np.save(work / "image" / f"{split.name}_data.npy", split.pixels)
             np.save(work / f"{split.name}_labels.npy", split.label.astype(np.int64))
             _write_spectrograms(work / "audio" / f"{split.name}_data.npy", split, mixer, low, high)
@@ -207,23 +203,12 @@ def prepare_avdigits(
             "files_skipped_count": len(skipped),
         }
         (work / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _publish(work, out)
+        publish(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    _say(progress, f"avdigits: wrote {out}")
+    say(progress, f"avdigits: wrote {out}")
     return summary
-
-
-def _say(progress: bool, message: str) -> None:
-    """Print a progress line to stderr when asked, keeping stdout clean."""
-    if progress:
-        print(message, file=sys.stderr, flush=True)
-
-
-def _warn(message: str) -> None:
-    """Print a warning line to stderr for a skipped input file."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _stft_geometry(duration_s: float) -> tuple[int, int]:
@@ -254,30 +239,6 @@ def _check_settings(
     for option, value in (("max_train", max_train), ("max_test", max_test)):
         if value is not None and value < 1:
             raise G2DError(f"{option} must be >= 1 or None, got {value!r}")
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty output folder unless overwrite is set."""
-    if out.exists():
-        if not out.is_dir():
-            raise G2DError(f"{out}: output path exists and is not a folder")
-        if any(out.iterdir()) and not overwrite:
-            raise G2DError(f"{out}: output folder exists and is not empty; pass overwrite=True to replace it")
-
-
-def _publish(work: Path, out: Path) -> None:
-    """Move the finished folder into place, so ``out`` is never left half-written."""
-    if not out.exists():
-        work.rename(out)
-        return
-    previous = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-    out.rename(previous)
-    try:
-        work.rename(out)
-    except BaseException:
-        previous.rename(out)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _read_gzip(path: Path) -> bytes:
@@ -420,7 +381,7 @@ def _pair_recordings(
                 try:
                     speech[name] = _load_speech(fsdd / name, length)
                 except G2DError as error:
-                    _warn(f"skipping FSDD recording: {error}")
+                    warn(f"skipping FSDD recording: {error}")
                     skipped.append({"kind": "fsdd", "file": name, "reason": str(error)})
                     continue
             usable.append(name)
@@ -475,7 +436,7 @@ def _pair_noise(
                 try:
                     cache[choice] = _load_noise(files[choice])
                 except G2DError as error:
-                    _warn(f"skipping noise file: {error}")
+                    warn(f"skipping noise file: {error}")
                     name = files[choice].relative_to(folder).as_posix()
                     skipped.append({"kind": "noise", "file": name, "reason": str(error)})
                     cache[choice] = None

@@ -3,6 +3,12 @@
 Layout: ``image/{train,test}_data.npy`` (N x 784 uint8), ``audio/{train,test}_data.npy``
 (N x 112 x 112 uint8 spectrograms) and ``{train,test}_labels.npy``. Arrays stay uint8 in
 memory; the modality specs scale them by 1/255 at batch time.
+
+Validation is carved from train: a stratified ``val_fraction`` by default, or, with
+``val_rows``, the last ``val_rows`` training rows, which is how MultiBench's
+``get_dataloader`` splits the real AV-MNIST (60,000 -> 55,000 train + 5,000 validation; the
+10,000 test rows stay test) and the split the G²D paper reports. ``prepare_avmnist`` writes
+that split once as a prepared folder (see ``prepared.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import numpy as np
 import torch
 
 from g2d.data.base import ModalitySpec, MultimodalData, stratified_split
+from g2d.data.prepared import LABEL, PreparedWriter, SkipLog, say, spec_entry
 from g2d.errors import G2DError
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -20,8 +27,15 @@ AUDIO_SHAPE = (1, 112, 112)
 NUM_CLASSES = 10
 
 
-def load_avmnist(root: Path, val_fraction: float, split_seed: int, name: str = "avmnist") -> MultimodalData:
-    """Read an AV-MNIST-layout folder into a MultimodalData, carving a stratified validation split from train."""
+MULTIBENCH_VAL_ROWS = 5000
+SPEC = {
+    "audio": ModalitySpec(kind="image", shape=AUDIO_SHAPE, scale=1 / 255),
+    "image": ModalitySpec(kind="image", shape=IMAGE_SHAPE, scale=1 / 255),
+}
+
+
+def read_avmnist(root: Path) -> dict[str, dict[str, np.ndarray]]:
+    """The train and test arrays of an AV-MNIST-layout folder, checked, shaped per SPEC."""
     root = Path(root)
     if not root.is_dir():
         raise G2DError(f"{root}: AV-MNIST folder not found")
@@ -33,7 +47,30 @@ def load_avmnist(root: Path, val_fraction: float, split_seed: int, name: str = "
             "image": _load_pixels(root / "image" / f"{split}_data.npy", IMAGE_SHAPE, len(labels)),
             "label": labels,
         }
-    rest, held = stratified_split(arrays["train"]["label"], val_fraction, split_seed)
+    return arrays
+
+
+def last_rows_split(count: int, val_rows: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices with the last ``val_rows`` of ``count`` rows held out, MultiBench's rule."""
+    if not 0 < val_rows < count:
+        raise G2DError(f"{key}: must be between 1 and {count - 1} (the training rows), got {val_rows}")
+    return np.arange(count - val_rows), np.arange(count - val_rows, count)
+
+
+def load_avmnist(
+    root: Path, val_fraction: float, split_seed: int, name: str = "avmnist", val_rows: int | None = None
+) -> MultimodalData:
+    """Read an AV-MNIST-layout folder into a MultimodalData, carving validation from train.
+
+    ``val_rows`` holds out the last rows (MultiBench's split); otherwise a stratified ``val_fraction``.
+    """
+    arrays = read_avmnist(Path(root))
+    if val_rows is None:
+        rest, held = stratified_split(arrays["train"]["label"], val_fraction, split_seed)
+        rule = "validation rows are a stratified dataset.val_fraction of train"
+    else:
+        rest, held = last_rows_split(len(arrays["train"]["label"]), val_rows, "config key dataset.options.val_rows")
+        rule = f"validation rows are the last {val_rows} training rows (MultiBench's AV-MNIST split)"
     splits = {
         "train": {key: torch.from_numpy(np.ascontiguousarray(value[rest])) for key, value in arrays["train"].items()},
         "val": {key: torch.from_numpy(np.ascontiguousarray(value[held])) for key, value in arrays["train"].items()},
@@ -43,19 +80,54 @@ def load_avmnist(root: Path, val_fraction: float, split_seed: int, name: str = "
         name=name,
         task="classification",
         num_classes=NUM_CLASSES,
-        modalities={
-            "audio": ModalitySpec(kind="image", shape=AUDIO_SHAPE, scale=1 / 255),
-            "image": ModalitySpec(kind="image", shape=IMAGE_SHAPE, scale=1 / 255),
-        },
+        modalities=dict(SPEC),
         splits=splits,
         class_names=[str(digit) for digit in range(NUM_CLASSES)],
         notes={
             "split": (
-                "validation rows are carved from train and may share recordings with it (pairing is by label); "
+                f"{rule}; they may share recordings with training rows (pairing is by label); "
                 "test shares no recording and no image with train"
             )
         },
     )
+
+
+def prepare_avmnist(
+    root: Path, out: Path, val_rows: int = MULTIBENCH_VAL_ROWS, progress: bool = True, overwrite: bool = False
+) -> dict:
+    """Write the AV-MNIST folder at ``root`` as a prepared folder with train / val / test fixed.
+
+    Validation is the last ``val_rows`` training rows, as MultiBench and the G²D paper split
+    the real AV-MNIST (55,000 / 5,000 / 10,000).
+    """
+    root, out = Path(root), Path(out)
+    arrays = read_avmnist(root)
+    rest, held = last_rows_split(len(arrays["train"]["label"]), val_rows, "--val-rows")
+    rows = {"train": ("train", rest), "val": ("train", held), "test": ("test", np.arange(len(arrays["test"]["label"])))}
+    with PreparedWriter(out, overwrite) as writer:
+        for split, (source, index) in rows.items():
+            for key in ("audio", "image"):
+                writer.save(split, key, arrays[source][key][index])
+            writer.save(split, LABEL, arrays[source]["label"][index])
+            say(progress, f"avmnist: {split}: {len(index)} rows")
+        meta = {
+            "dataset": "avmnist",
+            "task": "classification",
+            "class_names": [str(digit) for digit in range(NUM_CLASSES)],
+            "modalities": {key: spec_entry(spec, np.uint8) for key, spec in SPEC.items()},
+            "splits": {split: int(len(index)) for split, (_, index) in rows.items()},
+            "sources": {"root": str(root)},
+            "val_fraction": None,
+            "settings": {"val_rows": val_rows},
+            "split_rule": (
+                f"train = the first {len(rest)} rows of train_labels.npy, val = its last {val_rows} rows "
+                "(MultiBench's get_dataloader), test = test_labels.npy"
+            ),
+            "skipped": SkipLog().counts(),
+        }
+        meta = writer.finish(meta, SkipLog())
+    say(progress, f"avmnist: wrote {out}")
+    return meta
 
 
 def _load_array(path: Path) -> np.ndarray:
