@@ -17,7 +17,7 @@ from g2d.errors import G2DError
 def _mfeat(config: DatasetConfig) -> MultimodalData:
     from g2d.data.mfeat import load_mfeat
 
-    return load_mfeat(config.root, config.modalities, config.val_fraction, config.test_fraction, config.split_seed)
+    return load_mfeat(config)
 
 
 def _avmnist(config: DatasetConfig) -> MultimodalData:
@@ -25,13 +25,29 @@ def _avmnist(config: DatasetConfig) -> MultimodalData:
 
     if not config.root:
         raise G2DError(f"config key dataset.root: {config.name} needs the folder with image/, audio/ and *_labels.npy")
+    if config.folds:
+        raise G2DError(f"config key dataset.folds: {config.name} has a fixed test split; use 0")
     return load_avmnist(Path(config.root), config.val_fraction, config.split_seed, name=config.name)
+
+
+def _houses(config: DatasetConfig) -> MultimodalData:
+    from g2d.data.houses import load_houses
+
+    return load_houses(config)
+
+
+def _csv(config: DatasetConfig) -> MultimodalData:
+    from g2d.data.csv_dataset import load_csv_dataset
+
+    return load_csv_dataset(config)
 
 
 LOADERS: dict[str, Callable[[DatasetConfig], MultimodalData]] = {
     "mfeat": _mfeat,
     "avmnist": _avmnist,
     "avdigits": _avmnist,
+    "houses": _houses,
+    "csv": _csv,
 }
 DATASETS = tuple(LOADERS)
 
