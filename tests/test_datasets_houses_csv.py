@@ -100,6 +100,7 @@ def test_houses_bad_files_are_named(tmp_path, damage, fragment):
     ({"options": {"photos": "collage"}}, "dataset.options.photos"),
     ({"folds": 1}, "dataset.folds"),
     ({"folds": 3, "fold": 3}, "dataset.fold"),
+    ({"fold": 2}, "dataset.fold: 2 needs dataset.folds"),
 ])
 def test_houses_bad_settings_name_the_key(tmp_path, settings, fragment):
     with pytest.raises(G2DError, match=fragment.replace(".", r"\.")):

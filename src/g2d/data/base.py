@@ -186,6 +186,8 @@ def split_indices(config: DatasetConfig, size: int, labels: np.ndarray | None = 
     ``split_seed + 1``, so changing the test fold never changes how validation is drawn.
     """
     if config.folds == 0:
+        if config.fold != 0:
+            raise G2DError(f"config key dataset.fold: {config.fold} needs dataset.folds (K >= 2 for K-fold splits)")
         if not 0.0 < config.test_fraction < 1.0:
             raise G2DError(f"config key dataset.test_fraction: must be in (0, 1), got {config.test_fraction}")
         if labels is not None:
