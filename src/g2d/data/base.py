@@ -206,8 +206,8 @@ def split_indices(config: DatasetConfig, size: int, labels: np.ndarray | None = 
         rest_share = len(rest) / size
     val_share = config.val_fraction / rest_share
     if not 0.0 < val_share < 1.0:
-        raise G2DError(f"config key dataset.val_fraction: {config.val_fraction} leaves no training rows "
-                       f"beside the test split ({1.0 - rest_share:.2f} of the rows)")
+        raise G2DError(f"config key dataset.val_fraction: must be > 0 and leave training rows beside the test "
+                       f"split ({1.0 - rest_share:.2f} of the rows), got {config.val_fraction}")
     if labels is not None:
         train_pos, val_pos = stratified_split(labels[rest], val_share, config.split_seed + 1)
     else:
