@@ -14,7 +14,7 @@ from PIL import Image
 from g2d.cli import main
 from g2d.config import DatasetConfig
 from g2d.data import load_dataset
-from g2d.data.base import kfold_partition, mask_key, split_indices
+from g2d.data.base import kfold_partition, mask_key, split_indices, stratified_split
 from g2d.data.mfeat import read_view, EMBEDDED
 from g2d.errors import G2DError
 from conftest import ROOT
@@ -126,8 +126,6 @@ def test_kfold_partition_is_disjoint_covering_and_stratified():
 def test_fixed_split_of_mfeat_is_unchanged_by_the_fold_machinery():
     labels = read_view(EMBEDDED, "mor")[1]
     index = split_indices(DatasetConfig(), len(labels), labels)
-    from g2d.data.base import stratified_split
-
     rest, test = stratified_split(labels, 0.2, 0)
     train_pos, val_pos = stratified_split(labels[rest], 0.1 / 0.8, 1)
     assert np.array_equal(index["test"], test) and np.array_equal(index["train"], rest[train_pos])
