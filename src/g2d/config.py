@@ -22,7 +22,9 @@ class DatasetConfig:
     """Which data, where it lives, which modalities, and how validation/test are carved.
 
     ``options`` holds a loader's own settings (checked by that loader, which names the
-    ``dataset.options.<key>`` at fault).
+    ``dataset.options.<key>`` at fault). ``folds: K`` (K >= 2) replaces the fixed test split
+    by fold ``fold`` of a seeded K-fold partition (``split_seed``), for cross-validation on
+    small datasets; validation is still carved from the remaining rows (``val_fraction``).
     """
 
     name: str = "mfeat"
@@ -31,6 +33,8 @@ class DatasetConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     split_seed: int = 0
+    folds: int = 0
+    fold: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -144,15 +148,22 @@ class ExperimentConfig:
     def method_name(self) -> str:
         return str(self.method.get("name", ""))
 
+    @property
+    def data_label(self) -> str:
+        """The dataset name, with ``_fold<i>`` under cross-validation, so folds never share folders."""
+        if self.dataset.folds:
+            return f"{self.dataset.name}_fold{self.dataset.fold}"
+        return self.dataset.name
+
     def run_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        return Path("runs") / f"{self.dataset.name}_{self.method_name}_seed{self.seed}"
+        return Path("runs") / f"{self.data_label}_{self.method_name}_seed{self.seed}"
 
     def teachers_dir(self) -> Path:
         if self.teachers.root:
             return Path(self.teachers.root)
-        return self.run_dir().parent / "teachers" / self.dataset.name
+        return self.run_dir().parent / "teachers" / self.data_label
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

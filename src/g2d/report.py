@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 
 def metric_name(task: str) -> str:
     return "accuracy" if task == "classification" else "mape"
@@ -36,3 +38,51 @@ def results_table(runs: dict[str, dict]) -> str:
     lines.insert(1, "  ".join("-" * width for width in widths))
     unit = "test accuracy (%)" if task == "classification" else "test MAPE (%)"
     return f"{first['dataset']}: {unit}; per-modality columns are each modality inside the model\n" + "\n".join(lines)
+
+
+METHOD_LABELS = {"joint": "Joint-Train", "g2d": "G²D"}
+
+
+def summary_metrics(task: str) -> list[tuple[str, str, float]]:
+    """``(key, column title, factor)`` of the test metrics a summary shows for ``task``."""
+    if task == "classification":
+        return [("accuracy", "accuracy (%)", 100.0)]
+    return [("mape", "MAPE (%)", 1.0), ("r2", "R²", 1.0)]
+
+
+def mean_std(values: list[float], factor: float = 1.0) -> str:
+    """``mean ± std`` (sample std, n - 1) of ``values * factor``; just the mean for a single value."""
+    scaled = [factor * v for v in values]
+    mean = statistics.mean(scaled)
+    digits = 2 if abs(mean) < 10 else 1
+    if len(scaled) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(scaled):.{digits}f}"
+
+
+def fold_table(results: dict[str, list[dict]]) -> str:
+    """A markdown table of ``crossval.run_folds`` results: mean ± std over folds of the test metrics.
+
+    One row per teacher (each single modality), then one per method with its multimodal score
+    and each modality's own head inside the model.
+    """
+    methods = [name for name in results if name != "teachers"]
+    first = results[methods[0]][0]
+    modalities, metrics = first["modalities"], summary_metrics(first["task"])
+    header = ["model", *(title for _, title, _ in metrics),
+              *(f"{m} inside: {title}" for m in modalities for _, title, _ in metrics)]
+    rows = []
+    for modality in modalities:
+        scores = [mean_std([fold[modality][key] for fold in results["teachers"]], factor) for key, _, factor in metrics]
+        rows.append([f"{modality} alone (teacher)", *scores, *(["-"] * len(modalities) * len(metrics))])
+    for method in methods:
+        runs = results[method]
+        rows.append([
+            METHOD_LABELS.get(method, method),
+            *(mean_std([r["test"]["multimodal"][key] for r in runs], factor) for key, _, factor in metrics),
+            *(mean_std([r["test"]["per_modality"][m][key] for r in runs], factor)
+              for m in modalities for key, _, factor in metrics),
+        ])
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

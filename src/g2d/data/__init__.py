@@ -17,7 +17,7 @@ from g2d.errors import G2DError
 def _mfeat(config: DatasetConfig) -> MultimodalData:
     from g2d.data.mfeat import load_mfeat
 
-    return load_mfeat(config.root, config.modalities, config.val_fraction, config.test_fraction, config.split_seed)
+    return load_mfeat(config)
 
 
 def _options(config: DatasetConfig, allowed: tuple[str, ...]) -> dict:
@@ -29,11 +29,18 @@ def _options(config: DatasetConfig, allowed: tuple[str, ...]) -> dict:
     return dict(config.options)
 
 
+def refuse_folds(config: DatasetConfig) -> None:
+    """Datasets that ship a fixed test split do not take k-fold cross-validation."""
+    if config.folds:
+        raise G2DError(f"config key dataset.folds: {config.name} has a fixed test split; use 0")
+
+
 def _avmnist(config: DatasetConfig) -> MultimodalData:
     from g2d.data.avmnist import load_avmnist
 
     if not config.root:
         raise G2DError(f"config key dataset.root: {config.name} needs the folder with image/, audio/ and *_labels.npy")
+    refuse_folds(config)
     if config.name == "avmnist" and (Path(config.root) / "prepare.json").is_file():
         return _prepared(config)
     val_rows = _options(config, ("val_rows",)).get("val_rows")
@@ -47,9 +54,22 @@ def _prepared(config: DatasetConfig) -> MultimodalData:
     from g2d.data.prepared import load_prepared
 
     _options(config, ())
+    refuse_folds(config)
     if not config.root:
         raise G2DError(f"config key dataset.root: {config.name} needs the folder written by g2d prepare {config.name}")
     return load_prepared(config.root, config.name, config.val_fraction, DatasetConfig.val_fraction)
+
+
+def _houses(config: DatasetConfig) -> MultimodalData:
+    from g2d.data.houses import load_houses
+
+    return load_houses(config)
+
+
+def _csv(config: DatasetConfig) -> MultimodalData:
+    from g2d.data.csv_dataset import load_csv_dataset
+
+    return load_csv_dataset(config)
 
 
 LOADERS: dict[str, Callable[[DatasetConfig], MultimodalData]] = {
@@ -61,6 +81,8 @@ LOADERS: dict[str, Callable[[DatasetConfig], MultimodalData]] = {
     "urfunny": _prepared,
     "iemocap": _prepared,
     "misme": _prepared,
+    "houses": _houses,
+    "csv": _csv,
 }
 DATASETS = tuple(LOADERS)
 

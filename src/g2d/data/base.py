@@ -12,6 +12,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from g2d.config import DatasetConfig
 from g2d.errors import G2DError
 
 SPLITS = ("train", "val", "test")
@@ -138,6 +139,80 @@ def random_split(size: int, fraction: float, seed: int) -> tuple[np.ndarray, np.
     order = rng.permutation(size)
     cut = max(1, int(round(fraction * size)))
     return np.sort(order[cut:]), np.sort(order[:cut])
+
+
+def standardization(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std of training rows ``[N, d]``; a constant column gets std 1 (left centred)."""
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def target_scale(train_targets: np.ndarray, source: str) -> tuple[float, float]:
+    """``(offset, span)`` mapping the training targets onto [0, 1] (min-max); ``source`` names them in errors."""
+    low, high = float(train_targets.min()), float(train_targets.max())
+    if not high > low:
+        raise G2DError(f"{source}: every training target equals {low}; a regression target needs a spread")
+    return low, high - low
+
+
+def kfold_partition(size: int, folds: int, seed: int, labels: np.ndarray | None = None) -> list[np.ndarray]:
+    """A seeded partition of ``range(size)`` into ``folds`` disjoint folds covering every row.
+
+    With ``labels`` each class is shuffled and dealt round-robin, continuing the count
+    across classes, so every fold holds each class in proportion and fold sizes differ by
+    at most one.
+    """
+    rng = np.random.default_rng(seed)
+    assignment = np.empty(size, dtype=np.int64)
+    if labels is None:
+        assignment[rng.permutation(size)] = np.arange(size) % folds
+    else:
+        dealt = 0
+        for value in np.unique(labels):
+            idx = np.flatnonzero(labels == value)
+            rng.shuffle(idx)
+            assignment[idx] = (dealt + np.arange(len(idx))) % folds
+            dealt += len(idx)
+    return [np.flatnonzero(assignment == fold) for fold in range(folds)]
+
+
+def split_indices(config: DatasetConfig, size: int, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Row indices of train/val/test from ``config``, stratified by ``labels`` when given.
+
+    Test is the fixed ``test_fraction`` split, or fold ``fold`` of a ``folds``-fold partition;
+    validation is then carved from the remaining rows, ``val_fraction`` of all rows, with
+    ``split_seed + 1``, so changing the test fold never changes how validation is drawn.
+    """
+    if config.folds == 0:
+        if config.fold != 0:
+            raise G2DError(f"config key dataset.fold: {config.fold} needs dataset.folds (K >= 2 for K-fold splits)")
+        if not 0.0 < config.test_fraction < 1.0:
+            raise G2DError(f"config key dataset.test_fraction: must be in (0, 1), got {config.test_fraction}")
+        if labels is not None:
+            rest, test = stratified_split(labels, config.test_fraction, config.split_seed)
+        else:
+            rest, test = random_split(size, config.test_fraction, config.split_seed)
+        rest_share = 1.0 - config.test_fraction
+    else:
+        if not 2 <= config.folds <= size:
+            raise G2DError(f"config key dataset.folds: must be 0 (fixed split) or 2..{size} rows, got {config.folds}")
+        if not 0 <= config.fold < config.folds:
+            raise G2DError(f"config key dataset.fold: must be in 0..{config.folds - 1} for {config.folds} folds, "
+                           f"got {config.fold}")
+        test = kfold_partition(size, config.folds, config.split_seed, labels)[config.fold]
+        rest = np.setdiff1d(np.arange(size), test)
+        rest_share = len(rest) / size
+    val_share = config.val_fraction / rest_share
+    if not 0.0 < val_share < 1.0:
+        raise G2DError(f"config key dataset.val_fraction: must be > 0 and leave training rows beside the test "
+                       f"split ({1.0 - rest_share:.2f} of the rows), got {config.val_fraction}")
+    if labels is not None:
+        train_pos, val_pos = stratified_split(labels[rest], val_share, config.split_seed + 1)
+    else:
+        train_pos, val_pos = random_split(len(rest), val_share, config.split_seed + 1)
+    return {"train": rest[train_pos], "val": rest[val_pos], "test": test}
 
 
 class Batches:

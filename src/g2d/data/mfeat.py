@@ -2,7 +2,8 @@
 
 Shipped inside the package (CC BY 4.0, see ``data/mfeat/README.md``), so the demo needs no
 download. There is no official split: test and validation are carved, stratified, with
-``dataset.split_seed``; each view is standardized with the training rows' mean and std.
+``dataset.split_seed`` (or test is one fold of ``dataset.folds``); each view is standardized
+with the training rows' mean and std.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from g2d.data.base import ModalitySpec, MultimodalData, stratified_split
+from g2d.config import DatasetConfig
+from g2d.data.base import ModalitySpec, MultimodalData, split_indices
 from g2d.errors import G2DError
 
 VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
@@ -33,12 +35,13 @@ def read_view(root: Path, view: str) -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].astype(np.float32), table[:, -1].astype(np.int64)
 
 
-def load_mfeat(
-    root: str | Path | None, modalities: list[str], val_fraction: float, test_fraction: float, split_seed: int
-) -> MultimodalData:
-    """The chosen views (all six by default) as a classification dataset with train/val/test."""
-    folder = Path(root) if root else EMBEDDED
-    views = list(modalities) or list(VIEWS)
+def load_mfeat(config: DatasetConfig) -> MultimodalData:
+    """The chosen views (all six by default) as a classification dataset with train/val/test.
+
+    Test is the fixed stratified ``test_fraction`` or, with ``dataset.folds``, one stratified fold.
+    """
+    folder = Path(config.root) if config.root else EMBEDDED
+    views = list(config.modalities) or list(VIEWS)
     unknown = [v for v in views if v not in VIEWS]
     if unknown:
         raise G2DError(f"config key dataset.modalities: unknown mfeat view {unknown[0]!r} (views: {', '.join(VIEWS)})")
@@ -50,9 +53,7 @@ def load_mfeat(
             raise G2DError(f"{folder / f'mfeat-{view}.csv'}: labels differ from the other views")
         labels = view_labels
     assert labels is not None
-    train_val, test = stratified_split(labels, test_fraction, split_seed)
-    train_pos, val_pos = stratified_split(labels[train_val], val_fraction / (1.0 - test_fraction), split_seed + 1)
-    index = {"train": train_val[train_pos], "val": train_val[val_pos], "test": test}
+    index = split_indices(config, len(labels), labels)
     splits: dict[str, dict[str, torch.Tensor]] = {s: {} for s in index}
     for view, values in features.items():
         train = values[index["train"]]
