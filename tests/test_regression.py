@@ -69,14 +69,22 @@ def regression_csv(tmp_path_factory):
     return folder / "index.csv", tmp_path_factory.mktemp("regression_teachers")
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+def test_classification_only_methods_refuse_regression_naming_the_key(regression_csv, tmp_path, capsys):
+    index, teachers = regression_csv
+    for method in sorted(m for m, cls in METHODS.items() if "regression" not in cls.tasks):
+        assert main(["train", MFEAT, "dataset.name=csv", f"dataset.root={index}", "dataset.modalities=[]",
+                     f"method.name={method}", f"out={tmp_path / method}"]) == 2
+        assert f"method.name: {method} supports classification only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", sorted(m for m, cls in METHODS.items() if "regression" in cls.tasks))
 def test_every_method_trains_a_regression_dataset_with_teachers_and_smp(method, regression_csv, tmp_path, capsys):
     index, teachers = regression_csv
     out = tmp_path / "run"
     overrides = [f"dataset.name=csv", f"dataset.root={index}", "dataset.modalities=[]", f"method.name={method}",
                  "smp.enabled=true", "smp.tau=[1]", "model.encoder.hidden=[8]", "trainer.epochs=3",
                  "trainer.batch_size=8", "trainer.progress=false", "optim.lr=0.05", f"out={out}",
-                 f"teachers.root={teachers}"]
+                 f"teachers.root={teachers}", "method.mla.test_fusion=fixed"]
     assert main(["train", MFEAT, *overrides]) == 0
     assert "test MAPE" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())

@@ -43,6 +43,9 @@ def build_method(method_config: dict[str, Any], task: str, modalities: list[str]
     values = dict(method_config)
     name = str(values.pop("name", ""))
     cls = method_class(name)
+    if task not in cls.tasks:
+        raise G2DError(f"config key method.name: {name} supports {' and '.join(cls.tasks)} only, not {task} "
+                       f"(see its docstring for why)")
     for key in values:
         if key not in METHODS:
             raise G2DError(

@@ -119,6 +119,7 @@ class Method:
     Params: ClassVar[type] = NoParams
     uses_teachers: ClassVar[bool] = False
     smp_by_default: ClassVar[bool] = False
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
 
     def __init__(self, params: Any, task: str, modalities: list[str]) -> None:
         self.params = params

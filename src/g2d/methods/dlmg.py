@@ -86,13 +86,11 @@ class DLMG(Method):
     """Supervised CE on the fused logits plus a scheduled or learned JS alignment between modalities."""
 
     name = "dlmg"
+    tasks = ("classification",)
     Params = DLMGParams
 
     def __init__(self, params: DLMGParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
-        if task != "classification":
-            raise G2DError("config key method.name: dlmg aligns class distributions between modalities "
-                           "and needs a classification task")
         if params.strategy not in STRATEGIES:
             raise G2DError(f"config key method.dlmg.strategy: unknown value {params.strategy!r} "
                            f"(choose from {', '.join(STRATEGIES)})")

@@ -79,12 +79,11 @@ class PMR(Method):
     """Fused cross-entropy plus prototype-based stimulation of the slow modalities."""
 
     name = "pmr"
+    tasks = ("classification",)
     Params = PMRParams
 
     def __init__(self, params: PMRParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
-        if task != "classification":
-            raise G2DError("method.name=pmr: prototypes are per class, so PMR needs a classification dataset")
         self.prototypes: dict[str, torch.Tensor] = {}
         self.epoch = 0
 

@@ -95,13 +95,11 @@ class ReconBoost(Method):
     """One modality per stage with a reconcilement-weighted loss, then rectification of the ensemble."""
 
     name = "reconboost"
+    tasks = ("classification",)
     Params = ReconBoostParams
 
     def __init__(self, params: ReconBoostParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
-        if task != "classification":
-            raise G2DError("config key method.name: reconboost's boosting loss weighs class probabilities "
-                           "and needs a classification task")
         if params.stage_epochs < 1:
             raise G2DError(f"config key method.reconboost.stage_epochs: must be >= 1, got {params.stage_epochs}")
         if params.rectify_epochs < 0:
