@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="run one experiment from a YAML config")
     train.add_argument("config", type=Path, help="experiment YAML file")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.01 out=runs/x")
+    train.add_argument("--reference", action="store_true",
+                       help="fp32, eager, no caches: the path the fast one is checked against (trainer.reference=true)")
 
     demo = commands.add_parser("demo", help="teachers, Joint-Train and G²D on the embedded mfeat data")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run folders")
@@ -35,8 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_library_messages() -> None:
+    """Print the library's log lines (which training path runs, and why a fast feature is off)."""
+    logger = logging.getLogger("g2d")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("g2d: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides after an option (train CONFIG --reference k=v) are left over by argparse.
+    if extra and (args.command != "train" or not all("=" in item for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    show_library_messages()
     try:
         return dispatch(args)
     except G2DError as exc:
@@ -55,7 +76,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from g2d.experiment import run
         from g2d.report import results_table
 
-        config = load_config(args.config, args.overrides)
+        overrides = [*args.overrides, "trainer.reference=true"] if args.reference else args.overrides
+        config = load_config(args.config, overrides)
         metrics = run(config)
         print(results_table({metrics["method"]: metrics}))
         print(f"run folder: {config.run_dir()}")
