@@ -299,8 +299,11 @@ def test_fast_path_makes_no_host_synchronization_per_step(tmp_path, monkeypatch)
     assert count_host_reads(monkeypatch, config("few", 128)) == count_host_reads(monkeypatch, config("many", 16))
 
 
-def test_cli_reference_flag_selects_the_reference_path(tmp_path, tiny_overrides):
-    assert main(["train", str(ROOT / "configs" / "mfeat.yaml"), *tiny_overrides,
-                 "trainer.epochs=1", "trainer.fast=true", "--reference"]) == 0
+def test_cli_prints_the_path_and_reference_flag_selects_the_reference_path(tmp_path, tiny_overrides, capsys):
+    config = str(ROOT / "configs" / "mfeat.yaml")
+    assert main(["train", config, *tiny_overrides, "trainer.epochs=1", "trainer.fast=true", "out=" + str(tmp_path / "f")]) == 0
+    assert "g2d: training path: fast (precision=fp32" in capsys.readouterr().err
+    assert main(["train", config, *tiny_overrides, "trainer.epochs=1", "trainer.fast=true", "--reference"]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["environment"]["training_path"]["path"] == "reference"
+    assert "trainer.reference=true overrides trainer.fast=true" in capsys.readouterr().err

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from typing import Iterator
 from pathlib import Path
 
 from g2d.errors import G2DError
@@ -38,15 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def show_library_messages() -> None:
-    """Print the library's log lines (which training path runs, and why a fast feature is off)."""
+@contextlib.contextmanager
+def library_messages() -> Iterator[None]:
+    """Print the library's log lines (which training path runs, why a fast feature is off) while a command runs."""
     logger = logging.getLogger("g2d")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("g2d: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("g2d: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    show_library_messages()
     try:
-        return dispatch(args)
+        with library_messages():
+            return dispatch(args)
     except G2DError as exc:
         if args.debug:
             raise

@@ -197,8 +197,10 @@ def fit(
             val = evaluate(model, data, "val", device, config.trainer.eval_batch_size, method)
             method.on_epoch_end(epoch, val)
             score = selection_score(val, data.task)
-            state["wall"] += time.perf_counter() - started
-            record = {"epoch": epoch, "train": train_stats, "val": val, "lr": optimizer.param_groups[0]["lr"]}
+            seconds = time.perf_counter() - started
+            state["wall"] += seconds
+            record = {"epoch": epoch, "train": train_stats, "val": val, "lr": optimizer.param_groups[0]["lr"],
+                      "seconds": round(seconds, 3)}
             state["history"].append(record)
             log_epoch(writer, record, epoch)
             if score > state["best_score"]:

@@ -23,6 +23,7 @@ modulated step be captured. Anything asked for that cannot be had is logged with
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterator
@@ -266,6 +267,7 @@ class TrainingPath:
         self.feed: DeviceFeed | HostFeed | None = None
         self.graphed: GraphedStep | None = None
         self.placement = "host"
+        self.cache_seconds = 0.0
         if not plan.fast:
             return
         cuda = self.device.type == "cuda"
@@ -288,7 +290,11 @@ class TrainingPath:
             self.graphed = GraphedStep(self.eager_step, lambda epoch: capture_key(method, modulator, optimizer, epoch))
 
     def build_cache(self, batch_size: int) -> TeacherCache | None:
+        started = time.perf_counter()
         cache = TeacherCache.build(self.teachers, self.data, "train", self.device, batch_size)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.cache_seconds = time.perf_counter() - started
         if self.device.type == "cuda" and cache.nbytes() > CACHE_SHARE * (free_gpu_bytes(self.device) + cache.nbytes()):
             self.plan.notes.append(
                 f"teacher outputs ({cache.nbytes() / 2**30:.1f} GiB) are too large to keep on the GPU; "
@@ -338,6 +344,7 @@ class TrainingPath:
             "channels_last": plan.channels_last,
             "optimizer": "fused" if plan.fused_optimizer else ("foreach" if plan.fast else "default"),
             "teacher_cache": plan.teacher_cache,
+            "teacher_cache_seconds": round(self.cache_seconds, 2),
             "data": self.placement if plan.fast else "host",
             "cuda_graph": plan.cuda_graph and (self.graphed is None or self.graphed.failed is None),
             "notes": list(plan.notes) + ([f"CUDA graph capture failed: {self.graphed.failed}"]
