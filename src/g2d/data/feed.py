@@ -66,10 +66,12 @@ class HostFeed:
         self.pin = pin
 
     def gather(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        rows = {key: value[index] for key, value in self.batches.tensors.items()}
-        rows[INDEX_KEY] = index
-        if self.pin:
-            rows = {key: value.pin_memory() for key, value in rows.items()}
+        """The batch's rows, gathered straight into pinned buffers when the target is a GPU."""
+        rows = {}
+        for key, value in self.batches.tensors.items():
+            rows[key] = torch.empty((len(index), *value.shape[1:]), dtype=value.dtype, pin_memory=self.pin)
+            torch.index_select(value, 0, index, out=rows[key])
+        rows[INDEX_KEY] = index.pin_memory() if self.pin else index
         return rows
 
     def to_device(self, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
