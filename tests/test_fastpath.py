@@ -1,6 +1,6 @@
 """The fast training path on the CPU: same losses and gradients as the reference path, teacher
-cache, feeds, switches and logged fallbacks. (CUDA graph capture is checked on a GPU by
-benchmarks/student_step.py.)"""
+cache, feeds, switches, logged fallbacks, and the CUDA graph step's control flow against an
+emulated graph. (Capturing real kernels is checked on a GPU by benchmarks/student_step.py.)"""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from g2d.cli import main
 from g2d.config import load_config
 from g2d.data.base import Batches, ModalitySpec, MultimodalData
 from g2d.data.feed import INDEX_KEY, DeviceFeed, HostFeed
+import g2d.engine as engine
 from g2d.engine import TeacherEnsemble, prepare_training
 from g2d.errors import G2DError
 from g2d.experiment import run
@@ -307,3 +308,106 @@ def test_cli_prints_the_path_and_reference_flag_selects_the_reference_path(tmp_p
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["environment"]["training_path"]["path"] == "reference"
     assert "trainer.reference=true overrides trainer.fast=true" in capsys.readouterr().err
+
+
+class FakeGraph:
+    """A CPU stand-in for ``torch.cuda.CUDAGraph`` with a graph's semantics: capture records the
+    step (here it also runs it, which stands for the replay that follows a real capture), and
+    every later replay runs the recorded step on the static inputs, writing into the outputs
+    the capture returned."""
+
+    capturing: "FakeGraph | None" = None
+
+    def __init__(self):
+        self.step = None
+        self.outputs = None
+        self.replays = 0
+
+    def replay(self):
+        self.replays += 1
+        if self.replays > 1:
+            for name, value in self.step().items():
+                self.outputs[name].copy_(value)
+
+
+class FakeStream:
+    def wait_stream(self, other):
+        pass
+
+
+def emulate_cuda_graphs(monkeypatch, fail: bool = False):
+    """Let ``GraphedStep`` run on the CPU against ``FakeGraph``; ``fail`` makes every capture raise."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def graph(cuda_graph, capture_error_mode="global"):
+        FakeGraph.capturing = cuda_graph
+        try:
+            if fail:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            yield
+        finally:
+            FakeGraph.capturing = None
+
+    for name, value in {"Stream": FakeStream, "current_stream": FakeStream, "CUDAGraph": FakeGraph,
+                        "graph": graph, "stream": lambda s: contextlib.nullcontext(),
+                        "synchronize": lambda *a: None}.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    original = engine.plan_training
+
+    def with_graphs(*args, **kwargs):
+        plan = original(*args, **kwargs)
+        plan.cuda_graph = True
+        return plan
+
+    monkeypatch.setattr(engine, "plan_training", with_graphs)
+
+
+def recording(graphed):
+    """Wrap the step a ``GraphedStep`` captures so that ``FakeGraph`` can replay it."""
+    run = graphed.run
+
+    def step(batch, epoch):
+        outputs = run(batch, epoch)
+        if FakeGraph.capturing is not None:
+            FakeGraph.capturing.step = lambda: run(batch, epoch)
+            FakeGraph.capturing.outputs = outputs
+        return outputs
+
+    graphed.run = step
+
+
+def graph_and_eager_runs(monkeypatch, fail=False):
+    runs = {}
+    for name in ("eager", "graph"):
+        if name == "graph":
+            emulate_cuda_graphs(monkeypatch, fail)
+        model, path, _, _ = prepared(tiny_data(), "trainer.fast=true")
+        if name == "graph":
+            recording(path.graphed)
+        model.train()
+        losses = [path.step(batch, epoch)["loss"].clone() for epoch in (0, 1, 2) for batch in path.batches(epoch)]
+        runs[name] = (torch.stack(losses), [p.detach().clone() for p in model.parameters()], path)
+        monkeypatch.undo()
+    return runs
+
+
+def test_graphed_step_replays_what_the_eager_step_computes(monkeypatch):
+    """GraphedStep's control flow on the CPU: warm-up, static buffers, replays, a recapture at SMP's phase change."""
+    runs = graph_and_eager_runs(monkeypatch)
+    graphed = runs["graph"][2].graphed
+    assert graphed is not None and graphed.failed is None
+    assert graphed.captures == 2  # SMP's first phase (epochs 0-1), then the joint phase (epoch 2)
+    assert torch.equal(runs["graph"][0], runs["eager"][0])  # 18 steps: 3 warm-up, capture, 8 replays, 1, capture, 4
+    for a, b in zip(runs["graph"][1], runs["eager"][1]):
+        assert torch.equal(a, b)
+    assert runs["graph"][2].summary()["cuda_graph"] is True
+
+
+def test_failed_capture_is_logged_and_training_goes_on_eagerly(monkeypatch, caplog):
+    with caplog.at_level(logging.WARNING, logger="g2d.fast"):
+        runs = graph_and_eager_runs(monkeypatch, fail=True)
+    assert "CUDA graph capture failed (RuntimeError: operation not permitted" in caplog.text
+    assert torch.equal(runs["graph"][0], runs["eager"][0])
+    summary = runs["graph"][2].summary()
+    assert summary["cuda_graph"] is False and "CUDA graph capture failed" in summary["notes"][-1]
