@@ -218,8 +218,8 @@ def test_pmr_loss_by_hand():
 
 
 def test_pmr_needs_classification():
-    with pytest.raises(G2DError, match="pmr"):
-        PMR(PMRParams(), "regression", ["a", "b"])
+    with pytest.raises(G2DError, match="method.name: pmr supports classification only"):
+        build_method({"name": "pmr"}, "regression", ["a", "b"])
 
 
 # MSES

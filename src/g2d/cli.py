@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
+from typing import Iterator
 from pathlib import Path
 
 from g2d.errors import G2DError
@@ -17,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="run one experiment from a YAML config")
     train.add_argument("config", type=Path, help="experiment YAML file")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.01 out=runs/x")
+    train.add_argument("--reference", action="store_true",
+                       help="fp32, eager, no caches: the path the fast one is checked against (trainer.reference=true)")
 
     demo = commands.add_parser("demo", help="teachers, Joint-Train and G²D on the embedded mfeat data")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run folders")
@@ -79,10 +84,33 @@ def add_prepare_commands(datasets: argparse._SubParsersAction) -> None:
     misme.add_argument("--workers", type=int, default=1, help="image decoding processes")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@contextlib.contextmanager
+def library_messages() -> Iterator[None]:
+    """Print the library's log lines (which training path runs, why a fast feature is off) while a command runs."""
+    logger = logging.getLogger("g2d")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("g2d: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
-        return dispatch(args)
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides after an option (train CONFIG --reference k=v) are left over by argparse.
+    if extra and (args.command != "train" or not all("=" in item for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        with library_messages():
+            return dispatch(args)
     except G2DError as exc:
         if args.debug:
             raise
@@ -99,7 +127,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from g2d.experiment import run
         from g2d.report import results_table
 
-        config = load_config(args.config, args.overrides)
+        overrides = [*args.overrides, "trainer.reference=true"] if args.reference else args.overrides
+        config = load_config(args.config, overrides)
         metrics = run(config)
         print(results_table({metrics["method"]: metrics}))
         print(f"run folder: {config.run_dir()}")

@@ -111,7 +111,15 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    """The training loop's settings."""
+    """The training loop's settings.
+
+    ``fast`` (``auto``, ``true``, ``false``; auto = on for CUDA) selects the fast training
+    path of ``g2d.fast``; ``reference`` forces the fp32, eager, uncached path it is checked
+    against (``g2d train --reference``). ``precision`` (``auto``, ``bf16``, ``fp32``; auto =
+    bf16 on CUDA) is the fast path's autocast type, ``cuda_graph`` lets it capture whole steps,
+    and ``loader_workers`` threads gather batches when the training split is not held on the GPU.
+    See docs/performance.md.
+    """
 
     epochs: int = 300
     batch_size: int = 16
@@ -119,6 +127,11 @@ class TrainerConfig:
     device: str = "auto"
     progress: bool = True
     resume: bool = False
+    fast: str = "auto"
+    reference: bool = False
+    precision: str = "auto"
+    cuda_graph: bool = True
+    loader_workers: int = 4
 
 
 @dataclass

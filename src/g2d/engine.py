@@ -3,7 +3,8 @@
 The step makes no host synchronization: losses, accuracy and SMP coefficients are
 accumulated on the device and read once per epoch; SMP's choice is a tensor multiplied into
 gradients. Checkpoints are written atomically after each epoch, so an interrupted run
-resumes (``trainer.resume=true``) to the same weights as an uninterrupted one.
+resumes (``trainer.resume=true``) to the same weights as an uninterrupted one. How batches
+are fed and steps run (the reference path or the fast one) is ``g2d.fast``'s business.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from g2d.config import ExperimentConfig, OptimConfig, to_dict
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
 from g2d.evaluate import evaluate, selection_score
+from g2d.fast import TrainingPath, plan_training, prepare_modules
 from g2d.io import atomic_write, load_weights, save_weights
 from g2d.methods.base import Method, MethodContext, TeacherOutputs
 from g2d.methods.losses import teacher_confidence
@@ -60,14 +62,17 @@ def parameter_groups(model: nn.Module) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: OptimConfig, **options: Any) -> torch.optim.Optimizer:
+    """The configured optimizer over named param groups; ``options`` select its implementation
+    (``foreach``, ``fused``, ``capturable``), which the fast path sets."""
     groups = parameter_groups(model)
     if config.name == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        options.pop("capturable", None)  # SGD keeps no step counter, so it needs no capturable mode
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **options)
     if config.name == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, **options)
     if config.name == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, **options)
     raise G2DError(f"config key optim.name: unknown optimizer {config.name!r} (choose from sgd, adam, adamw)")
 
 
@@ -112,6 +117,31 @@ class FitResult:
     best_val: dict
     history: list[dict] = field(default_factory=list)
     wall_seconds: float = 0.0
+    path: dict = field(default_factory=dict)
+
+
+def prepare_training(
+    model: nn.Module,
+    method: Method,
+    data: MultimodalData,
+    config: ExperimentConfig,
+    device: torch.device,
+    batches: Batches,
+    teachers: TeacherEnsemble | None = None,
+    modulator: Modulator | None = None,
+) -> tuple[torch.optim.Optimizer, TrainingPath]:
+    """Place the model and teachers, build the optimizer and the training path, and set the method up."""
+    plan = plan_training(config, device, method, data, teachers)
+    model.to(device)
+    if teachers is not None:
+        teachers.to(device)
+    prepare_modules(plan, model, teachers)
+    optimizer = build_optimizer(model, config.optim, **plan.optimizer_options())
+    path = TrainingPath(plan, method, data, batches, teachers, modulator, optimizer, config.trainer.eval_batch_size)
+    method.setup(MethodContext(model=model, optimizer=optimizer, data=data, device=device, config=config,
+                               teachers=path.teachers, modulator=modulator))
+    path.log()
+    return optimizer, path
 
 
 def fit(
@@ -126,21 +156,16 @@ def fit(
 ) -> FitResult:
     """Train ``model`` with ``method`` for ``trainer.epochs``; keep the best validation epoch's weights."""
     device = device or select_device(config.trainer.device)
-    model.to(device)
-    if teachers is not None:
-        teachers.to(device)
-    optimizer = build_optimizer(model, config.optim)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.optim.lr_step, gamma=config.optim.lr_gamma)
     batches = Batches(data.splits["train"], config.trainer.batch_size, shuffle=True, seed=config.seed, drop_last=True)
     if len(batches) == 0:
         raise G2DError(
             f"config key trainer.batch_size: {config.trainer.batch_size} is larger than the "
             f"{batches.size} training rows of {data.name}"
         )
+    optimizer, path = prepare_training(model, method, data, config, device, batches, teachers, modulator)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.optim.lr_step, gamma=config.optim.lr_gamma)
     checkpoints = run_dir / "checkpoints"
     state = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": -math.inf, "best_val": {}, "wall": 0.0}
-    method.setup(MethodContext(model=model, optimizer=optimizer, data=data, device=device, config=config,
-                               teachers=teachers, modulator=modulator))
     if config.trainer.resume and (checkpoints / "last_state.pt").is_file():
         state = resume(checkpoints, model, optimizer, scheduler, config, method)
     writer = SummaryWriter(str(run_dir / "tb"))
@@ -151,18 +176,15 @@ def fit(
     try:
         for epoch in bar:
             started = time.perf_counter()
-            batches.set_epoch(epoch)
             method.on_epoch_start(epoch)
             model.train()
             sums: dict[str, torch.Tensor] = {}
             seen = 0
-            for batch in batches:
-                inputs = to_device(batch, data, device)
-                terms = method.train_step(inputs, epoch)
-                size = len(inputs["label"])
+            for batch in path.batches(epoch):
+                terms = path.step(batch, epoch)
                 for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value.float() * size
-                seen += size
+                    sums[name] = sums.get(name, 0.0) + value.float() * batches.batch_size
+                seen += batches.batch_size
             scheduler.step()
             names = list(sums)
             values = (torch.stack([sums[n] for n in names]) / seen).tolist()
@@ -175,8 +197,10 @@ def fit(
             val = evaluate(model, data, "val", device, config.trainer.eval_batch_size, method)
             method.on_epoch_end(epoch, val)
             score = selection_score(val, data.task)
-            state["wall"] += time.perf_counter() - started
-            record = {"epoch": epoch, "train": train_stats, "val": val, "lr": optimizer.param_groups[0]["lr"]}
+            seconds = time.perf_counter() - started
+            state["wall"] += seconds
+            record = {"epoch": epoch, "train": train_stats, "val": val, "lr": optimizer.param_groups[0]["lr"],
+                      "seconds": round(seconds, 3)}
             state["history"].append(record)
             log_epoch(writer, record, epoch)
             if score > state["best_score"]:
@@ -189,7 +213,7 @@ def fit(
         writer.close()
         bar.close()
     load_weights(checkpoints / "best.safetensors", model)
-    return FitResult(state["best_epoch"], state["best_val"], state["history"], state["wall"])
+    return FitResult(state["best_epoch"], state["best_val"], state["history"], state["wall"], path.summary())
 
 
 def log_epoch(writer: Any, record: dict, epoch: int) -> None:

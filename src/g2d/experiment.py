@@ -104,7 +104,8 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
         "teachers": teacher_metrics,
         "smp": smp_report,
         "method_params": asdict(method.params),
-        "environment": {"device": str(device), "torch": torch.__version__, "python": platform.python_version()},
+        "environment": {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+                        "training_path": result.path},
     }
     write_json(run_dir / "history.json", result.history)
     write_json(run_dir / "metrics.json", metrics)

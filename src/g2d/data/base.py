@@ -47,7 +47,9 @@ class MultimodalData:
     Labels are int64 class indices for classification and float targets for regression.
     Regression targets are stored scaled to [0, 1] (Eq. 1's sigmoid output);
     ``target_offset + target_span * y`` gives them back on the dataset's own scale, which
-    is where MAPE is measured.
+    is where MAPE is measured. ``deterministic`` is False when training rows are transformed
+    at random (augmentation): a row's teacher outputs then change between epochs, so the
+    fast path must not cache them.
     """
 
     name: str
@@ -59,6 +61,7 @@ class MultimodalData:
     notes: dict[str, str] = field(default_factory=dict)
     target_offset: float = 0.0
     target_span: float = 1.0
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         if self.task not in ("classification", "regression"):
@@ -115,6 +118,7 @@ class MultimodalData:
             notes=self.notes,
             target_offset=self.target_offset,
             target_span=self.target_span,
+            deterministic=self.deterministic,
         )
 
 
@@ -248,14 +252,21 @@ class Batches:
             return self.size // self.batch_size
         return (self.size + self.batch_size - 1) // self.batch_size
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def order(self) -> torch.Tensor:
+        """This epoch's row order: a permutation seeded by ``(seed, epoch)``, or 0..N-1 without shuffling."""
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.size, generator=generator)
-        else:
-            order = torch.arange(self.size)
+            return torch.randperm(self.size, generator=generator)
+        return torch.arange(self.size)
+
+    def indices(self) -> Iterator[torch.Tensor]:
+        """The row indices of each batch of this epoch, in order (what ``__iter__`` gathers)."""
+        order = self.order()
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
+            yield order[start : start + self.batch_size]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for index in self.indices():
             yield {key: value[index] for key, value in self.tensors.items()}
 
 

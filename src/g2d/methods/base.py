@@ -120,6 +120,16 @@ class Method:
     uses_teachers: ClassVar[bool] = False
     smp_by_default: ClassVar[bool] = False
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
+    # Whether the fast path may capture ``train_step`` in a CUDA graph: static shapes, no host
+    # reads, no data-dependent Python control flow, and host state that changes between steps
+    # only through ``capture_key``. A class that overrides ``train_step`` is False unless it
+    # says True itself (see ``__init_subclass__``).
+    capturable: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "train_step" in cls.__dict__ and "capturable" not in cls.__dict__:
+            cls.capturable = False
 
     def __init__(self, params: Any, task: str, modalities: list[str]) -> None:
         self.params = params
@@ -163,6 +173,11 @@ class Method:
     def predict(self, output: ModelOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fused and per-modality logits for evaluation; the model's own by default."""
         return output.logits, output.modality_logits
+
+    def capture_key(self, epoch: int) -> tuple:
+        """Host values the step reads that change during training (a schedule's weight, say);
+        a captured step is recaptured when this changes. Empty for most methods."""
+        return ()
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for methods whose behaviour changes with the epoch."""

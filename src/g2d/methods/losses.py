@@ -1,4 +1,8 @@
-"""Loss terms and teacher confidence shared by the methods (G²D paper, Eq. 1-5)."""
+"""Loss terms and teacher confidence shared by the methods (G²D paper, Eq. 1-5).
+
+Every term upcasts its inputs to float32 before reducing, so under bf16 autocast (the fast
+path) the losses are still fp32 reductions; on fp32 inputs ``.float()`` is a no-op.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Te
 
     Regression targets are expected already scaled to [0, 1] by the dataset.
     """
+    logits = logits.float()
     if task == "classification":
         return F.cross_entropy(logits, labels)
     return F.mse_loss(torch.sigmoid(logits.squeeze(-1)), labels.float())
@@ -23,7 +28,7 @@ def feature_distillation(
 
     Mean-reduced over batch and feature dimensions, as the authors' code does.
     """
-    return {m: F.mse_loss(student[m], teacher[m]) for m in teacher}
+    return {m: F.mse_loss(student[m].float(), teacher[m].float()) for m in teacher}
 
 
 def logit_distillation(
@@ -37,12 +42,13 @@ def logit_distillation(
     For regression there is no class distribution, so the term is the MSE between the
     student's and the teacher's sigmoid predictions.
     """
+    student_logits = student_logits.float()
     if task == "regression":
         prediction = torch.sigmoid(student_logits.squeeze(-1))
-        return {m: F.mse_loss(prediction, torch.sigmoid(t.squeeze(-1))) for m, t in teacher_logits.items()}
+        return {m: F.mse_loss(prediction, torch.sigmoid(t.float().squeeze(-1))) for m, t in teacher_logits.items()}
     student_log_p = F.log_softmax(student_logits / temperature, dim=-1)
     return {
-        m: F.kl_div(student_log_p, F.log_softmax(t / temperature, dim=-1), reduction="batchmean", log_target=True)
+        m: F.kl_div(student_log_p, F.log_softmax(t.float() / temperature, dim=-1), reduction="batchmean", log_target=True)
         * temperature**2
         for m, t in teacher_logits.items()
     }
@@ -55,9 +61,10 @@ def teacher_confidence(teacher_logits: torch.Tensor, labels: torch.Tensor, task:
     confidence is ``1 - mean |sigmoid(prediction) - target|`` on the [0, 1] target scale:
     like the true-class probability it lies in [0, 1] and grows as the teacher is right.
     """
+    teacher_logits = teacher_logits.float()
     if task == "regression":
         error = (torch.sigmoid(teacher_logits.squeeze(-1)) - labels.float().unsqueeze(0)).abs()
         return 1.0 - error.mean(dim=1)
-    probabilities = teacher_logits.float().softmax(dim=-1)
+    probabilities = teacher_logits.softmax(dim=-1)
     index = labels.view(1, -1, 1).expand(probabilities.shape[0], -1, 1)
     return probabilities.gather(-1, index).squeeze(-1).mean(dim=1)

@@ -1,0 +1,360 @@
+"""The fast training path, and the reference path it is checked against.
+
+``fit`` runs every step through a ``TrainingPath``. The reference path is the plain one:
+batches gathered on the host, fp32, eager, teachers run on every batch. The fast path (on by
+default on CUDA, ``trainer.fast``) changes how a step runs, never what it computes:
+
+- bf16 autocast around the step (``trainer.precision``); weights, optimizer state and loss
+  reductions stay fp32 (``g2d.methods.losses`` upcasts), so no loss scaling is needed;
+- channels_last weights and image inputs for the conv encoders (CUDA);
+- fused (CUDA) or foreach (CPU) optimizer steps;
+- frozen teachers in inference mode and the run's precision, their features and logits
+  computed once per training row when the pipeline is deterministic (``g2d.teacher_cache``);
+- the training split held on the GPU when it fits, else gathered ahead by worker threads
+  into pinned memory (``g2d.data.feed``);
+- on CUDA, the whole step (gather, conversion, forward, backward, SMP modulation, optimizer)
+  captured as a CUDA graph per capture key and replayed (``trainer.cuda_graph``).
+
+SMP coefficients are device tensors throughout (``g2d.methods.smp``), which is what lets the
+modulated step be captured. Anything asked for that cannot be had is logged with its reason
+(``logging`` name ``g2d.fast``); nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Iterator
+
+import torch
+
+from g2d.config import ExperimentConfig
+from g2d.data.base import Batches, MultimodalData, to_device
+from g2d.data.feed import DeviceFeed, HostFeed, split_bytes
+from g2d.errors import G2DError
+from g2d.methods.base import Method
+from g2d.methods.smp import Modulator, phase_of
+from g2d.teacher_cache import FrozenTeachers, TeacherCache, autocast_context
+
+log = logging.getLogger("g2d.fast")
+
+FAST_CHOICES = ("auto", "true", "false")
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
+# Shares of the GPU's free memory that the resident training split and the teacher cache may
+# take; the rest is left to activations, which a captured step keeps in its own pool.
+DATA_SHARE = 0.4
+CACHE_SHARE = 0.1
+# Eager steps before the first capture: they create optimizer state, let cuDNN pick its
+# algorithms and fill allocator pools, none of which may happen during capture.
+WARMUP_STEPS = 3
+
+
+@dataclass
+class TrainingPlan:
+    """What a run's training path switches on; ``notes`` say why anything asked for is off."""
+
+    fast: bool
+    device: torch.device
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+    fused_optimizer: bool = False
+    cuda_graph: bool = False
+    teacher_cache: bool = False
+    loader_workers: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def optimizer_options(self) -> dict[str, Any]:
+        """Keyword arguments for the optimizer: fused kernels on CUDA, foreach on the CPU.
+
+        Adam's step counter must live on the device for a capture (``capturable``); SGD has none.
+        """
+        if not self.fast:
+            return {}
+        if self.fused_optimizer:
+            return {"fused": True, "capturable": True} if self.cuda_graph else {"fused": True}
+        return {"foreach": True}
+
+
+def choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
+    """A config string (OmegaConf turns YAML ``true`` into ``"True"``) checked against ``allowed``."""
+    text = str(value).lower()
+    if text not in allowed:
+        raise G2DError(f"config key {key}: unknown value {value!r} (choose from {', '.join(allowed)})")
+    return text
+
+
+def plan_training(
+    config: ExperimentConfig, device: torch.device, method: Method, data: MultimodalData, teachers: Any
+) -> TrainingPlan:
+    """Decide the training path from the config, the device, the method and the data."""
+    trainer = config.trainer
+    mode = choice(trainer.fast, FAST_CHOICES, "trainer.fast")
+    precision = choice(trainer.precision, ("auto", *PRECISIONS), "trainer.precision")
+    if trainer.reference:
+        plan = TrainingPlan(fast=False, device=device)
+        if mode == "true":
+            plan.notes.append("trainer.reference=true overrides trainer.fast=true: fp32, eager, no caches")
+        return plan
+    cuda = device.type == "cuda"
+    if mode == "false" or (mode == "auto" and not cuda):
+        return TrainingPlan(fast=False, device=device)
+    plan = TrainingPlan(fast=True, device=device, channels_last=cuda, fused_optimizer=cuda)
+    if precision == "auto":
+        precision = "bf16" if cuda else "fp32"
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        plan.notes.append("this GPU has no bf16 support; the step runs in fp32")
+        precision = "fp32"
+    plan.dtype = PRECISIONS[precision]
+    if trainer.cuda_graph and cuda:
+        if method.capturable:
+            plan.cuda_graph = True
+        else:
+            plan.notes.append(
+                f"method {method.name!r} owns its train_step and does not declare capturable=True; "
+                "its steps run eagerly (no CUDA graph)"
+            )
+    if teachers is not None:
+        if data.deterministic:
+            plan.teacher_cache = True
+        else:
+            plan.notes.append(
+                f"dataset {data.name} transforms training rows at random; teachers run on every batch (no cache)"
+            )
+    if cuda:
+        plan.loader_workers = trainer.loader_workers
+    return plan
+
+
+def prepare_modules(plan: TrainingPlan, model: torch.nn.Module, teachers: Any) -> None:
+    """channels_last conv weights and cuDNN autotuning (static shapes) for the fast path on CUDA."""
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)
+        if teachers is not None:
+            teachers.to(memory_format=torch.channels_last)
+    if plan.fast and plan.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def free_gpu_bytes(device: torch.device) -> int:
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def capture_key(method: Method, modulator: Modulator | None, optimizer: torch.optim.Optimizer, epoch: int) -> Hashable:
+    """Everything on the host that a captured step bakes in: the SMP phase, the optimizer's
+    hyperparameters (a scheduler changes the learning rate) and the method's own key."""
+    smp = None if modulator is None else (modulator.active(epoch), phase_of(epoch, modulator.tau))
+    hyper = tuple(
+        tuple((name, value) for name, value in sorted(group.items()) if isinstance(value, (bool, int, float, str)))
+        for group in optimizer.param_groups
+    )
+    return smp, hyper, method.capture_key(epoch)
+
+
+class GraphedStep:
+    """A step function replayed from CUDA graphs with static input buffers.
+
+    For each capture key the first steps run eagerly on a side stream (warm-up; they are
+    real training steps), then one step is captured and replayed, and every later step with
+    that key copies its batch into the static buffers and replays. A new key (an SMP phase
+    ends, the learning rate decays) drops the graph and captures anew. If a capture fails,
+    the reason is logged once and every later step runs eagerly.
+    """
+
+    def __init__(self, run: Callable[[dict, int], dict], key: Callable[[int], Hashable], warmup: int = WARMUP_STEPS):
+        self.run = run
+        self.key = key
+        self.warmup = warmup
+        self.failed: str | None = None
+        self.captures = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_key: Hashable = None
+        self.pending = warmup
+        self.static_inputs: dict[str, torch.Tensor] = {}
+        self.static_outputs: dict[str, torch.Tensor] = {}
+        self.mismatch_logged = False
+        self.side_stream = torch.cuda.Stream()
+
+    def __call__(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        if self.failed is not None:
+            return self.run(batch, epoch)
+        key = self.key(epoch)
+        if self.graph is None or key != self.graph_key:
+            if key != self.graph_key:
+                self.release()
+                self.graph_key = key
+                self.pending = self.warmup if self.captures == 0 else 1
+            if self.pending > 0:
+                self.pending -= 1
+                return self.eager_on_side_stream(batch, epoch)
+            return self.capture(batch, epoch)
+        if not self.matches(batch):
+            if not self.mismatch_logged:
+                log.warning("fast path: a batch's shapes differ from the captured ones; such batches run eagerly")
+                self.mismatch_logged = True
+            return self.run(batch, epoch)
+        for name, buffer in self.static_inputs.items():
+            buffer.copy_(batch[name], non_blocking=True)
+        self.graph.replay()
+        return self.static_outputs
+
+    def matches(self, batch: dict[str, torch.Tensor]) -> bool:
+        return batch.keys() == self.static_inputs.keys() and all(
+            batch[k].shape == v.shape and batch[k].dtype == v.dtype for k, v in self.static_inputs.items()
+        )
+
+    def eager_on_side_stream(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        stream = self.side_stream
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), warnings.catch_warnings():
+            # Adam(capturable=True) warns when a step runs uncaptured, which warm-up steps do.
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
+            outputs = self.run(batch, epoch)
+        torch.cuda.current_stream().wait_stream(stream)
+        return outputs
+
+    def capture(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        """Capture this batch's step into a graph, then replay it (capture itself runs nothing)."""
+        self.static_inputs = {name: value.clone() for name, value in batch.items()}
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # thread_local: loader threads may pin host memory while the main thread captures.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.static_outputs = self.run(self.static_inputs, epoch)
+        except Exception as exc:  # any capture failure means: run eagerly, and say why
+            self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.warning("fast path: CUDA graph capture failed (%s); steps run eagerly from here", self.failed)
+            self.release()
+            torch.cuda.synchronize()
+            return self.run(batch, epoch)
+        self.graph = graph
+        self.captures += 1
+        graph.replay()
+        return self.static_outputs
+
+    def release(self) -> None:
+        self.graph = None
+        self.static_inputs = {}
+        self.static_outputs = {}
+
+
+class TrainingPath:
+    """How ``fit`` gets its batches and runs its steps, for one run.
+
+    ``batches(epoch)`` yields what ``step(batch, epoch)`` consumes; ``teachers`` is what the
+    method's context holds (the ensemble itself on the reference path).
+    """
+
+    def __init__(
+        self,
+        plan: TrainingPlan,
+        method: Method,
+        data: MultimodalData,
+        batches: Batches,
+        teachers: Any,
+        modulator: Modulator | None,
+        optimizer: torch.optim.Optimizer,
+        cache_batch_size: int,
+    ) -> None:
+        self.plan = plan
+        self.method = method
+        self.data = data
+        self.device = plan.device
+        self.source = batches
+        self.teachers = teachers
+        self.feed: DeviceFeed | HostFeed | None = None
+        self.graphed: GraphedStep | None = None
+        self.placement = "host"
+        self.cache_seconds = 0.0
+        if not plan.fast:
+            return
+        cuda = self.device.type == "cuda"
+        if teachers is not None:
+            self.teachers = FrozenTeachers(teachers, self.device, plan.dtype)
+            if plan.teacher_cache:
+                self.teachers.cache = self.build_cache(cache_batch_size)
+        if cuda and split_bytes(batches.tensors) <= DATA_SHARE * free_gpu_bytes(self.device):
+            self.feed = DeviceFeed(batches, self.device)
+            self.placement = "device"
+        else:
+            if cuda:
+                plan.notes.append(
+                    f"the training split ({split_bytes(batches.tensors) / 2**30:.1f} GiB) does not fit beside training "
+                    f"on the GPU; {plan.loader_workers} loader threads feed it from pinned host memory"
+                )
+            self.feed = HostFeed(batches, self.device, workers=plan.loader_workers, pin=cuda)
+            self.placement = "pinned" if cuda else "host"
+        if plan.cuda_graph:
+            self.graphed = GraphedStep(self.eager_step, lambda epoch: capture_key(method, modulator, optimizer, epoch))
+
+    def build_cache(self, batch_size: int) -> TeacherCache | None:
+        started = time.perf_counter()
+        cache = TeacherCache.build(self.teachers, self.data, "train", self.device, batch_size)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.cache_seconds = time.perf_counter() - started
+        if self.device.type == "cuda" and cache.nbytes() > CACHE_SHARE * (free_gpu_bytes(self.device) + cache.nbytes()):
+            self.plan.notes.append(
+                f"teacher outputs ({cache.nbytes() / 2**30:.1f} GiB) are too large to keep on the GPU; "
+                "teachers run on every batch (no cache)"
+            )
+            self.plan.teacher_cache = False
+            return None
+        return cache
+
+    def batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        if self.feed is None:
+            self.source.set_epoch(epoch)
+            return iter(self.source)
+        return self.feed.epoch(epoch)
+
+    def inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The step's float inputs on the device (channels_last images on the fast CUDA path)."""
+        if self.feed is not None:
+            batch = self.feed.materialize(batch)
+        inputs = to_device(batch, self.data, self.device)
+        if self.plan.channels_last:
+            for modality, spec in self.data.modalities.items():
+                if spec.kind == "image":
+                    inputs[modality] = inputs[modality].contiguous(memory_format=torch.channels_last)
+        return inputs
+
+    def eager_step(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        # Autocast's cast cache is off when steps are captured, as PyTorch asks for graphs:
+        # a cached cast is a tensor that must not outlive the capture that made it.
+        with autocast_context(self.device, self.plan.dtype, cache=self.graphed is None):
+            return self.method.train_step(self.inputs(batch), epoch)
+
+    def step(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        """One training step; returns the method's device tensors (static buffers when replayed)."""
+        if not self.plan.fast:
+            return self.method.train_step(to_device(batch, self.data, self.device), epoch)
+        if self.graphed is not None:
+            return self.graphed(batch, epoch)
+        return self.eager_step(batch, epoch)
+
+    def summary(self) -> dict[str, Any]:
+        """What ran, for metrics.json: which path, precision, placement, caching and capture."""
+        plan = self.plan
+        return {
+            "path": "fast" if plan.fast else "reference",
+            "precision": "bf16" if plan.dtype == torch.bfloat16 else "fp32",
+            "channels_last": plan.channels_last,
+            "optimizer": "fused" if plan.fused_optimizer else ("foreach" if plan.fast else "default"),
+            "teacher_cache": plan.teacher_cache,
+            "teacher_cache_seconds": round(self.cache_seconds, 2),
+            "data": self.placement if plan.fast else "host",
+            "cuda_graph": plan.cuda_graph and (self.graphed is None or self.graphed.failed is None),
+            "notes": list(plan.notes) + ([f"CUDA graph capture failed: {self.graphed.failed}"]
+                                         if self.graphed is not None and self.graphed.failed else []),
+        }
+
+    def log(self) -> None:
+        """One line saying what runs, plus one warning per thing asked for that is off."""
+        summary = self.summary()
+        if summary["path"] == "fast":
+            log.info("training path: fast (%s)", ", ".join(f"{k}={v}" for k, v in summary.items() if k not in ("path", "notes")))
+        for note in self.plan.notes:
+            log.warning("fast path: %s", note)
