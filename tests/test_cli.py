@@ -6,7 +6,7 @@ import pytest
 from safetensors.torch import load_file
 
 from g2d.cli import main
-from conftest import ROOT, TINY
+from conftest import ROOT
 
 CONFIG = str(ROOT / "configs" / "mfeat.yaml")
 

@@ -94,3 +94,24 @@ def test_training_step_makes_no_host_synchronization(tmp_path, monkeypatch, sche
     few = count_host_reads(monkeypatch, config_for(tmp_path, "few", *base, "trainer.batch_size=128"))
     many = count_host_reads(monkeypatch, config_for(tmp_path, "many", *base, "trainer.batch_size=16"))
     assert few == many
+
+
+def test_teacher_fingerprint_sees_sequence_masks_and_samples_large_splits(monkeypatch):
+    from g2d.data.base import ModalitySpec, MultimodalData, mask_key
+    import g2d.teachers as teachers
+
+    def dataset(rows, mask_row0):
+        mask = torch.ones(rows, 3, dtype=torch.bool)
+        mask[0, 2] = mask_row0
+        split = {"seq": torch.zeros(rows, 3, 2), mask_key("seq"): mask, "label": torch.zeros(rows, dtype=torch.long)}
+        return MultimodalData("toy", "classification", 2, {"seq": ModalitySpec("sequence", (3, 2))},
+                              {"train": split, "val": split, "test": split})
+
+    assert teachers.data_fingerprint(dataset(10, True), "seq") != teachers.data_fingerprint(dataset(10, False), "seq")
+    monkeypatch.setattr(teachers, "FINGERPRINT_ROWS", 4)
+    big = dataset(10, True)
+    before = teachers.data_fingerprint(big, "seq")
+    big.splits["train"]["seq"][1] += 1.0  # row 1 is not among the 4 evenly spaced rows 0, 3, 6, 9
+    assert teachers.data_fingerprint(big, "seq") == before
+    big.splits["train"]["seq"][3] += 1.0
+    assert teachers.data_fingerprint(big, "seq") != before

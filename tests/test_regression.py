@@ -81,7 +81,7 @@ def test_classification_only_methods_refuse_regression_naming_the_key(regression
 def test_every_method_trains_a_regression_dataset_with_teachers_and_smp(method, regression_csv, tmp_path, capsys):
     index, teachers = regression_csv
     out = tmp_path / "run"
-    overrides = [f"dataset.name=csv", f"dataset.root={index}", "dataset.modalities=[]", f"method.name={method}",
+    overrides = ["dataset.name=csv", f"dataset.root={index}", "dataset.modalities=[]", f"method.name={method}",
                  "smp.enabled=true", "smp.tau=[1]", "model.encoder.hidden=[8]", "trainer.epochs=3",
                  "trainer.batch_size=8", "trainer.progress=false", "optim.lr=0.05", f"out={out}",
                  f"teachers.root={teachers}", "method.mla.test_fusion=fixed"]

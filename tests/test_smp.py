@@ -138,3 +138,11 @@ def test_bad_settings_name_the_key():
         Modulator(SMPConfig(suppression="melt"), encoders, epochs=4)
     with pytest.raises(G2DError, match="smp.enabled"):
         Modulator(SMPConfig(), {"a": encoders["a"]}, epochs=4)
+
+
+def test_conv_grad_on_an_encoder_without_conv_weights_is_an_error_naming_the_key():
+    mlp, conv = nn.Linear(4, 4), nn.Conv2d(1, 2, 3)
+    encoders = {"tab": list(mlp.parameters()), "img": list(conv.parameters())}
+    with pytest.raises(G2DError, match="smp.suppression: .*'tab'"):
+        Modulator(SMPConfig(suppression="conv_grad"), encoders, epochs=4)
+    assert Modulator(SMPConfig(suppression="freeze"), encoders, epochs=4).targets[0]

@@ -169,7 +169,6 @@ def fit(
     if config.trainer.resume and (checkpoints / "last_state.pt").is_file():
         state = resume(checkpoints, model, optimizer, scheduler, config, method)
     writer = SummaryWriter(str(run_dir / "tb"))
-    modalities = list(data.modalities)
     epochs = config.trainer.epochs
     bar = tqdm(range(state["epoch"], epochs), desc=f"{method.name} {run_dir.name}", unit="epoch",
                initial=state["epoch"], total=epochs, disable=None if config.trainer.progress else True, leave=False)

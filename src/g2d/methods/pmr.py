@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from g2d.data.base import Batches, to_device
-from g2d.errors import G2DError
 from g2d.methods.balancing import in_window
 from g2d.methods.base import Method, TeacherOutputs
 from g2d.methods.losses import task_loss

@@ -109,6 +109,12 @@ class Modulator:
         self.targets: list[list[nn.Parameter]] = [
             [p for p in params if config.suppression != "conv_grad" or p.dim() == 4] for params in encoders.values()
         ]
+        for modality, targets in zip(self.modalities, self.targets):
+            if not targets:
+                raise G2DError(
+                    f"config key smp.suppression: conv_grad modulates only 4-D conv weights, and the encoder of "
+                    f"{modality!r} has none (MLP or Transformer); use freeze or zero_grad"
+                )
 
     @property
     def needs_dataset_confidence(self) -> bool:
