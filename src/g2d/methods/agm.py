@@ -171,7 +171,7 @@ class AGM(Method):
         self.running = self.running + (scores - self.running) / self.steps
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        kappa = ctx.smp_coefficients(epoch, inputs, ctx.teacher_outputs(inputs))
+        kappa = ctx.smp_coefficients(epoch, inputs)
         smp = kappa is not None
         if smp:
             ctx.encoder_gradients_scaled(kappa)

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from g2d.errors import G2DError
+from g2d.methods.balancing import scale_gradients
 from g2d.methods.losses import teacher_confidence
 from g2d.models.multimodal import ModelOutput
 
@@ -66,10 +67,18 @@ class MethodContext:
     def teacher_outputs(self, inputs: dict[str, torch.Tensor]) -> TeacherOutputs | None:
         return self.teachers(inputs) if self.teachers is not None else None
 
-    def smp_coefficients(self, epoch: int, inputs: dict[str, torch.Tensor], teachers: TeacherOutputs | None) -> torch.Tensor | None:
-        """SMP's (or partial modulation's) kappa ``[k]`` for this step, or None when no modulator acts now."""
+    def smp_coefficients(
+        self, epoch: int, inputs: dict[str, torch.Tensor], teachers: TeacherOutputs | None = None
+    ) -> torch.Tensor | None:
+        """SMP's (or partial modulation's) kappa ``[k]`` for this step, or None when no modulator acts now.
+
+        A method that has no teacher outputs of its own passes none: the teachers then run only
+        when the modulator acts, not in every step of the run.
+        """
         if self.modulator is None or not self.modulator.active(epoch):
             return None
+        if teachers is None:
+            teachers = self.teacher_outputs(inputs)
         assert teachers is not None, "SMP needs teacher outputs"
         confidence = teacher_confidence(teachers.stacked_logits(self.modalities), inputs["label"], self.data.task)
         return self.modulator.coefficients(epoch, confidence)
@@ -79,10 +88,13 @@ class MethodContext:
         if self.modulator is not None:
             self.modulator.scale_gradients(kappa)
             return
-        for index, modality in enumerate(self.modalities):
-            for param in self.model.encoder_parameters(modality):
-                if param.grad is not None:
-                    param.grad.mul_(kappa[index])
+        scale_gradients([self.model.encoder_parameters(m) for m in self.modalities], kappa)
+
+    def reported_kappa(self, kappa: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """What a step reports as kappa: its own, or ones when SMP is configured but not acting now."""
+        if kappa is None and self.modulator is not None:
+            return torch.ones(len(self.modalities), device=device)
+        return kappa
 
     def optimizer_step(self, kappa: torch.Tensor | None = None) -> None:
         """``optimizer.step()``, honouring the modulator's suppression rule when ``kappa`` came from it."""
@@ -166,9 +178,8 @@ class Method:
         if kappa is not None:
             ctx.encoder_gradients_scaled(kappa)
         ctx.optimizer_step(kappa)
-        if ctx.modulator is not None and kappa is None:
-            kappa = torch.ones(len(self.modalities), device=loss.device)
-        return step_terms(loss, terms, output.logits, inputs, self.task, kappa, self.modalities)
+        return step_terms(loss, terms, output.logits, inputs, self.task, ctx.reported_kappa(kappa, loss.device),
+                          self.modalities)
 
     def predict(self, output: ModelOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fused and per-modality logits for evaluation; the model's own by default."""

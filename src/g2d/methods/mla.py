@@ -38,7 +38,6 @@ from torch import nn
 
 from g2d.errors import G2DError
 from g2d.methods.base import Method, step_terms
-from g2d.methods.gradients import reported_kappa, smp_kappa
 from g2d.methods.heads import SharedHead, encoder_features
 from g2d.methods.losses import task_loss
 from g2d.models.multimodal import ModelOutput
@@ -120,7 +119,7 @@ class MLA(Method):
     def train_step(self, inputs: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
         ctx = self.ctx
         assert self.head is not None and self.projector is not None
-        kappa = smp_kappa(ctx, epoch, inputs)
+        kappa = ctx.smp_coefficients(epoch, inputs)
         alpha = 0.1 ** (1.0 + self.batch_index / self.batches_per_epoch)
         logits, losses = {}, {}
         for modality in self.modalities:
@@ -143,7 +142,7 @@ class MLA(Method):
         terms = {f"loss/{m}": value for m, value in losses.items()}
         mean_logits = torch.stack(list(logits.values())).mean(dim=0)
         return step_terms(mean_loss, terms, mean_logits, inputs, self.task,
-                          reported_kappa(ctx, kappa, mean_loss.device), self.modalities)
+                          ctx.reported_kappa(kappa, mean_loss.device), self.modalities)
 
     def predict(self, output: ModelOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The shared head on each modality; fused by entropy gating or the fixed weights."""

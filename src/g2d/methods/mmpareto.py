@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from g2d.methods.base import Method, step_terms
-from g2d.methods.gradients import dot, gradients, reported_kappa, smp_kappa
+from g2d.methods.gradients import dot, gradients
 from g2d.methods.heads import ModalityHeads
 from g2d.methods.losses import task_loss
 from g2d.models.multimodal import ModelOutput
@@ -113,13 +113,13 @@ class MMPareto(Method):
         ctx.optimizer.zero_grad(set_to_none=True)
         for param, grad in zip(encoder_list + shared, integrated + shared_grads):
             param.grad = grad
-        kappa = smp_kappa(ctx, epoch, inputs)
+        kappa = ctx.smp_coefficients(epoch, inputs)
         if kappa is not None:
             ctx.encoder_gradients_scaled(kappa)
         ctx.optimizer_step(kappa)
         loss = (multimodal + sum(unimodal.values())).detach()
         terms = {"multimodal": multimodal.detach(), **{f"unimodal/{m}": v.detach() for m, v in unimodal.items()}}
-        return step_terms(loss, terms, output.logits, inputs, self.task, reported_kappa(ctx, kappa, loss.device),
+        return step_terms(loss, terms, output.logits, inputs, self.task, ctx.reported_kappa(kappa, loss.device),
                           self.modalities)
 
     def predict(self, output: ModelOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -69,7 +69,7 @@ class MSES(Method):
         loss = task_loss(output.logits, inputs["label"], self.task)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        kappa = ctx.smp_coefficients(epoch, inputs, ctx.teacher_outputs(inputs))
+        kappa = ctx.smp_coefficients(epoch, inputs)
         if kappa is not None:
             ctx.encoder_gradients_scaled(kappa)
             ctx.optimizer_step(kappa)

@@ -83,13 +83,12 @@ class MSLR(Method):
         loss = task_loss(output.logits, inputs["label"], self.task)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        kappa = ctx.smp_coefficients(epoch, inputs, ctx.teacher_outputs(inputs))
+        kappa = ctx.smp_coefficients(epoch, inputs)
         if kappa is not None:
             ctx.encoder_gradients_scaled(kappa)
         with scaled_learning_rates(ctx.optimizer, {f"encoder:{m}": f for m, f in self.factors.items()}):
             ctx.optimizer_step(kappa)
-        if ctx.modulator is not None and kappa is None:
-            kappa = torch.ones(len(self.modalities), device=loss.device)
+        kappa = ctx.reported_kappa(kappa, loss.device)
         terms = {"task": loss.detach(), **{f"lr_scale/{m}": self.reported[i] for i, m in enumerate(self.modalities)}}
         return step_terms(loss, terms, output.logits, inputs, self.task, kappa, self.modalities)
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from g2d.config import SMPConfig
 from g2d.errors import G2DError
+from g2d.methods.balancing import scale_gradients
 
 SCHEDULES = ("ranked", "dynamic")
 MODULATORS = ("complete", "partial")
@@ -146,10 +147,7 @@ class Modulator:
 
     def scale_gradients(self, kappa: torch.Tensor) -> None:
         """Multiply each targeted encoder gradient by its modality's coefficient, on the device."""
-        for index, params in enumerate(self.targets):
-            for param in params:
-                if param.grad is not None:
-                    param.grad.mul_(kappa[index])
+        scale_gradients(self.targets, kappa)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, kappa: torch.Tensor) -> None:
         """``optimizer.step()``; under ``freeze``, encoders with kappa == 0 keep parameters and state.

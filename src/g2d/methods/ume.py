@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from g2d.methods.base import Method, step_terms
-from g2d.methods.gradients import reported_kappa, smp_kappa
 from g2d.methods.heads import ModalityHeads, encoder_features
 from g2d.methods.losses import task_loss
 from g2d.models.multimodal import ModelOutput
@@ -49,13 +48,13 @@ class UME(Method):
         loss = sum(losses.values())
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        kappa = smp_kappa(ctx, epoch, inputs)
+        kappa = ctx.smp_coefficients(epoch, inputs)
         if kappa is not None:
             ctx.encoder_gradients_scaled(kappa)
         ctx.optimizer_step(kappa)
         fused = torch.stack([logits[m].detach() for m in self.modalities]).mean(dim=0)
         terms = {f"loss/{m}": value.detach() for m, value in losses.items()}
-        return step_terms(loss, terms, fused, inputs, self.task, reported_kappa(ctx, kappa, loss.device),
+        return step_terms(loss, terms, fused, inputs, self.task, ctx.reported_kappa(kappa, loss.device),
                           self.modalities)
 
     def predict(self, output: ModelOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
