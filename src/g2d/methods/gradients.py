@@ -1,4 +1,4 @@
-"""Gradient helpers for methods that own their step (MLA, MMPareto)."""
+"""Gradient helpers for methods that own their step (MMPareto, DLMG)."""
 
 from __future__ import annotations
 
