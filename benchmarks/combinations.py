@@ -19,7 +19,7 @@ from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.experiment import run
 from g2d.methods import METHODS
-from g2d.report import METHOD_LABELS, mean_std
+from g2d.report import METHOD_LABELS, mean_std, write_summary
 
 
 def main() -> None:
@@ -64,9 +64,7 @@ def main() -> None:
             lines.append(f"| teacher | {modality} alone | {mean_std(scores, 100.0)} |" + " |" * (len(args.methods) - 1))
     table = "\n".join(lines)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    write_summary(args.out, table, results)
 
 
 if __name__ == "__main__":

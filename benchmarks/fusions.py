@@ -18,18 +18,12 @@ from pathlib import Path
 from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.experiment import run
+from g2d.report import percent_cell, write_summary
 from g2d.models import FUSIONS
 
 # The paper's Table 5 order; late fusion, its default, last.
 ORDER = ["sum", "concat", "film", "gated", "cross_attention", "late"]
 METHODS = {"g2d": "G²D", "joint": "Joint-Train"}
-
-
-def cell(values: list[float]) -> str:
-    mean = 100 * statistics.mean(values)
-    if len(values) == 1:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def main() -> None:
@@ -67,19 +61,17 @@ def main() -> None:
     for fusion in args.fusions:
         for method in args.methods:
             runs = results[(method, fusion)]
-            per = [cell([r["test"]["per_modality"][m]["accuracy"] for r in runs]) for m in modalities]
+            per = [percent_cell([r["test"]["per_modality"][m]["accuracy"] for r in runs]) for m in modalities]
             wall = statistics.mean(r["wall_seconds"] for r in runs)
-            multimodal = cell([r["test"]["multimodal"]["accuracy"] for r in runs])
+            multimodal = percent_cell([r["test"]["multimodal"]["accuracy"] for r in runs])
             lines.append(f"| {fusion} | {METHODS[method]} | {multimodal} | {' | '.join(per)} | {wall:.1f} |")
     by_seed = {r["seed"]: r["teachers"] for runs in results.values() for r in runs if r["teachers"]}
     if by_seed:
-        per = [cell([t[m]["accuracy"] for t in by_seed.values()]) for m in modalities]
+        per = [percent_cell([t[m]["accuracy"] for t in by_seed.values()]) for m in modalities]
         lines.append(f"| - | teachers | - | {' | '.join(per)} | - |")
     table = "\n".join(lines)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(json.dumps({f"{m}/{f}": r for (m, f), r in results.items()}, indent=1))
+    write_summary(args.out, table, {f"{m}/{f}": r for (m, f), r in results.items()})
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.experiment import run
+from g2d.report import percent_cell, write_summary
 
 VARIANTS = {
     "Joint-Train": ["method.name=joint", "smp.enabled=false"],
@@ -29,13 +30,6 @@ VARIANTS = {
     "G²D, dynamic SMP": ["method.name=g2d", "smp.enabled=true", "smp.schedule=dynamic"],
     "G²D, partial": ["method.name=g2d", "smp.enabled=true", "smp.modulator=partial"],
 }
-
-
-def cell(values: list[float]) -> str:
-    mean = 100 * statistics.mean(values)
-    if len(values) == 1:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def main() -> None:
@@ -69,19 +63,17 @@ def main() -> None:
     lines = [f"| method | multimodal | {' | '.join(modalities)} | wall s/run |",
              "|" + " --- |" * (len(modalities) + 3)]
     for name, runs in results.items():
-        per = [cell([r["test"]["per_modality"][m]["accuracy"] for r in runs]) for m in modalities]
+        per = [percent_cell([r["test"]["per_modality"][m]["accuracy"] for r in runs]) for m in modalities]
         wall = statistics.mean(r["wall_seconds"] for r in runs)
-        lines.append(f"| {name} | {cell([r['test']['multimodal']['accuracy'] for r in runs])} | {' | '.join(per)} | {wall:.0f} |")
+        lines.append(f"| {name} | {percent_cell([r['test']['multimodal']['accuracy'] for r in runs])} | {' | '.join(per)} | {wall:.0f} |")
     teacher_runs = [r for runs in results.values() for r in runs if r["teachers"]]
     if teacher_runs:
         by_seed = {r["seed"]: r["teachers"] for r in teacher_runs}
-        per = [cell([t[m]["accuracy"] for t in by_seed.values()]) for m in modalities]
+        per = [percent_cell([t[m]["accuracy"] for t in by_seed.values()]) for m in modalities]
         lines.append(f"| teachers | - | {' | '.join(per)} | - |")
     table = "\n".join(lines)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    write_summary(args.out, table, results)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ fold's metrics to ``OUT/results.json``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from g2d.crossval import run_folds
 from g2d.errors import G2DError
 from g2d.methods import METHODS
-from g2d.report import fold_table
+from g2d.report import fold_table, write_summary
 
 
 def main() -> None:
@@ -39,9 +38,7 @@ def main() -> None:
         parser.exit(2, f"kfold: error: {exc}\n")
     table = fold_table(results)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    write_summary(args.out, table, results)
 
 
 if __name__ == "__main__":

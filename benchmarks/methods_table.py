@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.experiment import run
+from g2d.report import percent_cell, write_summary
 
 
 def parse_method(spec: str) -> tuple[str, list[str]]:
@@ -27,13 +27,6 @@ def parse_method(spec: str) -> tuple[str, list[str]]:
         return spec, [f"method.name={spec}"]
     label, overrides = spec.split("=", 1)
     return label, overrides.split(",")
-
-
-def cell(values: list[float]) -> str:
-    mean = 100 * statistics.mean(values)
-    if len(values) == 1:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def main() -> None:
@@ -61,18 +54,16 @@ def main() -> None:
     lines = [f"| method | multimodal | {' | '.join(modalities)} | best epochs |",
              "|" + " --- |" * (len(modalities) + 3)]
     for label, runs in results.items():
-        per = [cell([r["test"]["per_modality"][m]["accuracy"] for r in runs]) for m in modalities]
+        per = [percent_cell([r["test"]["per_modality"][m]["accuracy"] for r in runs]) for m in modalities]
         epochs = ", ".join(str(r["best_epoch"]) for r in runs)
-        multimodal = cell([r["test"]["multimodal"]["accuracy"] for r in runs])
+        multimodal = percent_cell([r["test"]["multimodal"]["accuracy"] for r in runs])
         lines.append(f"| {label} | {multimodal} | {' | '.join(per)} | {epochs} |")
     teachers = [r["teachers"] for runs in results.values() for r in runs if r["teachers"]]
     if teachers:
-        lines.append(f"| teachers | - | {' | '.join(cell([teachers[0][m]['accuracy']]) for m in modalities)} | - |")
+        lines.append(f"| teachers | - | {' | '.join(percent_cell([teachers[0][m]['accuracy']]) for m in modalities)} | - |")
     table = "\n".join(lines)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    write_summary(args.out, table, results)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
+from typing import Any
 
 
 def metric_name(task: str) -> str:
@@ -50,14 +53,30 @@ def summary_metrics(task: str) -> list[tuple[str, str, float]]:
     return [("mape", "MAPE (%)", 1.0), ("r2", "R²", 1.0)]
 
 
-def mean_std(values: list[float], factor: float = 1.0) -> str:
-    """``mean ± std`` (sample std, n - 1) of ``values * factor``; just the mean for a single value."""
+def mean_std(values: list[float], factor: float = 1.0, digits: int | None = None) -> str:
+    """``mean ± std`` (sample std, n - 1) of ``values * factor``; just the mean for a single value.
+
+    ``digits`` fixes the decimals; by default 2 below 10 and 1 from there on.
+    """
     scaled = [factor * v for v in values]
     mean = statistics.mean(scaled)
-    digits = 2 if abs(mean) < 10 else 1
+    if digits is None:
+        digits = 2 if abs(mean) < 10 else 1
     if len(scaled) == 1:
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {statistics.stdev(scaled):.{digits}f}"
+
+
+def percent_cell(fractions: list[float]) -> str:
+    """Accuracies (fractions) over seeds as a percentage cell with one decimal: ``97.8 ± 0.4``."""
+    return mean_std(fractions, 100.0, digits=1)
+
+
+def write_summary(out: Path, table: str, results: Any) -> None:
+    """A benchmark's markdown table and its raw results: ``OUT/summary.md`` and ``OUT/results.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
 
 
 def fold_table(results: dict[str, list[dict]]) -> str:
