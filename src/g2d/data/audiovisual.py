@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from g2d.data.audio import log_spectrogram, read_wav, repeat_to_length, resample
-from g2d.data.base import ModalitySpec
+from g2d.data.base import ModalitySpec, stratified_split
 from g2d.data.media import lfs_pointer, read_audio_track, sample_frames
-from g2d.data.prepared import PreparedWriter, SkipLog, map_items, say
+from g2d.data.prepared import LABEL, PreparedWriter, SkipLog, map_items, say
 from g2d.errors import G2DError
 
 SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -177,3 +177,26 @@ def write_clips(
     writer.trim(split, "audio", len(kept))
     writer.trim(split, "video", len(kept))
     return np.asarray(kept, dtype=np.int64)
+
+
+def write_labelled_splits(
+    writer: PreparedWriter,
+    dataset: str,
+    found: dict[str, list[tuple[ClipJob, int]]],
+    val_fraction: float,
+    seed: int,
+    workers: int,
+    skipped: SkipLog,
+    progress: bool,
+) -> dict[str, np.ndarray]:
+    """Carve a stratified validation split from ``found["train"]``, then decode each split's clips
+    and save the labels of those kept; returns the kept labels per split."""
+    rest, held = stratified_split(np.array([label for _, label in found["train"]]), val_fraction, seed)
+    chosen = {"train": [found["train"][i] for i in rest], "val": [found["train"][i] for i in held], "test": found["test"]}
+    labels: dict[str, np.ndarray] = {}
+    for split, entries in chosen.items():
+        say(progress, f"{dataset}: {split}: decoding {len(entries)} clips with {workers} worker(s)")
+        kept = write_clips(writer, split, [job for job, _ in entries], workers, skipped, progress)
+        labels[split] = np.asarray([label for _, label in entries], dtype=np.int64)[kept]
+        writer.save(split, LABEL, labels[split])
+    return labels

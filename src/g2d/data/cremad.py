@@ -20,9 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from g2d.data.audiovisual import AudioSettings, ClipJob, VideoSettings, check_settings, modality_specs, write_clips
-from g2d.data.base import stratified_split
-from g2d.data.prepared import LABEL, PreparedWriter, SkipLog, say, spec_entry
+from g2d.data.audiovisual import (
+    AudioSettings,
+    ClipJob,
+    VideoSettings,
+    check_settings,
+    modality_specs,
+    write_labelled_splits,
+)
+from g2d.data.prepared import PreparedWriter, SkipLog, say, spec_entry
 from g2d.errors import G2DError
 
 EMOTIONS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
@@ -113,20 +119,12 @@ def prepare_cremad(
                 found[name].append((ClipJob(clip, wav, clip_video, AUDIO, video), label))
     if len(found["train"]) < 2 or not found["test"]:
         raise G2DError(f"{root}: too few clips of the split lists found in AudioWAV/ and VideoFlash/ (see warnings)")
-    rest, held = stratified_split(np.array([label for _, label in found["train"]]), val_fraction, seed)
-    chosen = {"train": [found["train"][i] for i in rest], "val": [found["train"][i] for i in held], "test": found["test"]}
-    jobs = {split: [job for job, _ in entries] for split, entries in chosen.items()}
-    labels = {split: [label for _, label in entries] for split, entries in chosen.items()}
 
     specs = modality_specs(AUDIO, video)
     with PreparedWriter(out, overwrite) as writer:
-        counts: dict[str, dict] = {}
-        for split in jobs:
-            say(progress, f"cremad: {split}: decoding {len(jobs[split])} clips with {workers} worker(s)")
-            kept = write_clips(writer, split, jobs[split], workers, skipped, progress)
-            split_labels = np.asarray(labels[split], dtype=np.int64)[kept]
-            writer.save(split, LABEL, split_labels)
-            counts[split] = {"clips": int(len(kept)), "per_class": np.bincount(split_labels, minlength=6).tolist()}
+        labels = write_labelled_splits(writer, "cremad", found, val_fraction, seed, workers, skipped, progress)
+        counts = {split: {"clips": int(len(kept)), "per_class": np.bincount(kept, minlength=6).tolist()}
+                  for split, kept in labels.items()}
         meta = {
             "dataset": "cremad",
             "task": "classification",
@@ -136,7 +134,7 @@ def prepare_cremad(
                 "audio": spec_entry(specs["audio"], np.float16),
                 "video": spec_entry(specs["video"], np.uint8),
             },
-            "splits": {split: counts[split]["clips"] for split in jobs},
+            "splits": {split: counts[split]["clips"] for split in labels},
             "sources": {"root": str(root), "split_dir": str(split_dir)},
             "val_fraction": val_fraction,
             "settings": {"seed": seed, "audio": AUDIO.describe(), "video": video.describe()},

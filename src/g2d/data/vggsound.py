@@ -20,9 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from g2d.data.audiovisual import AudioSettings, ClipJob, VideoSettings, check_settings, modality_specs, write_clips
-from g2d.data.base import stratified_split
-from g2d.data.prepared import LABEL, PreparedWriter, SkipLog, say, spec_entry
+from g2d.data.audiovisual import (
+    AudioSettings,
+    ClipJob,
+    VideoSettings,
+    check_settings,
+    modality_specs,
+    write_labelled_splits,
+)
+from g2d.data.prepared import PreparedWriter, SkipLog, say, spec_entry
 from g2d.errors import G2DError
 
 NAME_FORMAT = "{id}_{start:06d}.mp4"
@@ -123,18 +129,12 @@ def prepare_vggsound(
                   f"({len(skipped.rows)} rows without a clip)")
     if len(found["train"]) < 2 or not found["test"]:
         raise G2DError(f"{root}: too few of the CSV's clips found (check --name-format {name_format!r})")
-    rest, held = stratified_split(np.array([label for _, label in found["train"]]), val_fraction, seed)
-    chosen = {"train": [found["train"][i] for i in rest], "val": [found["train"][i] for i in held], "test": found["test"]}
 
     specs = modality_specs(AUDIO, video)
     with PreparedWriter(out, overwrite) as writer:
-        counts: dict[str, dict] = {}
-        for split, entries in chosen.items():
-            say(progress, f"vggsound: {split}: decoding {len(entries)} clips with {workers} worker(s)")
-            kept = write_clips(writer, split, [job for job, _ in entries], workers, skipped, progress)
-            labels = np.asarray([label for _, label in entries], dtype=np.int64)[kept]
-            writer.save(split, LABEL, labels)
-            counts[split] = {"clips": int(len(kept)), "classes_present": int(len(np.unique(labels)))}
+        labels = write_labelled_splits(writer, "vggsound", found, val_fraction, seed, workers, skipped, progress)
+        counts = {split: {"clips": int(len(kept)), "classes_present": int(len(np.unique(kept)))}
+                  for split, kept in labels.items()}
         meta = {
             "dataset": "vggsound",
             "task": "classification",
@@ -143,7 +143,7 @@ def prepare_vggsound(
                 "audio": spec_entry(specs["audio"], np.float16),
                 "video": spec_entry(specs["video"], np.uint8),
             },
-            "splits": {split: counts[split]["clips"] for split in chosen},
+            "splits": {split: counts[split]["clips"] for split in labels},
             "sources": {"root": str(root), "csv": str(csv_path), "name_format": name_format},
             "val_fraction": val_fraction,
             "settings": {"seed": seed, "audio": AUDIO.describe(), "video": video.describe()},
