@@ -3,6 +3,10 @@
 from pathlib import Path
 
 import pytest
+import torch
+
+import g2d.engine as engine
+from g2d.experiment import run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -18,3 +22,36 @@ TINY = [
 @pytest.fixture
 def tiny_overrides(tmp_path: Path) -> list[str]:
     return [*TINY, f"out={tmp_path / 'run'}", f"teachers.root={tmp_path / 'teachers'}"]
+
+
+def run_interrupted(monkeypatch, config, after_epochs: int = 2) -> None:
+    """Run ``config`` and interrupt it, as a crash would, right after the checkpoint of epoch ``after_epochs``."""
+    original = engine.save_checkpoint
+
+    def crash_after(folder, model, optimizer, scheduler, state, cfg, method):
+        original(folder, model, optimizer, scheduler, state, cfg, method)
+        if state["epoch"] == after_epochs:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", crash_after)
+    with pytest.raises(KeyboardInterrupt):
+        run(config)
+    monkeypatch.setattr(engine, "save_checkpoint", original)
+
+
+def count_host_reads(monkeypatch, config):
+    """Run ``config`` and count tensor-to-host conversions."""
+    reads = {"n": 0}
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    try:
+        run(config)
+    finally:
+        monkeypatch.undo()
+    return reads["n"]

@@ -23,7 +23,7 @@ from g2d.methods.ogm_ge import ogm_coefficients, modulate_gradients
 from g2d.methods.pmr import PMR, PMRParams
 from g2d.models.multimodal import ModelOutput, MultimodalModel
 from g2d.teachers import output_size
-from conftest import TINY
+from conftest import TINY, count_host_reads, run_interrupted
 
 METHODS = ["ogm_ge", "agm", "pmr", "mses", "mslr"]
 
@@ -339,39 +339,12 @@ def test_mses_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     whole = run(tiny_config(tmp_path, "whole", *extra))
     history = json.loads((tmp_path / "whole" / "history.json").read_text())
     assert [r["train"]["kappa/mor"] for r in history] == [1.0, 1.0, 0.0, 0.0]
-    original = engine.save_checkpoint
-
-    def crash_after_second_epoch(folder, model, optimizer, scheduler, state, config, method):
-        original(folder, model, optimizer, scheduler, state, config, method)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "save_checkpoint", crash_after_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run(tiny_config(tmp_path, "split", *extra))
-    monkeypatch.setattr(engine, "save_checkpoint", original)
+    run_interrupted(monkeypatch, tiny_config(tmp_path, "split", *extra))
     resumed = run(tiny_config(tmp_path, "split", *extra, "trainer.resume=true"))
     for name in ("last.safetensors", "best.safetensors"):
         assert (tmp_path / "whole" / "checkpoints" / name).read_bytes() == \
                (tmp_path / "split" / "checkpoints" / name).read_bytes(), name
     assert resumed["test"] == whole["test"]
-
-
-def count_host_reads(monkeypatch, config):
-    reads = {"n": 0}
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _original=original, **kwargs):
-            reads["n"] += 1
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    try:
-        run(config)
-    finally:
-        monkeypatch.undo()
-    return reads["n"]
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -20,7 +20,7 @@ from g2d.methods.mla import entropy_gated, owm_projector_update
 from g2d.methods.mmpareto import min_norm_weight, pareto_integrate
 from g2d.methods.reconboost import reconcilement_loss, stage_plan
 from g2d.models.multimodal import ModelOutput, MultimodalModel
-from conftest import TINY
+from conftest import TINY, count_host_reads, run_interrupted
 
 METHODS_B = ("mla", "mmpareto", "reconboost", "dlmg", "ume")
 
@@ -323,17 +323,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, name, extr
                                   f"teachers.root={tmp_path / 'teachers'}", *more])
 
     whole = run(config("whole"))
-    original = engine.save_checkpoint
-
-    def crash_after_second_epoch(folder, model, optimizer, scheduler, state, cfg, method):
-        original(folder, model, optimizer, scheduler, state, cfg, method)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "save_checkpoint", crash_after_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run(config("split"))
-    monkeypatch.setattr(engine, "save_checkpoint", original)
+    run_interrupted(monkeypatch, config("split"))
     resumed = run(config("split", "trainer.resume=true"))
     for file in ("last.safetensors", "best.safetensors"):
         whole_bytes = (tmp_path / "whole" / "checkpoints" / file).read_bytes()
@@ -343,7 +333,6 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, name, extr
 
 @pytest.mark.parametrize("name", METHODS_B)
 def test_training_step_makes_no_host_synchronization(tmp_path, monkeypatch, name):
-    from test_engine import count_host_reads
 
     def config(folder, batch_size):
         return load_config(None, [*TINY, f"method.name={name}", "smp.enabled=false", "trainer.epochs=1",

@@ -5,11 +5,10 @@ import json
 import pytest
 import torch
 
-import g2d.engine as engine
 from g2d.config import load_config
 from g2d.errors import G2DError
 from g2d.experiment import run
-from conftest import TINY
+from conftest import TINY, count_host_reads, run_interrupted
 
 
 def config_for(tmp_path, name, *extra):
@@ -19,17 +18,7 @@ def config_for(tmp_path, name, *extra):
 
 def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
     run(config_for(tmp_path, "whole"))
-    original = engine.save_checkpoint
-
-    def crash_after_second_epoch(folder, model, optimizer, scheduler, state, config, method):
-        original(folder, model, optimizer, scheduler, state, config, method)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "save_checkpoint", crash_after_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run(config_for(tmp_path, "split"))
-    monkeypatch.setattr(engine, "save_checkpoint", original)
+    run_interrupted(monkeypatch, config_for(tmp_path, "split"))
     resumed = run(config_for(tmp_path, "split", "trainer.resume=true"))
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     for name in ("last.safetensors", "best.safetensors"):
@@ -66,24 +55,6 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     state = torch.load(tmp_path / "nan" / "checkpoints" / "last_state.pt", weights_only=True)
     assert state["state"]["epoch"] == 1
     assert not (tmp_path / "nan" / "metrics.json").exists()
-
-
-def count_host_reads(monkeypatch, config):
-    """Run one epoch and count tensor-to-host conversions."""
-    reads = {"n": 0}
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _original=original, **kwargs):
-            reads["n"] += 1
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    try:
-        run(config)
-    finally:
-        monkeypatch.undo()
-    return reads["n"]
 
 
 @pytest.mark.parametrize("schedule", ["dynamic", "ranked"])

@@ -27,8 +27,7 @@ from g2d.methods.g2d import G2D
 from g2d.methods.smp import Modulator
 from g2d.models.multimodal import MultimodalModel
 from g2d.teachers import teacher_model_config
-from conftest import ROOT, TINY
-from test_engine import count_host_reads
+from conftest import ROOT, TINY, count_host_reads
 
 CPU = torch.device("cpu")
 CLASSES = 3
