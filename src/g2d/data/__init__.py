@@ -11,6 +11,7 @@ from typing import Callable
 
 from g2d.config import DatasetConfig
 from g2d.data.base import Batches, ModalitySpec, MultimodalData, to_device
+from g2d.data.options import reject_unknown
 from g2d.errors import G2DError
 
 
@@ -18,15 +19,6 @@ def _mfeat(config: DatasetConfig) -> MultimodalData:
     from g2d.data.mfeat import load_mfeat
 
     return load_mfeat(config)
-
-
-def _options(config: DatasetConfig, allowed: tuple[str, ...]) -> dict:
-    """``dataset.options``, with a key this loader does not use named as an error."""
-    unknown = sorted(set(config.options) - set(allowed))
-    if unknown:
-        used = f"it uses: {', '.join(allowed)}" if allowed else "it takes none"
-        raise G2DError(f"config key dataset.options.{unknown[0]}: not an option of dataset {config.name} ({used})")
-    return dict(config.options)
 
 
 def refuse_folds(config: DatasetConfig) -> None:
@@ -43,7 +35,8 @@ def _avmnist(config: DatasetConfig) -> MultimodalData:
     refuse_folds(config)
     if config.name == "avmnist" and (Path(config.root) / "prepare.json").is_file():
         return _prepared(config)
-    val_rows = _options(config, ("val_rows",)).get("val_rows")
+    reject_unknown(config.name, config.options, ["val_rows"])
+    val_rows = config.options.get("val_rows")
     if val_rows is not None and (isinstance(val_rows, bool) or not isinstance(val_rows, int)):
         raise G2DError(f"config key dataset.options.val_rows: must be an integer row count, got {val_rows!r}")
     return load_avmnist(Path(config.root), config.val_fraction, config.split_seed, name=config.name, val_rows=val_rows)
@@ -53,7 +46,7 @@ def _prepared(config: DatasetConfig) -> MultimodalData:
     """A folder written by ``g2d prepare <name>``, memory-mapped (see ``g2d.data.prepared``)."""
     from g2d.data.prepared import load_prepared
 
-    _options(config, ())
+    reject_unknown(config.name, config.options, [])
     refuse_folds(config)
     if not config.root:
         raise G2DError(f"config key dataset.root: {config.name} needs the folder written by g2d prepare {config.name}")

@@ -7,16 +7,22 @@ from typing import Any, Sequence
 from g2d.errors import G2DError
 
 
+def reject_unknown(dataset: str, given: dict[str, Any] | None, allowed: Sequence[str]) -> None:
+    """A ``dataset.options`` key the loader does not take is an error naming it and listing those it does."""
+    unknown = sorted(set(given or {}) - set(allowed))
+    if unknown:
+        listed = ", ".join(allowed) if allowed else "none"
+        raise G2DError(f"config key dataset.options.{unknown[0]}: not an option of dataset {dataset} (options: {listed})")
+
+
 def read_options(dataset: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """``defaults`` updated with ``given``; an unknown key or a value of another type than its default is an error.
 
     An int is accepted where the default is a float; a bool is never taken for a number.
     """
+    reject_unknown(dataset, given, list(defaults))
     options = dict(defaults)
     for key, value in (given or {}).items():
-        if key not in defaults:
-            raise G2DError(f"config key dataset.options.{key}: not an option of dataset {dataset} "
-                           f"(options: {', '.join(defaults)})")
         default = defaults[key]
         if isinstance(default, bool) or isinstance(value, bool):
             ok = isinstance(value, bool) and isinstance(default, bool)
