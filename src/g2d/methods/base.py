@@ -170,7 +170,8 @@ class Method:
         """One optimizer step on one batch; returns device tensors to average over the epoch."""
         ctx = self.ctx
         output = ctx.model(inputs)
-        teachers = ctx.teacher_outputs(inputs)
+        # Teachers run here only for a loss that uses them; SMP asks for them itself while it acts.
+        teachers = ctx.teacher_outputs(inputs) if self.uses_teachers else None
         loss, terms = self.loss(output, inputs, teachers)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
