@@ -166,7 +166,7 @@ def test_auto_choices() -> None:
 @pytest.mark.parametrize(
     ("config", "spec", "match"),
     [
-        (EncoderConfig(name="vit"), ModalitySpec("image", (1, 8, 8)), "model.encoders.text.name: unknown encoder 'vit'; available: auto, mlp, resnet18, mobilenetv2, transformer"),
+        (EncoderConfig(name="vit"), ModalitySpec("image", (1, 8, 8)), "config key model.encoders.text.name: unknown encoder 'vit' .available: auto, mlp, resnet18, mobilenetv2, transformer"),
         (EncoderConfig(name="transformer"), ModalitySpec("image", (1, 8, 8)), "model.encoders.text.name: encoder 'transformer' takes sequence input"),
         (EncoderConfig(name="mobilenetv2"), ModalitySpec("sequence", (5, 3)), "model.encoders.text.name: encoder 'mobilenetv2' takes image or video input"),
         (EncoderConfig(name="mlp"), ModalitySpec("sequence", (5, 3)), "model.encoders.text.name: encoder 'mlp' takes vector input"),

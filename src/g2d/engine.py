@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from g2d.io import atomic_write, load_weights, save_weights
 from g2d.methods.base import Method, MethodContext, TeacherOutputs
 from g2d.methods.losses import teacher_confidence
 from g2d.methods.smp import Modulator
+from g2d.registry import Registry
 
 RESUME_IGNORED_KEYS = ("trainer.resume", "trainer.progress")
 
@@ -62,18 +63,29 @@ def parameter_groups(model: nn.Module) -> list[dict]:
     return groups
 
 
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer", "optim.name")
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(groups: list[dict], config: OptimConfig, **options: Any) -> torch.optim.Optimizer:
+    options.pop("capturable", None)  # SGD keeps no step counter, so it needs no capturable mode
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **options)
+
+
+@OPTIMIZERS.register("adam")
+def adam(groups: list[dict], config: OptimConfig, **options: Any) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, **options)
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(groups: list[dict], config: OptimConfig, **options: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, **options)
+
+
 def build_optimizer(model: nn.Module, config: OptimConfig, **options: Any) -> torch.optim.Optimizer:
     """The configured optimizer over named param groups; ``options`` select its implementation
     (``foreach``, ``fused``, ``capturable``), which the fast path sets."""
-    groups = parameter_groups(model)
-    if config.name == "sgd":
-        options.pop("capturable", None)  # SGD keeps no step counter, so it needs no capturable mode
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **options)
-    if config.name == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, **options)
-    if config.name == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, **options)
-    raise G2DError(f"config key optim.name: unknown optimizer {config.name!r} (choose from sgd, adam, adamw)")
+    return OPTIMIZERS[config.name](parameter_groups(model), config, **options)
 
 
 class TeacherEnsemble(nn.Module):

@@ -13,6 +13,7 @@ from g2d.config import DatasetConfig
 from g2d.data.base import Batches, ModalitySpec, MultimodalData, to_device
 from g2d.data.options import reject_unknown
 from g2d.errors import G2DError
+from g2d.registry import Registry
 
 
 def _mfeat(config: DatasetConfig) -> MultimodalData:
@@ -65,25 +66,16 @@ def _csv(config: DatasetConfig) -> MultimodalData:
     return load_csv_dataset(config)
 
 
-LOADERS: dict[str, Callable[[DatasetConfig], MultimodalData]] = {
-    "mfeat": _mfeat,
-    "avmnist": _avmnist,
-    "avdigits": _avmnist,
-    "cremad": _prepared,
-    "vggsound": _prepared,
-    "urfunny": _prepared,
-    "iemocap": _prepared,
-    "misme": _prepared,
-    "houses": _houses,
-    "csv": _csv,
-}
+LOADERS: Registry[Callable[[DatasetConfig], MultimodalData]] = Registry("dataset", "dataset.name")
+for _name, _loader in (("mfeat", _mfeat), ("avmnist", _avmnist), ("avdigits", _avmnist), ("cremad", _prepared),
+                       ("vggsound", _prepared), ("urfunny", _prepared), ("iemocap", _prepared),
+                       ("misme", _prepared), ("houses", _houses), ("csv", _csv)):
+    LOADERS.register(_name)(_loader)
 DATASETS = tuple(LOADERS)
 
 
 def load_dataset(config: DatasetConfig) -> MultimodalData:
     """Load the configured dataset, restricted to ``dataset.modalities`` when given."""
-    if config.name not in LOADERS:
-        raise G2DError(f"config key dataset.name: unknown dataset {config.name!r} (available: {', '.join(LOADERS)})")
     data = LOADERS[config.name](config)
     return data.select(config.modalities) if config.modalities else data
 

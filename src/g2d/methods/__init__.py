@@ -19,17 +19,15 @@ from g2d.methods.pmr import PMR
 from g2d.methods.reconboost import ReconBoost
 from g2d.methods.ume import UME
 from g2d.methods.umt import UMT
+from g2d.registry import Registry
 
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls
-    for cls in (JointTrain, G2D, UMT, UME, OGMGE, AGM, PMR, MLA, MMPareto, ReconBoost, DLMG, MSES, MSLR)
-}
+METHODS: Registry[type[Method]] = Registry("method", "method.name")
+for _cls in (JointTrain, G2D, UMT, UME, OGMGE, AGM, PMR, MLA, MMPareto, ReconBoost, DLMG, MSES, MSLR):
+    METHODS.register(_cls.name)(_cls)
 
 
 def method_class(name: str) -> type[Method]:
     """The class registered as ``name``; an unknown name is an error naming ``method.name``."""
-    if name not in METHODS:
-        raise G2DError(f"config key method.name: unknown method {name!r} (available: {', '.join(METHODS)})")
     return METHODS[name]
 
 

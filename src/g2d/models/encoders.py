@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from g2d.config import EncoderConfig
 from g2d.data.base import ModalitySpec
 from g2d.errors import G2DError
+from g2d.registry import Registry
 
 def init_weights(module: nn.Module) -> None:
     """Initialise as the paper does: Kaiming conv, unit BatchNorm, Xavier Linear with zero bias."""
@@ -343,13 +344,21 @@ def build_transformer(config: EncoderConfig, spec: ModalitySpec, prefix: str) ->
 Builder = Callable[[EncoderConfig, ModalitySpec, str], nn.Module]
 
 # Each encoder: the modality kinds it takes, and its builder (which checks its own settings).
-ENCODERS: dict[str, tuple[tuple[str, ...], Builder]] = {
-    "mlp": (("vector",), build_mlp),
-    "resnet18": (("image", "video"), build_resnet18),
-    "mobilenetv2": (("image", "video"), build_mobilenetv2),
-    "transformer": (("sequence",), build_transformer),
-}
-ENCODER_NAMES = ("auto", *ENCODERS)
+ENCODERS: Registry[tuple[tuple[str, ...], Builder]] = Registry("encoder", "model.encoder.name")
+
+
+def build_auto(config: EncoderConfig, spec: ModalitySpec, key: str) -> nn.Module:
+    """``auto``: the paper's encoder for the modality's kind (MLP, ResNet-18 or Transformer)."""
+    _, build = ENCODERS[AUTO_ENCODER[spec.kind]]
+    return build(config, spec, key)
+
+
+ENCODERS.register("auto")((("vector", "image", "video", "sequence"), build_auto))
+ENCODERS.register("mlp")((("vector",), build_mlp))
+ENCODERS.register("resnet18")((("image", "video"), build_resnet18))
+ENCODERS.register("mobilenetv2")((("image", "video"), build_mobilenetv2))
+ENCODERS.register("transformer")((("sequence",), build_transformer))
+ENCODER_NAMES = tuple(ENCODERS)
 AUTO_ENCODER = {"vector": "mlp", "image": "resnet18", "video": "resnet18", "sequence": "transformer"}
 SPEC_RANK = {"vector": 1, "image": 3, "video": 4, "sequence": 2}
 
@@ -360,12 +369,7 @@ def build_encoder(config: EncoderConfig, spec: ModalitySpec, key: str) -> nn.Mod
         raise G2DError(f"{key}: modality kind {spec.kind!r} is not one of {', '.join(SPEC_RANK)}")
     if len(spec.shape) != SPEC_RANK[spec.kind]:
         raise G2DError(f"{key}: a {spec.kind} modality needs a shape of rank {SPEC_RANK[spec.kind]}, got {spec.shape}")
-    name = config.name
-    if name not in ENCODER_NAMES:
-        raise G2DError(f"{key}: unknown encoder {name!r}; available: {', '.join(ENCODER_NAMES)}")
-    if name == "auto":
-        name = AUTO_ENCODER[spec.kind]
-    kinds, build = ENCODERS[name]
+    kinds, build = ENCODERS.lookup(config.name, key)
     if spec.kind not in kinds:
-        raise G2DError(f"{key}: encoder {name!r} takes {' or '.join(kinds)} input, but this modality is {spec.kind} {spec.shape}")
+        raise G2DError(f"{key}: encoder {config.name!r} takes {' or '.join(kinds)} input, but this modality is {spec.kind} {spec.shape}")
     return build(config, spec, key.rsplit(".", 1)[0])

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from g2d.errors import G2DError
+from g2d.registry import Registry
 
 
 def make_linear(in_dim: int, out_dim: int) -> nn.Linear:
@@ -239,13 +240,11 @@ class CrossAttentionFusion(DeactivationFusion):
         return self.head(refined.flatten(1))
 
 
-FUSIONS: dict[str, type[Fusion]] = {
-    cls.name: cls for cls in (LateFusion, SumFusion, ConcatFusion, FiLMFusion, GatedFusion, CrossAttentionFusion)
-}
+FUSIONS: Registry[type[Fusion]] = Registry("fusion", "model.fusion")
+for _cls in (LateFusion, SumFusion, ConcatFusion, FiLMFusion, GatedFusion, CrossAttentionFusion):
+    FUSIONS.register(_cls.name)(_cls)
 
 
 def build_fusion(name: str, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> Fusion:
     """Build the fusion registered as ``name`` (the ``model.fusion`` setting)."""
-    if name not in FUSIONS:
-        raise G2DError(f"model.fusion: unknown fusion {name!r}; available: {', '.join(sorted(FUSIONS))}")
     return FUSIONS[name](list(modalities), dict(feature_dims), num_outputs)
