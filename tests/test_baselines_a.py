@@ -207,13 +207,13 @@ def test_pmr_loss_by_hand():
     entropy_a = -sum(p * math.log(p) for p in pa)
     method = PMR(PMRParams(alpha=0.5, mu=0.3, entropy_epochs=2), "classification", ["a", "b"])
     method.prototypes = prototypes
-    method.epoch = 0
+    method.modulating, method.entropy = method.window(0)
     loss, terms = method.loss(output, {"label": labels}, None)
     expected = ce + 0.5 * beta * -math.log(pb[0]) - 0.3 * beta * entropy_a
     assert loss.item() == pytest.approx(expected, rel=1e-5)
-    method.epoch = 2  # past the entropy epochs: PCE only
+    method.modulating, method.entropy = method.window(2)  # past the entropy epochs: PCE only
     assert method.loss(output, {"label": labels}, None)[0].item() == pytest.approx(ce + 0.5 * beta * math.log(2), rel=1e-5)
-    method.epoch = 101  # past the modulation window: the task loss alone
+    method.modulating, method.entropy = method.window(101)  # past the modulation window: the task loss alone
     assert method.loss(output, {"label": labels}, None)[0].item() == pytest.approx(ce, rel=1e-6)
 
 
@@ -244,7 +244,7 @@ def test_mses_stops_a_plateaued_modality_and_restores_its_best_encoder(tmp_path)
         assert method.stopped == {"pix": False, "mor": epoch == 4}  # 4 - 1 > patience 2
     method.on_epoch_start(5)
     assert all(torch.equal(v, best[k]) for k, v in mor.state_dict().items())
-    assert method.kappa.tolist() == [1.0, 0.0]
+    assert method.training_flags.tolist() == [1.0, 0.0]
     before = {n: p.detach().clone() for n, p in context.model.named_parameters()}
     lrs = [g["lr"] for g in context.optimizer.param_groups]
     terms = method.train_step(first_batch(context), 5)
@@ -252,7 +252,7 @@ def test_mses_stops_a_plateaued_modality_and_restores_its_best_encoder(tmp_path)
     assert all(torch.equal(after[n], before[n]) for n in before if n.startswith("encoders.mor."))
     assert not torch.equal(after["encoders.pix.net.0.weight"], before["encoders.pix.net.0.weight"])
     assert [g["lr"] for g in context.optimizer.param_groups] == lrs
-    assert terms["kappa/mor"].item() == 0.0
+    assert terms["training/mor"].item() == 0.0
 
 
 def test_mses_smooths_with_an_exponential_average(tmp_path):
@@ -311,8 +311,9 @@ def test_runs_end_to_end(tmp_path, name, modalities):
 
 
 @pytest.mark.parametrize("name", ["ogm_ge", "agm", "mses"])
-def test_smp_replaces_the_method_coefficient(tmp_path, name):
-    """Ranked SMP freezes pix (the more confident teacher) for the whole run: its encoder never moves."""
+def test_smp_multiplies_the_method_coefficient(tmp_path, name):
+    """Ranked SMP freezes pix (the more confident teacher) for the whole run: its encoder never moves,
+    while mor's gradients keep the method's own coefficient (times SMP's 1)."""
     config = tiny_config(tmp_path, name, f"method.name={name}", "smp.enabled=true", "smp.tau=[3]")
     run(config)
     data = load_dataset(config.dataset)
@@ -323,7 +324,11 @@ def test_smp_replaces_the_method_coefficient(tmp_path, name):
     assert pix and all(torch.equal(final[k], initial[k]) for k in pix)
     assert not torch.equal(final["encoders.mor.net.0.weight"], initial["encoders.mor.net.0.weight"])
     history = json.loads((tmp_path / name / "history.json").read_text())
-    assert [(r["train"]["kappa/pix"], r["train"]["kappa/mor"]) for r in history] == [(0.0, 1.0)] * 3
+    assert [r["train"]["kappa/pix"] for r in history] == [0.0] * 3
+    mor = [r["train"]["kappa/mor"] for r in history]
+    assert all(k > 0 for k in mor)
+    if name == "mses":  # no coefficient of its own
+        assert mor == [1.0] * 3
 
 
 def test_ogm_ge_without_smp_uses_its_own_fractional_coefficient(tmp_path):
@@ -338,7 +343,7 @@ def test_mses_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     extra = ["method.name=mses", "method.mses.patience=0", "trainer.epochs=4"]
     whole = run(tiny_config(tmp_path, "whole", *extra))
     history = json.loads((tmp_path / "whole" / "history.json").read_text())
-    assert [r["train"]["kappa/mor"] for r in history] == [1.0, 1.0, 0.0, 0.0]
+    assert [r["train"]["training/mor"] for r in history] == [1.0, 1.0, 0.0, 0.0]
     run_interrupted(monkeypatch, tiny_config(tmp_path, "split", *extra))
     resumed = run(tiny_config(tmp_path, "split", *extra, "trainer.resume=true"))
     for name in ("last.safetensors", "best.safetensors"):

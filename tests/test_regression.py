@@ -96,7 +96,10 @@ def test_every_method_trains_a_regression_dataset_with_teachers_and_smp(method, 
     assert all(0 <= c <= 1 for c in metrics["smp"]["dataset_confidence"].values())
     history = json.loads((out / "history.json").read_text())
     weakest = metrics["smp"]["ranking"][0]
-    assert [history[0]["train"][f"kappa/{m}"] for m in metrics["smp"]["ranking"]] == [1.0, 0.0]
+    weak, strong = (history[0]["train"][f"kappa/{m}"] for m in metrics["smp"]["ranking"])
+    assert strong == 0.0 and weak > 0.0  # SMP's kappa times the method's own coefficient, if any
+    if method not in ("ogm_ge", "agm"):
+        assert weak == 1.0
     assert weakest == min(metrics["smp"]["dataset_confidence"], key=metrics["smp"]["dataset_confidence"].get)
     val_mse = [h["val"]["multimodal"]["mse"] for h in history]
     assert metrics["best_epoch"] == int(np.argmin(val_mse))

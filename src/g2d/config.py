@@ -118,7 +118,8 @@ class TrainerConfig:
     against (``g2d train --reference``). ``precision`` (``auto``, ``bf16``, ``fp32``; auto =
     bf16 on CUDA) is the fast path's autocast type, ``cuda_graph`` lets it capture whole steps,
     and ``loader_workers`` threads gather batches when the training split is not held on the GPU.
-    See docs/performance.md.
+    See docs/performance.md. ``drop_last: false`` (the authors' loaders) keeps an epoch's last,
+    partial batch (a remainder of one row is always dropped: BatchNorm cannot train on one row).
     """
 
     epochs: int = 300
@@ -132,6 +133,7 @@ class TrainerConfig:
     precision: str = "auto"
     cuda_graph: bool = True
     loader_workers: int = 4
+    drop_last: bool = False
 
 
 @dataclass

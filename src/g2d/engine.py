@@ -166,9 +166,14 @@ def fit(
     modulator: Modulator | None = None,
     device: torch.device | None = None,
 ) -> FitResult:
-    """Train ``model`` with ``method`` for ``trainer.epochs``; keep the best validation epoch's weights."""
+    """Train ``model`` with ``method`` for ``trainer.epochs``; keep the best validation epoch's weights.
+
+    Each batch goes through ``path.step`` (``g2d.fast``: the reference path, or the fast one that
+    may replay it from a CUDA graph) to the training step itself, ``Method.train_step``.
+    """
     device = device or select_device(config.trainer.device)
-    batches = Batches(data.splits["train"], config.trainer.batch_size, shuffle=True, seed=config.seed, drop_last=True)
+    batches = Batches(data.splits["train"], config.trainer.batch_size, shuffle=True, seed=config.seed,
+                      drop_last=config.trainer.drop_last)
     if len(batches) == 0:
         raise G2DError(
             f"config key trainer.batch_size: {config.trainer.batch_size} is larger than the "
@@ -192,10 +197,11 @@ def fit(
             sums: dict[str, torch.Tensor] = {}
             seen = 0
             for batch in path.batches(epoch):
+                rows = len(next(iter(batch.values())))
                 terms = path.step(batch, epoch)
                 for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value.float() * batches.batch_size
-                seen += batches.batch_size
+                    sums[name] = sums.get(name, 0.0) + value.float() * rows
+                seen += rows
             scheduler.step()
             names = list(sums)
             values = (torch.stack([sums[n] for n in names]) / seen).tolist()
@@ -221,6 +227,7 @@ def fit(
             save_checkpoint(checkpoints, model, optimizer, scheduler, state, config, method)
             bar.set_postfix(loss=f"{train_stats['loss']:.3f}", val=f"{score:.3f}")
     finally:
+        path.close()
         writer.close()
         bar.close()
     load_weights(checkpoints / "best.safetensors", model)

@@ -13,11 +13,18 @@ default on CUDA, ``trainer.fast``) changes how a step runs, never what it comput
 - the training split held on the GPU when it fits, else gathered ahead by worker threads
   into pinned memory (``g2d.data.feed``);
 - on CUDA, the whole step (gather, conversion, forward, backward, SMP modulation, optimizer)
-  captured as a CUDA graph per capture key and replayed (``trainer.cuda_graph``).
+  captured as a CUDA graph and replayed (``trainer.cuda_graph``), for methods that declare
+  their step capturable (``Method.capturable``, opt-in); the others run eagerly, with the
+  reason logged.
 
-SMP coefficients are device tensors throughout (``g2d.methods.smp``), which is what lets the
-modulated step be captured. Anything asked for that cannot be had is logged with its reason
-(``logging`` name ``g2d.fast``); nothing falls back silently.
+A graph bakes in every host value the step read while it was captured. So the capture key is
+the epoch, the optimizer's hyperparameters and ``host_state`` of the method and the SMP
+modulator (numbers and flags by value, tensors by identity): when any of them changes, the
+step is captured anew rather than replayed, and a method whose host state changes from step
+to step is named in a warning (it should keep that state in device tensors updated in
+place). SMP coefficients are device tensors throughout (``g2d.methods.smp``). Anything asked
+for that cannot be had is logged with its reason (``logging`` name ``g2d.fast``); nothing
+falls back silently.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ from g2d.config import ExperimentConfig
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.data.feed import DeviceFeed, HostFeed, split_bytes
 from g2d.errors import G2DError
-from g2d.methods.base import Method
-from g2d.methods.smp import Modulator, phase_of
+from g2d.methods.base import Method, MethodContext
+from g2d.methods.smp import Modulator
 from g2d.teacher_cache import FrozenTeachers, TeacherCache, autocast_context
 
 log = logging.getLogger("g2d.fast")
@@ -112,8 +119,8 @@ def plan_training(
             plan.cuda_graph = True
         else:
             plan.notes.append(
-                f"method {method.name!r} owns its train_step and does not declare capturable=True; "
-                "its steps run eagerly (no CUDA graph)"
+                f"method {method.name!r} does not declare its step capturable (several backward passes or "
+                "alternating updates); its steps run eagerly (no CUDA graph)"
             )
     if teachers is not None:
         if data.deterministic:
@@ -128,13 +135,12 @@ def plan_training(
 
 
 def prepare_modules(plan: TrainingPlan, model: torch.nn.Module, teachers: Any) -> None:
-    """channels_last conv weights and cuDNN autotuning (static shapes) for the fast path on CUDA."""
+    """channels_last conv weights for the fast path on CUDA (cuDNN autotuning is ``TrainingPath``'s,
+    switched on for the run only)."""
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
         if teachers is not None:
             teachers.to(memory_format=torch.channels_last)
-    if plan.fast and plan.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
 
 
 def free_gpu_bytes(device: torch.device) -> int:
@@ -142,39 +148,78 @@ def free_gpu_bytes(device: torch.device) -> int:
     return int(free)
 
 
+SKIPPED_TYPES: tuple[type, ...] = (torch.nn.Module, torch.optim.Optimizer, MethodContext, MultimodalData)
+
+
+def host_state(objects: dict[str, Any], depth: int = 6) -> dict[str, Hashable]:
+    """Every host value a step could read from ``objects`` (by attribute path): numbers, strings
+    and flags by value, tensors by identity, storage, shape and dtype (an in-place update keeps
+    them, a reassignment does not). Containers and dataclasses are walked; modules, optimizers,
+    data and the method context are not (their tensors are updated in place)."""
+    state: dict[str, Hashable] = {}
+
+    def visit(path: str, value: Any, level: int) -> None:
+        if value is None or isinstance(value, (bool, int, float, str)):
+            state[path] = value
+        elif isinstance(value, torch.Tensor):
+            state[path] = ("tensor", id(value), value.data_ptr(), tuple(value.shape), value.dtype)
+        elif level <= 0 or isinstance(value, SKIPPED_TYPES) or callable(value):
+            return
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(f"{path}[{key!r}]", item, level - 1)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(f"{path}[{index}]", item, level - 1)
+        elif hasattr(value, "__dict__"):
+            for name, item in vars(value).items():
+                visit(f"{path}.{name}", item, level - 1)
+
+    for label, obj in objects.items():
+        if obj is not None:
+            visit(label, obj, depth)
+    return state
+
+
 def capture_key(method: Method, modulator: Modulator | None, optimizer: torch.optim.Optimizer, epoch: int) -> Hashable:
-    """Everything on the host that a captured step bakes in: the SMP phase, the optimizer's
-    hyperparameters (a scheduler changes the learning rate) and the method's own key."""
-    smp = None if modulator is None else (modulator.active(epoch), phase_of(epoch, modulator.tau))
+    """Everything on the host that a captured step bakes in: the epoch (SMP's phase and any
+    epoch-dependent branch), the optimizer's hyperparameters (a scheduler changes the learning
+    rate) and the host state of the method and the modulator."""
     hyper = tuple(
         tuple((name, value) for name, value in sorted(group.items()) if isinstance(value, (bool, int, float, str)))
         for group in optimizer.param_groups
     )
-    return smp, hyper, method.capture_key(epoch)
+    state = host_state({"method": method, "modulator": modulator})
+    return epoch, hyper, tuple(sorted(state.items()))
 
 
 class GraphedStep:
     """A step function replayed from CUDA graphs with static input buffers.
 
-    For each capture key the first steps run eagerly on a side stream (warm-up; they are
-    real training steps), then one step is captured and replayed, and every later step with
-    that key copies its batch into the static buffers and replays. A new key (an SMP phase
-    ends, the learning rate decays) drops the graph and captures anew. If a capture fails,
-    the reason is logged once and every later step runs eagerly.
+    For each capture key (see ``capture_key``) the first steps run eagerly on a side stream
+    (warm-up; they are real training steps), then one step is captured and replayed, and every
+    later step with that key copies its batch into the static buffers and replays. A new key (a
+    new epoch, a learning-rate decay, a method's host state changing) drops the graph and
+    captures anew; keys that change within an epoch are named in a warning. A batch of another
+    shape (an epoch's last, partial batch) runs eagerly. If a capture fails, the reason is
+    logged once and every later step runs eagerly.
     """
 
-    def __init__(self, run: Callable[[dict, int], dict], key: Callable[[int], Hashable], warmup: int = WARMUP_STEPS):
+    def __init__(self, run: Callable[[dict, int], dict], key: Callable[[int], Hashable], name: str = "",
+                 warmup: int = WARMUP_STEPS):
         self.run = run
         self.key = key
+        self.name = name
         self.warmup = warmup
         self.failed: str | None = None
         self.captures = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_key: Hashable = None
         self.pending = warmup
+        self.changes_in_epoch = 0
+        self.unstable_logged = False
         self.static_inputs: dict[str, torch.Tensor] = {}
         self.static_outputs: dict[str, torch.Tensor] = {}
-        self.mismatch_logged = False
         self.side_stream = torch.cuda.Stream()
 
     def __call__(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
@@ -183,6 +228,7 @@ class GraphedStep:
         key = self.key(epoch)
         if self.graph is None or key != self.graph_key:
             if key != self.graph_key:
+                self.note_change(self.graph_key, key)
                 self.release()
                 self.graph_key = key
                 self.pending = self.warmup if self.captures == 0 else 1
@@ -191,14 +237,25 @@ class GraphedStep:
                 return self.eager_on_side_stream(batch, epoch)
             return self.capture(batch, epoch)
         if not self.matches(batch):
-            if not self.mismatch_logged:
-                log.warning("fast path: a batch's shapes differ from the captured ones; such batches run eagerly")
-                self.mismatch_logged = True
             return self.run(batch, epoch)
         for name, buffer in self.static_inputs.items():
             buffer.copy_(batch[name], non_blocking=True)
         self.graph.replay()
         return self.static_outputs
+
+    def note_change(self, old: Hashable, new: Hashable) -> None:
+        """Count capture keys that change inside one epoch; name the changing host values once."""
+        if old is None or old[0] != new[0]:
+            self.changes_in_epoch = 0
+            return
+        self.changes_in_epoch += 1
+        if self.changes_in_epoch >= 2 and not self.unstable_logged:
+            before, after = dict(old[2]), dict(new[2])
+            changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+            log.warning("fast path: the step of %s reads host state that changes between steps (%s); each change "
+                        "re-captures the CUDA graph: keep such state in device tensors updated in place",
+                        self.name or "this method", ", ".join(changed) or "optimizer settings")
+            self.unstable_logged = True
 
     def matches(self, batch: dict[str, torch.Tensor]) -> bool:
         return batch.keys() == self.static_inputs.keys() and all(
@@ -212,7 +269,13 @@ class GraphedStep:
             # Adam(capturable=True) warns when a step runs uncaptured, which warm-up steps do.
             warnings.filterwarnings("ignore", message=".*capturable=True.*")
             outputs = self.run(batch, epoch)
-        torch.cuda.current_stream().wait_stream(stream)
+        main = torch.cuda.current_stream()
+        main.wait_stream(stream)
+        for value in outputs.values():
+            if value.is_cuda:
+                # Made on the side stream, read on the main one: the allocator must not hand the
+                # memory back to the side stream before the main stream is done with it.
+                value.record_stream(main)
         return outputs
 
     def capture(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
@@ -243,8 +306,10 @@ class GraphedStep:
 class TrainingPath:
     """How ``fit`` gets its batches and runs its steps, for one run.
 
-    ``batches(epoch)`` yields what ``step(batch, epoch)`` consumes; ``teachers`` is what the
-    method's context holds (the ensemble itself on the reference path).
+    ``batches(epoch)`` yields what ``step(batch, epoch)`` consumes. ``teachers`` are the run's
+    frozen teachers, built once for either path (fp32 and run on every batch on the reference
+    path; the run's precision and, when the data is deterministic, a per-row output cache on the
+    fast path). ``close()`` restores what the path changed in the process (cuDNN autotuning).
     """
 
     def __init__(
@@ -268,13 +333,16 @@ class TrainingPath:
         self.graphed: GraphedStep | None = None
         self.placement = "host"
         self.cache_seconds = 0.0
-        if not plan.fast:
-            return
-        cuda = self.device.type == "cuda"
+        self.cudnn_benchmark = torch.backends.cudnn.benchmark
         if teachers is not None:
             self.teachers = FrozenTeachers(teachers, self.device, plan.dtype)
             if plan.teacher_cache:
                 self.teachers.cache = self.build_cache(cache_batch_size)
+        if not plan.fast:
+            return
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN pick its kernels once
         if cuda and split_bytes(batches.tensors) <= DATA_SHARE * free_gpu_bytes(self.device):
             self.feed = DeviceFeed(batches, self.device)
             self.placement = "device"
@@ -287,7 +355,8 @@ class TrainingPath:
             self.feed = HostFeed(batches, self.device, workers=plan.loader_workers, pin=cuda)
             self.placement = "pinned" if cuda else "host"
         if plan.cuda_graph:
-            self.graphed = GraphedStep(self.eager_step, lambda epoch: capture_key(method, modulator, optimizer, epoch))
+            self.graphed = GraphedStep(self.eager_step, lambda epoch: capture_key(method, modulator, optimizer, epoch),
+                                       name=f"method {method.name!r}")
 
     def build_cache(self, batch_size: int) -> TeacherCache | None:
         started = time.perf_counter()
@@ -303,6 +372,10 @@ class TrainingPath:
             self.plan.teacher_cache = False
             return None
         return cache
+
+    def close(self) -> None:
+        """Put back the process-wide settings the fast path changed for this run."""
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
 
     def batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         if self.feed is None:

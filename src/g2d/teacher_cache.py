@@ -67,12 +67,14 @@ class TeacherCache:
 
 
 class FrozenTeachers:
-    """Stands where ``MethodContext.teachers`` expects a ``TeacherEnsemble``, for the fast path.
+    """The run's frozen teachers, as both training paths use them (``MethodContext.teachers``).
 
-    Called with a batch that carries ``"index"`` and a cache, it answers from the cache;
-    otherwise it runs the ensemble under ``torch.inference_mode`` and autocast to ``dtype``
-    (bf16 on CUDA) and returns float32 copies. A method that feeds the teachers altered inputs
-    (a modality zeroed, say) must leave ``"index"`` out of them, so the teachers run on those.
+    Without a cache (the reference path, or data transformed at random) a call runs the
+    ensemble under ``torch.inference_mode`` and autocast to ``dtype`` (None: fp32) and returns
+    float32 copies. With a cache (``TeacherCache``, built by the fast path for deterministic
+    data) a call answers a training batch from the cache by its rows, ``"index"``, which every
+    batch of the fast path's feeds carries; a batch without it is an error, never a silent
+    teacher pass on other inputs.
     """
 
     def __init__(self, ensemble: Any, device: torch.device, dtype: torch.dtype | None) -> None:
@@ -96,6 +98,9 @@ class FrozenTeachers:
         )
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> TeacherOutputs:
-        if self.cache is not None and INDEX_KEY in inputs:
-            return self.cache.lookup(inputs[INDEX_KEY])
-        return self.run(inputs)
+        """The teachers' outputs for a training batch: from the cache by its rows, or computed."""
+        if self.cache is None:
+            return self.run(inputs)
+        if INDEX_KEY not in inputs:
+            raise ValueError("cached teacher outputs are looked up by the batch's rows ('index'); this batch has none")
+        return self.cache.lookup(inputs[INDEX_KEY])

@@ -248,9 +248,12 @@ class Batches:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.size // self.batch_size
-        return (self.size + self.batch_size - 1) // self.batch_size
+        """Full batches, plus the partial last one unless ``drop_last``; a one-row remainder is dropped
+        after full batches (BatchNorm cannot train on a single row)."""
+        full, rest = divmod(self.size, self.batch_size)
+        if self.drop_last or (rest == 1 and full > 0):
+            return full
+        return full + (rest > 0)
 
     def order(self) -> torch.Tensor:
         """This epoch's row order: a permutation seeded by ``(seed, epoch)``, or 0..N-1 without shuffling."""
@@ -262,7 +265,7 @@ class Batches:
     def indices(self) -> Iterator[torch.Tensor]:
         """The row indices of each batch of this epoch, in order (what ``__iter__`` gathers)."""
         order = self.order()
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        for start in range(0, min(len(self) * self.batch_size, self.size), self.batch_size):
             yield order[start : start + self.batch_size]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

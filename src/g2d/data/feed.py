@@ -40,7 +40,7 @@ class DeviceFeed:
         self.batches.set_epoch(epoch)
         order = self.batches.order().to(self.device)
         size = self.batches.batch_size
-        for start in range(0, len(self.batches) * size, size):
+        for start in range(0, min(len(self.batches) * size, self.batches.size), size):
             yield {INDEX_KEY: order[start : start + size]}
 
     def materialize(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -21,11 +21,13 @@ the whole model's gradient norm is clipped to ``grad_clip`` (computed on the dev
 sync): coefficients up to exp(alpha * clip) would otherwise blow the step up.
 
 Differences from the official code: the coefficient scales each encoder's gradients
-directly. The official code routes it through backward hooks on the mono-modal outputs;
-where those padded passes run without gradient (its CREMA-D model) the hooks reduce to one
-common scale, the mean of the coefficients, on the whole network, which is not the
-per-modality modulation the paper describes. With ``smp.enabled=true``, SMP's coefficient
-replaces AGM's inside SMP's window; the running scores keep updating throughout.
+directly. The official code routes it through backward hooks on the mono-modal outputs,
+whose padded passes carry gradient, so each encoder also gets its own coefficient there; but
+the hooks rescale the fusion head's gradient as well, which ours leaves alone. The official
+CREMA-D code caps the ratio gap at ``clip`` (10) and has no gradient clip; its AV-MNIST code
+has no cap and clips the gradient norm at 1.0; ours has both (an mfeat run diverged without
+the clip). With ``smp.enabled=true``, SMP's kappa
+multiplies the gradients after AGM's modulation and clip, as for every method.
 """
 
 from __future__ import annotations
@@ -40,21 +42,23 @@ from torch import nn
 
 from g2d.errors import G2DError
 from g2d.methods.balancing import in_window, scale_gradients
-from g2d.methods.base import Method, MethodContext, step_terms
+from g2d.methods.base import Method, MethodContext, TeacherOutputs
 from g2d.methods.losses import task_loss
+from g2d.models.multimodal import ModelOutput
 
 
 @dataclass
 class AGMParams:
     """alpha: modulation strength (1.5 CREMA-D, 2.5 AV-MNIST, 4.0 UR-Funny in the paper);
     clip bounds target - current ratio before alpha (10 in the two-modality code, 7 in the
-    three-modality one); ``modulation_ends: null`` modulates until the end; grad_clip: the
-    official conditional gradient-norm clip (null turns it off)."""
+    three-modality one); ``modulation_ends``: last modulated epoch (20, the official argparse
+    default; null modulates until the end); grad_clip: the official AV-MNIST code's conditional
+    gradient-norm clip (null turns it off)."""
 
     alpha: float = 2.5
     clip: float = 10.0
     modulation_starts: int = 0
-    modulation_ends: Optional[int] = None
+    modulation_ends: Optional[int] = 20
     grad_clip: Optional[float] = 1.0
     max_modalities: int = 4
 
@@ -117,6 +121,7 @@ class AGM(Method):
 
     name = "agm"
     Params = AGMParams
+    capturable = True
 
     def __init__(self, params: AGMParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
@@ -129,14 +134,17 @@ class AGM(Method):
                 f"{2**k - 2} extra forward passes per step; raise max_modalities (now {params.max_modalities}) to accept that"
             )
         self.weights = shapley_weights(k)
+        # Device tensors updated in place, so a captured step reads the current values.
         self.running = torch.zeros(k)
-        self.steps = 0
+        self.steps = torch.zeros(())
+        self.modulating = in_window(0, params.modulation_starts, params.modulation_ends)
         self.encoders: list[list[nn.Parameter]] = []
 
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
         self.weights = self.weights.to(context.device, torch.float32)
         self.running = self.running.to(context.device)
+        self.steps = self.steps.to(context.device)
         self.encoders = [context.model.encoder_parameters(m) for m in self.modalities]
 
     @torch.no_grad()
@@ -161,35 +169,37 @@ class AGM(Method):
         """``[k, B, C]`` Shapley-style per-modality outputs (they sum to ``full``)."""
         return torch.einsum("ms,sbc->mbc", self.weights, self.subset_logits(inputs, full))
 
-    def train_step(self, inputs: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
-        ctx = self.ctx
-        output = ctx.model(inputs)
-        loss = task_loss(output.logits, inputs["label"], self.task)
-        scores = mono_scores(self.mono_logits(inputs, output.logits), inputs["label"], self.task)
+    def on_epoch_start(self, epoch: int) -> None:
+        self.modulating = in_window(epoch, self.params.modulation_starts, self.params.modulation_ends)
+
+    def loss(
+        self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = task_loss(output.logits, batch["label"], self.task)
+        return loss, {"task": loss.detach()}
+
+    def modulate_gradients(self, output: ModelOutput, batch: dict[str, torch.Tensor],
+                           terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """This step's mono-modal scores (reported), AGM's coefficients on each encoder inside the
+        window, the running scores' update after them (the official order), then the conditional clip."""
+        scores = mono_scores(self.mono_logits(batch, output.logits), batch["label"], self.task)
+        terms.update({f"score/{m}": scores[i] for i, m in enumerate(self.modalities)})
         coefficients = agm_coefficients(scores, self.running, self.params.alpha, self.params.clip)
-        self.steps += 1
-        self.running = self.running + (scores - self.running) / self.steps
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        kappa = ctx.smp_coefficients(epoch, inputs)
-        smp = kappa is not None
-        if smp:
-            ctx.encoder_gradients_scaled(kappa)
-        elif in_window(epoch, self.params.modulation_starts, self.params.modulation_ends):
-            kappa = coefficients
-            scale_gradients(self.encoders, kappa)
+        self.steps.add_(1)
+        self.running.add_((scores - self.running) / self.steps)
+        if self.modulating:
+            scale_gradients(self.encoders, coefficients)
         else:
-            kappa = torch.ones_like(coefficients)
+            coefficients = torch.ones_like(coefficients)
         if self.params.grad_clip is not None:
-            clip_large_gradients(list(ctx.model.parameters()), list(ctx.model.fusion.parameters()), self.params.grad_clip)
-        ctx.optimizer_step(kappa if smp else None)
-        terms = {"task": loss.detach(), **{f"score/{m}": scores[i] for i, m in enumerate(self.modalities)}}
-        return step_terms(loss, terms, output.logits, inputs, self.task, kappa, self.modalities)
+            model = self.ctx.model
+            clip_large_gradients(list(model.parameters()), list(model.fusion.parameters()), self.params.grad_clip)
+        return coefficients
 
     def state_dict(self) -> dict[str, Any]:
-        return {"running": self.running.detach().cpu(), "steps": self.steps}
+        return {"running": self.running.detach().cpu(), "steps": int(self.steps.item())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
-            self.running = state["running"].to(self.running.device)
-            self.steps = int(state["steps"])
+            self.running.copy_(state["running"])
+            self.steps.fill_(int(state["steps"]))

@@ -1,8 +1,9 @@
-"""The method interface: a method turns the model's (and teachers') outputs into the step's loss.
+"""The method interface and the one training step (``Method.train_step``) that methods plug into.
 
-A method owns its loss, and may own its whole step and epoch hooks; the loop, optimizer,
-checkpoints and evaluation live in ``g2d.engine``, and SMP in ``g2d.methods.smp``, so every
-method gets them. Nothing outside a method's module tests the method's name.
+A method gives its loss and, where it has them, its own gradient modulation and learning-rate
+factors; the step is written once here, so every method gets SMP the same way (docs/methods.md,
+"The training step"). The loop, optimizer, checkpoints and evaluation live in ``g2d.engine``,
+SMP in ``g2d.methods.smp``. Nothing outside a method's module tests the method's name.
 Each method declares its hyperparameters as a dataclass; the config's ``method`` mapping is
 checked against it, so a misspelt key is an error naming ``method.<name>.<key>``.
 """
@@ -18,7 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from g2d.errors import G2DError
-from g2d.methods.balancing import scale_gradients
+from g2d.methods.balancing import scaled_learning_rates
 from g2d.methods.losses import teacher_confidence
 from g2d.models.multimodal import ModelOutput
 
@@ -44,8 +45,8 @@ class MethodContext:
     """What a method may use during training, handed over once by the engine before the first step.
 
     ``parameter_groups`` maps ``"encoder:<modality>"`` and ``"fusion"`` (plus ``"method"`` when
-    the method added modules) to the optimizer's param group of that name, so a method can
-    change one modality's learning rate.
+    the method added modules) to the optimizer's param group of that name. ``teachers`` are the
+    run's frozen teachers (``g2d.teacher_cache.FrozenTeachers``), ``modulator`` its SMP.
     """
 
     model: Any
@@ -64,41 +65,43 @@ class MethodContext:
     def parameter_groups(self) -> dict[str, dict]:
         return {group["name"]: group for group in self.optimizer.param_groups}
 
-    def teacher_outputs(self, inputs: dict[str, torch.Tensor]) -> TeacherOutputs | None:
-        return self.teachers(inputs) if self.teachers is not None else None
+    def teacher_outputs(self, inputs: dict[str, torch.Tensor]) -> TeacherOutputs:
+        """The frozen teachers' features and logits for this training batch."""
+        assert self.teachers is not None, "this run has no teachers"
+        return self.teachers(inputs)
+
+    def smp_acts(self, epoch: int) -> bool:
+        return self.modulator is not None and self.modulator.active(epoch)
 
     def smp_coefficients(
         self, epoch: int, inputs: dict[str, torch.Tensor], teachers: TeacherOutputs | None = None
     ) -> torch.Tensor | None:
         """SMP's (or partial modulation's) kappa ``[k]`` for this step, or None when no modulator acts now.
 
-        A method that has no teacher outputs of its own passes none: the teachers then run only
-        when the modulator acts, not in every step of the run.
+        Without teacher outputs of the caller's own, the teachers run here, so a method whose
+        loss needs none pays for them only inside SMP's window.
         """
-        if self.modulator is None or not self.modulator.active(epoch):
+        if not self.smp_acts(epoch):
             return None
         if teachers is None:
             teachers = self.teacher_outputs(inputs)
-        assert teachers is not None, "SMP needs teacher outputs"
         confidence = teacher_confidence(teachers.stacked_logits(self.modalities), inputs["label"], self.data.task)
         return self.modulator.coefficients(epoch, confidence)
 
-    def encoder_gradients_scaled(self, kappa: torch.Tensor) -> None:
-        """Multiply modality m's encoder gradients by ``kappa[m]``: the modulator's targets, else every parameter."""
-        if self.modulator is not None:
-            self.modulator.scale_gradients(kappa)
-            return
-        scale_gradients([self.model.encoder_parameters(m) for m in self.modalities], kappa)
-
-    def reported_kappa(self, kappa: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-        """What a step reports as kappa: its own, or ones when SMP is configured but not acting now."""
-        if kappa is None and self.modulator is not None:
-            return torch.ones(len(self.modalities), device=device)
-        return kappa
+    def applied_coefficients(self, own: torch.Tensor | None, smp: torch.Tensor | None,
+                             device: torch.device) -> torch.Tensor | None:
+        """What multiplied each modality's encoder gradients in a step: the method's own coefficients
+        times SMP's kappa; ones while SMP is configured but outside its window, so every epoch
+        reports the same terms. None when neither exists."""
+        if own is not None and smp is not None:
+            return own * smp
+        if own is not None or smp is not None:
+            return own if own is not None else smp
+        return torch.ones(len(self.modalities), device=device) if self.modulator is not None else None
 
     def optimizer_step(self, kappa: torch.Tensor | None = None) -> None:
-        """``optimizer.step()``, honouring the modulator's suppression rule when ``kappa`` came from it."""
-        if kappa is not None and self.modulator is not None:
+        """``optimizer.step()``, honouring SMP's suppression rule (``freeze``) when ``kappa`` came from it."""
+        if kappa is not None:
             self.modulator.optimizer_step(self.optimizer, kappa)
         else:
             self.optimizer.step()
@@ -118,13 +121,20 @@ def step_terms(loss: torch.Tensor, terms: dict[str, torch.Tensor], logits: torch
 
 
 class Method:
-    """Base class. Most methods only define ``loss``; methods that need several backward passes,
-    alternating updates or their own gradient modulation override ``train_step``.
+    """Base class. A method plugs into the one training step (``train_step``) through small hooks:
 
-    The engine calls ``setup`` once, then per epoch ``on_epoch_start``, ``train_step`` per
-    batch and ``on_epoch_end`` with the validation metrics. ``predict`` turns a model output
-    into the fused and per-modality logits that evaluation scores. ``state_dict`` holds what
-    a resumed run needs beyond the weights (tensors, numbers, lists, dicts only).
+    - ``loss``: the step's loss and the terms it reports (required);
+    - ``modulate_gradients``: the method's own per-modality gradient modulation after backward
+      (OGM-GE's and AGM's coefficients), returning the coefficients it applied;
+    - ``learning_rate_factors``: per param group factors on the learning rate for the step
+      (MSLR's rates, MSES's stops).
+
+    Only methods that need several backward passes or alternating updates (MLA, MMPareto,
+    ReconBoost, DLMG's learned weights) override ``train_step``. The engine calls ``setup``
+    once, then per epoch ``on_epoch_start``, ``train_step`` per batch and ``on_epoch_end``
+    with the validation metrics. ``predict`` turns a model output into the fused and
+    per-modality logits that evaluation scores. ``state_dict`` holds what a resumed run needs
+    beyond the weights (tensors, numbers, lists, dicts only).
     """
 
     name: ClassVar[str] = ""
@@ -132,16 +142,11 @@ class Method:
     uses_teachers: ClassVar[bool] = False
     smp_by_default: ClassVar[bool] = False
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
-    # Whether the fast path may capture ``train_step`` in a CUDA graph: static shapes, no host
-    # reads, no data-dependent Python control flow, and host state that changes between steps
-    # only through ``capture_key``. A class that overrides ``train_step`` is False unless it
-    # says True itself (see ``__init_subclass__``).
-    capturable: ClassVar[bool] = True
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "train_step" in cls.__dict__ and "capturable" not in cls.__dict__:
-            cls.capturable = False
+    # Opt-in: whether the fast path may capture ``train_step`` in a CUDA graph. A capturable
+    # step has static shapes, reads nothing back to the host, and keeps state that changes
+    # during training in device tensors updated in place; host values it reads may change
+    # only between epochs (``g2d.fast`` re-captures when they do, see docs/performance.md).
+    capturable: ClassVar[bool] = False
 
     def __init__(self, params: Any, task: str, modalities: list[str]) -> None:
         self.params = params
@@ -166,33 +171,41 @@ class Method:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def modulate_gradients(self, output: ModelOutput, batch: dict[str, torch.Tensor],
+                           terms: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Change the encoders' gradients the method's own way, after backward; return the ``[k]``
+        coefficients applied (or None). It may add what it measured to the step's ``terms``."""
+        return None
+
+    def learning_rate_factors(self) -> dict[str, float]:
+        """Factors on the learning rate of named param groups (``encoder:<m>``) for this epoch's steps."""
+        return {}
+
     def train_step(self, inputs: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
-        """One optimizer step on one batch; returns device tensors to average over the epoch."""
+        """The training step, written once: forward, loss, backward, the method's own modulation,
+        SMP (its kappa multiplies each encoder's gradients after the method's own modulation),
+        then the optimizer step with the method's learning-rate factors. Returns device tensors."""
         ctx = self.ctx
         output = ctx.model(inputs)
-        # Teachers run here only for a loss that uses them; SMP asks for them itself while it acts.
-        teachers = ctx.teacher_outputs(inputs) if self.uses_teachers else None
+        teachers = ctx.teacher_outputs(inputs) if self.uses_teachers or ctx.smp_acts(epoch) else None
         loss, terms = self.loss(output, inputs, teachers)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        kappa = ctx.smp_coefficients(epoch, inputs, teachers)
-        if kappa is not None:
-            ctx.encoder_gradients_scaled(kappa)
-        ctx.optimizer_step(kappa)
-        return step_terms(loss, terms, output.logits, inputs, self.task, ctx.reported_kappa(kappa, loss.device),
-                          self.modalities)
+        own = self.modulate_gradients(output, inputs, terms)
+        smp = ctx.smp_coefficients(epoch, inputs, teachers)
+        if smp is not None:
+            ctx.modulator.scale_gradients(smp)
+        with scaled_learning_rates(ctx.optimizer, self.learning_rate_factors()):
+            ctx.optimizer_step(smp)
+        kappa = ctx.applied_coefficients(own, smp, loss.device)
+        return step_terms(loss, terms, self.predict(output)[0], inputs, self.task, kappa, self.modalities)
 
     def predict(self, output: ModelOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fused and per-modality logits for evaluation; the model's own by default."""
         return output.logits, output.modality_logits
 
-    def capture_key(self, epoch: int) -> tuple:
-        """Host values the step reads that change during training (a schedule's weight, say);
-        a captured step is recaptured when this changes. Empty for most methods."""
-        return ()
-
     def on_epoch_start(self, epoch: int) -> None:
-        """Hook for methods whose behaviour changes with the epoch."""
+        """Hook for methods whose behaviour changes with the epoch (set host state here, not in the step)."""
 
     def on_epoch_end(self, epoch: int, val: dict) -> None:
         """Hook with the epoch's validation metrics (``evaluate``'s dict, losses included)."""

@@ -88,6 +88,9 @@ class DLMG(Method):
     name = "dlmg"
     tasks = ("classification",)
     Params = DLMGParams
+    # The alignment weight is a device tensor updated in place; the learned update runs eagerly
+    # in the epoch's first step (a new epoch is always re-captured), the rest is the plain step.
+    capturable = True
 
     def __init__(self, params: DLMGParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
@@ -110,7 +113,7 @@ class DLMG(Method):
 
     def on_epoch_start(self, epoch: int) -> None:
         if self.params.strategy == "heuristic":
-            self.weight = torch.tensor(heuristic_weight(epoch, self.params.decay), device=self.weight.device)
+            self.weight.fill_(heuristic_weight(epoch, self.params.decay))
         else:
             self.update_due = True
 
@@ -123,6 +126,8 @@ class DLMG(Method):
         return loss, {"task": supervised.detach(), "alignment": alignment.detach(), "weight": self.weight.detach()}
 
     def train_step(self, inputs: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        """The learned weight's hypergradient update (several backward passes) on the epoch's
+        first batch, then the one training step."""
         if self.update_due:
             self.update_weight(inputs, epoch)
             self.update_due = False
@@ -145,11 +150,11 @@ class DLMG(Method):
         difference = [a - c for a, c in zip(g_align, g_cls)]
         cosine = dot(g_val, difference) / (dot(g_val, g_val) * dot(difference, difference)).sqrt().clamp_min(1e-12)
         step = self.params.weight_lr / 2 ** (epoch // HALVING_EPOCHS)
-        self.weight = (self.weight + step * cosine).clamp(*WEIGHT_RANGE).detach()
+        self.weight.copy_((self.weight + step * cosine).clamp(*WEIGHT_RANGE).detach())
 
     def state_dict(self) -> dict[str, Any]:
         return {"weight": self.weight.detach().cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.weight = state["weight"].to(self.ctx.device)
+        self.weight.copy_(state["weight"])
 

@@ -31,6 +31,7 @@ class G2D(Method):
     Params = G2DParams
     uses_teachers = True
     smp_by_default = True
+    capturable = True
 
     def loss(
         self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None

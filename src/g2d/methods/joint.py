@@ -13,6 +13,7 @@ class JointTrain(Method):
     """All encoders trained together through the fused prediction (the paper's Joint-Train)."""
 
     name = "joint"
+    capturable = True
 
     def loss(
         self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None

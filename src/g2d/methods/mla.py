@@ -36,6 +36,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from g2d.data.base import Batches
 from g2d.errors import G2DError
 from g2d.methods.base import Method, step_terms
 from g2d.methods.heads import SharedHead, encoder_features
@@ -110,7 +111,9 @@ class MLA(Method):
     def setup(self, context: Any) -> None:
         super().setup(context)
         assert self.head is not None, "MLA needs build_modules() before setup()"
-        self.batches_per_epoch = max(1, context.data.size("train") // context.config.trainer.batch_size)
+        trainer = context.config.trainer
+        self.batches_per_epoch = max(1, len(Batches(context.data.splits["train"], trainer.batch_size, shuffle=False,
+                                                    drop_last=trainer.drop_last)))
         self.projector = torch.eye(self.head.input_dim, device=context.device)
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -134,7 +137,7 @@ class MLA(Method):
                 weight.grad = weight.grad @ self.projector.t()
             self.substeps += 1
             if kappa is not None:
-                ctx.encoder_gradients_scaled(kappa)
+                ctx.modulator.scale_gradients(kappa)
             ctx.optimizer_step(kappa)
             logits[modality], losses[modality] = output.detach(), loss.detach()
         self.batch_index += 1
@@ -142,7 +145,7 @@ class MLA(Method):
         terms = {f"loss/{m}": value for m, value in losses.items()}
         mean_logits = torch.stack(list(logits.values())).mean(dim=0)
         return step_terms(mean_loss, terms, mean_logits, inputs, self.task,
-                          ctx.reported_kappa(kappa, mean_loss.device), self.modalities)
+                          ctx.applied_coefficients(None, kappa, mean_loss.device), self.modalities)
 
     def predict(self, output: ModelOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The shared head on each modality; fused by entropy gating or the fixed weights."""

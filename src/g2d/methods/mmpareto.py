@@ -115,11 +115,11 @@ class MMPareto(Method):
             param.grad = grad
         kappa = ctx.smp_coefficients(epoch, inputs)
         if kappa is not None:
-            ctx.encoder_gradients_scaled(kappa)
+            ctx.modulator.scale_gradients(kappa)
         ctx.optimizer_step(kappa)
         loss = (multimodal + sum(unimodal.values())).detach()
         terms = {"multimodal": multimodal.detach(), **{f"unimodal/{m}": v.detach() for m, v in unimodal.items()}}
-        return step_terms(loss, terms, output.logits, inputs, self.task, ctx.reported_kappa(kappa, loss.device),
+        return step_terms(loss, terms, output.logits, inputs, self.task, ctx.applied_coefficients(None, kappa, loss.device),
                           self.modalities)
 
     def predict(self, output: ModelOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

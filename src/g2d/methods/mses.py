@@ -15,7 +15,8 @@ average, and on a stop it reloads the whole model and optimizer from the stopped
 best epoch, which also rolls back the other modalities; we restore that modality's encoder
 only. Its stop also covers the modality's own classifier; here only the encoder's param
 group stops, because fusion parameters are shared by all modalities in general.
-With ``smp.enabled=true``, SMP's coefficient replaces the stop flags inside SMP's window.
+With ``smp.enabled=true``, SMP's kappa scales the gradients as for every method, and a
+stopped modality stays stopped (its learning rate stays 0) inside SMP's window too.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any
 
 import torch
 
-from g2d.methods.balancing import scaled_learning_rates
-from g2d.methods.base import Method, MethodContext, step_terms
+from g2d.methods.base import Method, MethodContext, TeacherOutputs
 from g2d.methods.losses import task_loss
+from g2d.models.multimodal import ModelOutput
 
 
 @dataclass
@@ -44,6 +45,7 @@ class MSES(Method):
 
     name = "mses"
     Params = MSESParams
+    capturable = True
 
     def __init__(self, params: MSESParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
@@ -52,32 +54,23 @@ class MSES(Method):
         self.best_epoch: dict[str, int] = {}
         self.stopped: dict[str, bool] = {m: False for m in modalities}
         self.best_weights: dict[str, dict[str, torch.Tensor]] = {}
-        self.kappa: torch.Tensor | None = None
+        self.training_flags = torch.ones(len(modalities))
 
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
-        self.refresh_kappa()
+        self.training_flags = self.training_flags.to(context.device)
 
-    def refresh_kappa(self) -> None:
-        """The stop flags as a device tensor (1 = training), built once per change, reported per step."""
-        flags = [0.0 if self.stopped[m] else 1.0 for m in self.modalities]
-        self.kappa = torch.tensor(flags, device=self.ctx.device)
+    def loss(
+        self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The task loss; the terms report which encoders still train (1) or have stopped (0)."""
+        loss = task_loss(output.logits, batch["label"], self.task)
+        flags = {f"training/{m}": self.training_flags[i] for i, m in enumerate(self.modalities)}
+        return loss, {"task": loss.detach(), **flags}
 
-    def train_step(self, inputs: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
-        ctx = self.ctx
-        output = ctx.model(inputs)
-        loss = task_loss(output.logits, inputs["label"], self.task)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        kappa = ctx.smp_coefficients(epoch, inputs)
-        if kappa is not None:
-            ctx.encoder_gradients_scaled(kappa)
-            ctx.optimizer_step(kappa)
-        else:
-            kappa = self.kappa
-            with scaled_learning_rates(ctx.optimizer, {f"encoder:{m}": 0.0 for m in self.modalities if self.stopped[m]}):
-                ctx.optimizer.step()
-        return step_terms(loss, {"task": loss.detach()}, output.logits, inputs, self.task, kappa, self.modalities)
+    def learning_rate_factors(self) -> dict[str, float]:
+        """A stopped modality's encoder steps with learning rate 0: nothing moves it."""
+        return {f"encoder:{m}": 0.0 for m in self.modalities if self.stopped[m]}
 
     def on_epoch_end(self, epoch: int, val: dict) -> None:
         encoders = self.ctx.model.encoders
@@ -98,7 +91,11 @@ class MSES(Method):
     def stop(self, modality: str) -> None:
         """Freeze ``modality``'s encoder from the next epoch on (its best weights come back then)."""
         self.stopped[modality] = True
-        self.refresh_kappa()
+        self.refresh_flags()
+
+    def refresh_flags(self) -> None:
+        """The stop flags in their device tensor, in place (a captured step reads that storage)."""
+        self.training_flags.copy_(torch.tensor([0.0 if self.stopped[m] else 1.0 for m in self.modalities]))
 
     def on_epoch_start(self, epoch: int) -> None:
         """Restore stopped encoders' best weights here, not at the stop, so the epoch just evaluated
@@ -124,4 +121,4 @@ class MSES(Method):
         self.best_epoch = {m: int(v) for m, v in state["best_epoch"].items()}
         self.stopped = {m: bool(v) for m, v in state["stopped"].items()}
         self.best_weights = {m: {k: v.to(self.ctx.device) for k, v in w.items()} for m, w in state["best_weights"].items()}
-        self.refresh_kappa()
+        self.refresh_flags()

@@ -14,7 +14,7 @@ here to check its third ("smooth") strategy, which is therefore not offered. The
 act on the optimizer's ``encoder:<m>`` param groups for each step and are undone after it,
 so the learning-rate schedule and checkpoints keep the run's own rates. The AGM code also
 scales the modality's own classifier; here fusion parameters, shared in general, keep the
-run's rate. SMP, when enabled, scales gradients on top of these rates.
+run's rate. SMP, when enabled, scales gradients on top of these rates, as for every method.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 
 from g2d.errors import G2DError
-from g2d.methods.balancing import scaled_learning_rates
-from g2d.methods.base import Method, MethodContext, step_terms
+from g2d.methods.base import Method, MethodContext, TeacherOutputs
 from g2d.methods.losses import task_loss
+from g2d.models.multimodal import ModelOutput
 
 STRATEGIES = ("dynamic", "keep")
 
@@ -53,6 +53,7 @@ class MSLR(Method):
 
     name = "mslr"
     Params = MSLRParams
+    capturable = True
 
     def __init__(self, params: MSLRParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
@@ -67,30 +68,24 @@ class MSLR(Method):
         self.initial = {m: float(params.lr_scale.get(m, 1.0)) for m in modalities}
         self.factors = dict(self.initial)
         self.memory: dict[str, list[float]] = {m: [] for m in modalities}
-        self.reported: torch.Tensor | None = None
+        self.reported = torch.tensor([self.factors[m] for m in modalities])
 
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
-        self.refresh_report()
+        self.reported = self.reported.to(context.device)
 
     def refresh_report(self) -> None:
-        """The factors as a device tensor for the step's terms, rebuilt once per epoch."""
-        self.reported = torch.tensor([self.factors[m] for m in self.modalities], device=self.ctx.device)
+        """The factors in their device tensor for the step's terms, in place, once per epoch."""
+        self.reported.copy_(torch.tensor([self.factors[m] for m in self.modalities]))
 
-    def train_step(self, inputs: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
-        ctx = self.ctx
-        output = ctx.model(inputs)
-        loss = task_loss(output.logits, inputs["label"], self.task)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        kappa = ctx.smp_coefficients(epoch, inputs)
-        if kappa is not None:
-            ctx.encoder_gradients_scaled(kappa)
-        with scaled_learning_rates(ctx.optimizer, {f"encoder:{m}": f for m, f in self.factors.items()}):
-            ctx.optimizer_step(kappa)
-        kappa = ctx.reported_kappa(kappa, loss.device)
-        terms = {"task": loss.detach(), **{f"lr_scale/{m}": self.reported[i] for i, m in enumerate(self.modalities)}}
-        return step_terms(loss, terms, output.logits, inputs, self.task, kappa, self.modalities)
+    def loss(
+        self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = task_loss(output.logits, batch["label"], self.task)
+        return loss, {"task": loss.detach(), **{f"lr_scale/{m}": self.reported[i] for i, m in enumerate(self.modalities)}}
+
+    def learning_rate_factors(self) -> dict[str, float]:
+        return {f"encoder:{m}": factor for m, factor in self.factors.items()}
 
     def on_epoch_end(self, epoch: int, val: dict) -> None:
         if self.params.strategy == "keep":

@@ -19,8 +19,8 @@ Differences from the official code, each deliberate:
   MLP encoder ``conv`` would modulate nothing.
 - Regression: the score is ``1 - mean |sigmoid(prediction) - target|``, the same confidence
   that SMP uses for regression teachers.
-With ``smp.enabled=true``, inside SMP's window SMP's (or partial modulation's) coefficient
-replaces OGM-GE's, noise included, so the suppressed encoder follows SMP's rule exactly.
+With ``smp.enabled=true``, SMP's kappa multiplies the gradients after OGM-GE's modulation
+(noise included), as for every method, so a suppressed encoder gets no update at all.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from torch import nn
 
 from g2d.errors import G2DError
 from g2d.methods.balancing import in_window
-from g2d.methods.base import Method, MethodContext, step_terms
+from g2d.methods.base import Method, MethodContext, TeacherOutputs
 from g2d.methods.losses import task_loss, teacher_confidence
 from g2d.methods.smp import partial_coefficients
+from g2d.models.multimodal import ModelOutput
 
 PARAMETER_CHOICES = ("all", "conv")
 
@@ -80,6 +81,7 @@ class OGMGE(Method):
 
     name = "ogm_ge"
     Params = OGMGEParams
+    capturable = True
 
     def __init__(self, params: OGMGEParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
@@ -87,6 +89,7 @@ class OGMGE(Method):
             raise G2DError(f"config key method.ogm_ge.parameters: unknown value {params.parameters!r} "
                            f"(choose from {', '.join(PARAMETER_CHOICES)})")
         self.targets: list[list[nn.Parameter]] = []
+        self.modulating = in_window(0, params.modulation_starts, params.modulation_ends)
 
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
@@ -94,22 +97,21 @@ class OGMGE(Method):
         self.targets = [[p for p in context.model.encoder_parameters(m) if not conv_only or p.dim() == 4]
                         for m in self.modalities]
 
-    def train_step(self, inputs: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
-        ctx = self.ctx
-        output = ctx.model(inputs)
-        loss = task_loss(output.logits, inputs["label"], self.task)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        kappa = ctx.smp_coefficients(epoch, inputs)
-        if kappa is not None:
-            ctx.encoder_gradients_scaled(kappa)
-            ctx.optimizer_step(kappa)
-        elif in_window(epoch, self.params.modulation_starts, self.params.modulation_ends):
-            stacked = torch.stack([output.modality_logits[m] for m in self.modalities])
-            kappa = ogm_coefficients(stacked, inputs["label"], self.params.alpha, self.task)
-            modulate_gradients(self.targets, kappa, self.params.ge)
-            ctx.optimizer.step()
-        else:
-            kappa = torch.ones(len(self.modalities), device=loss.device)
-            ctx.optimizer.step()
-        return step_terms(loss, {"task": loss.detach()}, output.logits, inputs, self.task, kappa, self.modalities)
+    def on_epoch_start(self, epoch: int) -> None:
+        self.modulating = in_window(epoch, self.params.modulation_starts, self.params.modulation_ends)
+
+    def loss(
+        self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = task_loss(output.logits, batch["label"], self.task)
+        return loss, {"task": loss.detach()}
+
+    def modulate_gradients(self, output: ModelOutput, batch: dict[str, torch.Tensor],
+                           terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Inside the window, OGM's coefficients and GE noise on the targeted encoder gradients; ones outside."""
+        if not self.modulating:
+            return torch.ones(len(self.modalities), device=output.logits.device)
+        stacked = torch.stack([output.modality_logits[m] for m in self.modalities])
+        coefficients = ogm_coefficients(stacked, batch["label"], self.params.alpha, self.task)
+        modulate_gradients(self.targets, coefficients, self.params.ge)
+        return coefficients

@@ -80,11 +80,20 @@ class PMR(Method):
     name = "pmr"
     tasks = ("classification",)
     Params = PMRParams
+    capturable = True
 
     def __init__(self, params: PMRParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
+        # Prototypes are device tensors updated in place each epoch; the window flags are host
+        # values set per epoch, so a captured step is re-captured when they change.
         self.prototypes: dict[str, torch.Tensor] = {}
-        self.epoch = 0
+        self.modulating, self.entropy = self.window(0)
+
+    def window(self, epoch: int) -> tuple[bool, bool]:
+        """Whether ``epoch`` has the prototype loss, and whether it also has the entropy term."""
+        starts = self.params.modulation_starts
+        modulating = in_window(epoch, starts, self.params.modulation_ends)
+        return modulating, modulating and epoch < starts + self.params.entropy_epochs
 
     @torch.no_grad()
     def compute_prototypes(self) -> dict[str, torch.Tensor]:
@@ -106,19 +115,27 @@ class PMR(Method):
         return {m: class_means(torch.cat(features[m]), label, data.num_classes) for m in self.modalities}
 
     def on_epoch_start(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.modulating, self.entropy = self.window(epoch)
         fresh = self.compute_prototypes()
         momentum = self.params.momentum
         if self.prototypes:
             fresh = {m: (1 - momentum) * fresh[m] + momentum * self.prototypes[m] for m in self.modalities}
-        self.prototypes = fresh
+        self.set_prototypes(fresh)
+
+    def set_prototypes(self, prototypes: dict[str, torch.Tensor]) -> None:
+        """Copy into the existing prototype tensors (their storage is what a captured step reads)."""
+        for m, value in prototypes.items():
+            if m in self.prototypes and self.prototypes[m].shape == value.shape:
+                self.prototypes[m].copy_(value)
+            else:
+                self.prototypes[m] = value.to(self.ctx.device).clone()
 
     def loss(
         self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = batch["label"]
         task = task_loss(output.logits, labels, self.task)
-        if not in_window(self.epoch, self.params.modulation_starts, self.params.modulation_ends):
+        if not self.modulating:
             return task, {"task": task.detach()}
         logits = torch.stack([prototype_logits(output.features[m].float(), self.prototypes[m]) for m in self.modalities])
         log_p = F.log_softmax(logits, dim=-1)  # [k, B, C]
@@ -128,7 +145,7 @@ class PMR(Method):
         proto = self.params.alpha * (pce_weight * pce).sum()
         loss = task + proto
         terms = {"task": task.detach(), "proto": proto.detach()}
-        if self.epoch < self.params.modulation_starts + self.params.entropy_epochs:
+        if self.entropy:
             entropy = -(log_p.exp() * log_p).sum(-1).mean(dim=1)  # [k]
             regulariser = self.params.mu * (per_weight * entropy).sum()
             loss = loss - regulariser
@@ -140,4 +157,4 @@ class PMR(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
-            self.prototypes = {m: p.to(self.ctx.device) for m, p in state["prototypes"].items()}
+            self.set_prototypes(state["prototypes"])

@@ -9,8 +9,9 @@ Schedules (both follow Eq. 6: the j-th weakest modality alone for tau_j epochs, 
 then all modalities together):
 - ``ranked``: modalities ranked once, by the teachers' mean confidence over the training set.
 - ``dynamic``: ranked anew on every batch from that batch's teacher confidence (Eq. 5); for
-  k = 2 and ``tau = [150]`` this is the authors' code, which zeroes the more confident
-  modality per batch for the first 150 epochs.
+  k = 2 this is the authors' code, which zeroes the more confident modality per batch while
+  ``epoch <= modulation_ends``: epochs 0-150 for their 150, i.e. ``tau = [151]`` here
+  (``tau = [150]``, the paper's 150 epochs, covers epochs 0-149).
 
 Ties: modalities with equal confidence share the ranks they span, so each of them trains in
 every phase any of those ranks owns (the authors' code raises an error instead).

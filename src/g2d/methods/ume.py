@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from g2d.methods.base import Method, step_terms
-from g2d.methods.heads import ModalityHeads, encoder_features
+from g2d.methods.base import Method, TeacherOutputs
+from g2d.methods.heads import ModalityHeads
 from g2d.methods.losses import task_loss
 from g2d.models.multimodal import ModelOutput
 
@@ -30,6 +30,7 @@ class UME(Method):
     """Independent unimodal models in one run; predictions are the mean of their logits."""
 
     name = "ume"
+    capturable = True
 
     def __init__(self, params: object, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
@@ -39,23 +40,14 @@ class UME(Method):
         self.heads = ModalityHeads(feature_dims, num_outputs)
         return self.heads
 
-    def train_step(self, inputs: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
-        ctx = self.ctx
+    def loss(
+        self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The sum of the unimodal heads' losses; the fusion's output takes no part."""
         assert self.heads is not None
-        features = {m: encoder_features(ctx.model, inputs, m) for m in self.modalities}
-        logits = self.heads(features)
-        losses = {m: task_loss(logits[m], inputs["label"], self.task) for m in self.modalities}
-        loss = sum(losses.values())
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        kappa = ctx.smp_coefficients(epoch, inputs)
-        if kappa is not None:
-            ctx.encoder_gradients_scaled(kappa)
-        ctx.optimizer_step(kappa)
-        fused = torch.stack([logits[m].detach() for m in self.modalities]).mean(dim=0)
-        terms = {f"loss/{m}": value.detach() for m, value in losses.items()}
-        return step_terms(loss, terms, fused, inputs, self.task, ctx.reported_kappa(kappa, loss.device),
-                          self.modalities)
+        logits = self.heads(output.features)
+        losses = {m: task_loss(logits[m], batch["label"], self.task) for m in self.modalities}
+        return sum(losses.values()), {f"loss/{m}": value.detach() for m, value in losses.items()}
 
     def predict(self, output: ModelOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The mean of the unimodal heads' logits, and each head's own logits."""

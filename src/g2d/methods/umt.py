@@ -24,6 +24,7 @@ class UMT(Method):
     name = "umt"
     Params = UMTParams
     uses_teachers = True
+    capturable = True
 
     def loss(
         self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None
