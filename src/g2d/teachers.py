@@ -113,21 +113,27 @@ def ensure_teachers(
 ) -> dict[str, tuple[MultimodalModel, dict]]:
     """Load every modality's teacher, training the missing ones first with ``train_one``.
 
-    The teachers folder is locked meanwhile: a second run that needs the same teachers waits,
-    then finds them trained, so each teacher is trained once.
+    While some are missing the teachers folder is locked: a second run that needs the same
+    teachers waits, then finds them trained, so each teacher is trained once. Teachers that
+    are all there are only read (the folder may then be read-only).
     """
+    if not all((teacher_dir(config, m) / "teacher.json").is_file() for m in data.modalities):
+        for modality in data.modalities:  # refuse a stale teacher before training the others
+            if (teacher_dir(config, modality) / "teacher.json").is_file():
+                check_epochs(config, load_teacher(config, data, modality)[1], teacher_dir(config, modality))
+        with folder_lock(config.teachers_dir(), "teachers folder"):
+            for modality in data.modalities:
+                if not (teacher_dir(config, modality) / "teacher.json").is_file():
+                    if not config.teachers.train_missing:
+                        raise G2DError(
+                            f"teacher for {modality!r} not found in {teacher_dir(config, modality)} "
+                            "and teachers.train_missing is false"
+                        )
+                    train_one(teacher_run_config(config, modality), modality)
     teachers = {}
-    with folder_lock(config.teachers_dir(), "teachers folder"):
-        for modality in data.modalities:
-            if not (teacher_dir(config, modality) / "teacher.json").is_file():
-                if not config.teachers.train_missing:
-                    raise G2DError(
-                        f"teacher for {modality!r} not found in {teacher_dir(config, modality)} "
-                        "and teachers.train_missing is false"
-                    )
-                train_one(teacher_run_config(config, modality), modality)
-            teachers[modality] = load_teacher(config, data, modality)
-            check_epochs(config, teachers[modality][1], teacher_dir(config, modality))
+    for modality in data.modalities:
+        teachers[modality] = load_teacher(config, data, modality)
+        check_epochs(config, teachers[modality][1], teacher_dir(config, modality))
     return teachers
 
 
