@@ -1,11 +1,12 @@
 """Kill -9 trials: SIGKILL a real ``g2d train`` at checkpoint phases and at random moments, resume, compare.
 
-Each trial starts ``g2d train`` in a child process, kills it (the child kills itself at a named
+Each trial starts ``g2d train`` in a child process (forked from a forkserver that has imported
+torch and g2d, so a trial does not pay the import), kills it (the child kills itself at a named
 fault point, see ``g2d.faults``, or the parent sends SIGKILL after a random delay), resumes the
 run with ``trainer.resume=true`` and compares weights (last and best), metrics and history
 (wall-clock fields left out) with an uninterrupted run, byte for byte. Counted, not estimated:
 
-    nice -n 10 .venv/bin/python benchmarks/crash_trials.py --out runs/crash_trials --random 26
+    nice -n 10 .venv/bin/python benchmarks/crash_trials.py --out runs/crash_trials --random 30
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ import json
 import os
 import random
 import signal
-import subprocess
+import multiprocessing
 import sys
 import time
 from pathlib import Path
 
 from g2d.cli import main
 
+CONTEXT = multiprocessing.get_context("forkserver")
+CONTEXT.set_forkserver_preload(["g2d.cli", "g2d.experiment"])
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "mfeat.yaml")
-EPOCHS = 4
+EPOCHS = 3
 SETTINGS = ["dataset.modalities=[pix,mor]", "model.encoder.hidden=[16]", f"trainer.epochs={EPOCHS}",
             "trainer.batch_size=64", "trainer.progress=false", "optim.lr=0.05", "method.name=g2d",
             "smp.schedule=dynamic", "smp.tau=[1]", "seed=1"]
@@ -46,18 +50,28 @@ def outcome(folder: Path) -> dict:
     return {"metrics": metrics, "history": history, "weights": weights}
 
 
+def child(args: list[str], point: str | None) -> None:
+    """A ``g2d train`` process; with ``point`` it SIGKILLs itself there (``g2d.faults``)."""
+    if point:
+        os.environ["G2D_TEST_KILL_AT"] = point
+    sys.stdout = open(os.devnull, "w")
+    sys.exit(main(args))
+
+
+def start(args: list[str], point: str | None = None) -> multiprocessing.Process:
+    process = CONTEXT.Process(target=child, args=(args, point))
+    process.start()
+    return process
+
+
 def trial(out: Path, teachers: Path, reference: dict, point: str | None, delay: float | None) -> dict:
     """One kill and resume; what happened to the child and whether the resumed run matched."""
-    env = {**os.environ, **({"G2D_TEST_KILL_AT": point} if point else {})}
-    command = [sys.executable, "-m", "g2d.cli", *arguments(out, teachers)]
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if delay is not None:
-        try:
-            child.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            child.send_signal(signal.SIGKILL)
-    child.wait()
-    killed = child.returncode == -signal.SIGKILL
+    process = start(arguments(out, teachers), point)
+    process.join(timeout=delay)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    killed = process.exitcode == -signal.SIGKILL
     code = main(arguments(out, teachers, "trainer.resume=true"))
     leftovers = [p.name for p in out.rglob("*") if p.name.endswith((".tmp", ".new"))]
     same = code == 0 and outcome(out) == reference
@@ -69,8 +83,9 @@ def run_trials(folder: Path, random_trials: int, seed: int) -> dict:
     teachers = folder / "teachers"
     assert main(arguments(folder / "reference", teachers)) == 0  # trains the teachers too, once
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "g2d.cli", *arguments(folder / "timed", teachers)], check=True,
-                   stdout=subprocess.DEVNULL)
+    timed = start(arguments(folder / "timed", teachers))
+    timed.join()
+    assert timed.exitcode == 0
     duration = time.perf_counter() - started  # one child's whole life, start-up included
     reference = outcome(folder / "reference")
     plan: list[tuple[str | None, float | None]] = [
@@ -97,7 +112,7 @@ def run_trials(folder: Path, random_trials: int, seed: int) -> dict:
 def main_cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the trial run folders")
-    parser.add_argument("--random", type=int, default=26, help="trials killed at a random moment")
+    parser.add_argument("--random", type=int, default=30, help="trials killed at a random moment")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random delays")
     args = parser.parse_args()
     summary = run_trials(args.out, args.random, args.seed)
