@@ -57,7 +57,7 @@ def test_teacher_trained_on_other_classes_is_refused(tmp_path, tiny_overrides, c
     meta["num_classes"] = 6
     meta_path.write_text(json.dumps(meta))
     capsys.readouterr()
-    assert main(["train", CONFIG, *tiny_overrides]) == 2
+    assert main(["train", CONFIG, *tiny_overrides, f"out={tmp_path / 'student'}"]) == 2
     err = capsys.readouterr().err
     assert "num_classes" in err and "teacher_mor" in err and "Traceback" not in err
 
@@ -65,7 +65,7 @@ def test_teacher_trained_on_other_classes_is_refused(tmp_path, tiny_overrides, c
 def test_teacher_with_other_encoder_is_refused(tmp_path, tiny_overrides, capsys):
     assert main(["train", CONFIG, *tiny_overrides, "method.name=umt"]) == 0
     capsys.readouterr()
-    assert main(["train", CONFIG, *tiny_overrides, "model.encoder.hidden=[8]"]) == 2
+    assert main(["train", CONFIG, *tiny_overrides, "model.encoder.hidden=[8]", f"out={tmp_path / 'student'}"]) == 2
     assert "encoder" in capsys.readouterr().err
 
 

@@ -67,9 +67,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"g2d: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a read-only or full disk, a file where a folder belongs: name the path
+        if args.debug:
+            raise
+        print(f"g2d: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("g2d: interrupted; completed epochs are checkpointed (resume with trainer.resume=true)", file=sys.stderr)
         return 130
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the file and the system's reason, e.g. ``RUN/metrics.json: no space left on device``."""
+    reason = (exc.strerror or str(exc)).lower()
+    return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -120,6 +120,9 @@ class TrainerConfig:
     and ``loader_workers`` threads gather batches when the training split is not held on the GPU.
     See docs/performance.md. ``drop_last: false`` (the authors' loaders) keeps an epoch's last,
     partial batch (a remainder of one row is always dropped: BatchNorm cannot train on one row).
+    ``resume`` continues the interrupted or finished run in ``out``
+    (a larger ``epochs`` extends it); ``overwrite`` replaces the run ``out`` holds. Without
+    either, a folder that holds a run is refused (docs/reliability.md).
     """
 
     epochs: int = 300
@@ -128,6 +131,7 @@ class TrainerConfig:
     device: str = "auto"
     progress: bool = True
     resume: bool = False
+    overwrite: bool = False
     fast: str = "auto"
     reference: bool = False
     precision: str = "auto"
@@ -190,9 +194,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise G2DError(f"config file not found: {path}")
         try:
-            layers.append(OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml errors come in several types
             raise G2DError(f"{path}: not a readable YAML config ({exc})") from exc
+        if not isinstance(loaded, DictConfig):
+            raise G2DError(f"{path}: the top level of a config must be a mapping of keys, not a list")
+        layers.append(loaded)
     for item in overrides or []:
         if "=" not in item:
             raise G2DError(f"override {item!r} is not of the form key=value")
@@ -206,7 +213,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         where = f"config key {key}" if key else "config"
         raise G2DError(f"{where}: {str(exc).splitlines()[0]}") from exc
     assert isinstance(config, ExperimentConfig)
+    check_ranges(config)
     return config
+
+
+def check_ranges(config: ExperimentConfig) -> None:
+    """Numbers that type-check but cannot train: the error names the key (also run by ``experiment.run``)."""
+    limits = [
+        ("trainer.epochs", config.trainer.epochs, 1), ("trainer.batch_size", config.trainer.batch_size, 1),
+        ("trainer.eval_batch_size", config.trainer.eval_batch_size, 1), ("optim.lr_step", config.optim.lr_step, 1),
+        ("teachers.epochs", config.teachers.epochs, 1), ("optim.momentum", config.optim.momentum, 0),
+        ("optim.weight_decay", config.optim.weight_decay, 0), ("trainer.loader_workers", config.trainer.loader_workers, 0),
+    ]
+    for key, value, least in limits:
+        if value is not None and not value >= least:
+            raise G2DError(f"config key {key}: must be at least {least}, got {value}")
+    for key, value in (("optim.lr", config.optim.lr), ("optim.lr_gamma", config.optim.lr_gamma)):
+        if not (value > 0 and value != float("inf")):
+            raise G2DError(f"config key {key}: must be a positive number, got {value}")
+    modalities = list(config.dataset.modalities)
+    repeated = sorted({m for m in modalities if modalities.count(m) > 1})
+    if repeated:
+        raise G2DError(f"config key dataset.modalities: {', '.join(repeated)} listed more than once in {modalities}")
 
 
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.experiment import run
 from g2d.report import results_table
+from g2d.runfolder import make_folder
 
 DEMO_SETTINGS = [
     "dataset.name=mfeat",
@@ -28,11 +29,14 @@ DEMO_SETTINGS = [
 
 def demo(out: Path, extra: list[str] | None = None) -> str:
     """Run teachers, Joint-Train and G²D into ``out``; returns the printed table."""
+    make_folder(out, "--out")
     results = {}
     data = None
     for label, method in (("joint", "joint"), ("g2d", "g2d")):
         config = load_config(None, [*DEMO_SETTINGS, f"method.name={method}", f"out={out / label}",
-                                    f"teachers.root={out}", *(extra or [])])
+                                    f"teachers.root={out}", "trainer.resume=true", *(extra or [])])
+        # A second demo into the same folder shows the finished runs (or finishes interrupted ones).
+        config.trainer.resume = not config.trainer.overwrite
         data = data or load_dataset(config.dataset)
         results[label] = run(config, data)
     return results_table(results)

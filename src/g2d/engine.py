@@ -2,14 +2,16 @@
 
 The step makes no host synchronization: losses, accuracy and SMP coefficients are
 accumulated on the device and read once per epoch; SMP's choice is a tensor multiplied into
-gradients. Checkpoints are written atomically after each epoch, so an interrupted run
-resumes (``trainer.resume=true``) to the same weights as an uninterrupted one. How batches
+gradients. After each epoch a checkpoint is committed as one unit (``g2d.checkpoint``), so a
+run killed at any instant resumes (``trainer.resume=true``) to the same weights as an
+uninterrupted one. How batches
 are fed and steps run (the reference path or the fast one) is ``g2d.fast``'s business.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,18 +23,19 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from g2d import checkpoint
 from g2d.config import ExperimentConfig, OptimConfig, to_dict
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
 from g2d.evaluate import evaluate, selection_score
 from g2d.fast import TrainingPath, plan_training, prepare_modules
-from g2d.io import atomic_write, load_weights, save_weights
+from g2d.io import load_weights
 from g2d.methods.base import Method, MethodContext, TeacherOutputs
 from g2d.methods.losses import teacher_confidence
 from g2d.methods.smp import Modulator
 from g2d.registry import Registry
 
-RESUME_IGNORED_KEYS = ("trainer.resume", "trainer.progress")
+logger = logging.getLogger("g2d")
 
 
 def select_device(name: str) -> torch.device:
@@ -40,9 +43,16 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as exc:
         raise G2DError(f"config key trainer.device: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise G2DError(f"config key trainer.device: {name!r} asks for CUDA, which this machine does not have "
+                       "(use auto or cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise G2DError(f"config key trainer.device: {name!r}, but this machine has "
+                       f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def parameter_groups(model: nn.Module) -> list[dict]:
@@ -181,10 +191,11 @@ def fit(
         )
     optimizer, path = prepare_training(model, method, data, config, device, batches, teachers, modulator)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.optim.lr_step, gamma=config.optim.lr_gamma)
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = run_dir / checkpoint.LINK
     state = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": -math.inf, "best_val": {}, "wall": 0.0}
-    if config.trainer.resume and (checkpoints / "last_state.pt").is_file():
-        state = resume(checkpoints, model, optimizer, scheduler, config, method)
+    saved = checkpoint.committed(run_dir) if config.trainer.resume else None
+    if saved is not None:
+        state = resume(saved, model, optimizer, scheduler, config, method)
     writer = SummaryWriter(str(run_dir / "tb"))
     epochs = config.trainer.epochs
     bar = tqdm(range(state["epoch"], epochs), desc=f"{method.name} {run_dir.name}", unit="epoch",
@@ -207,10 +218,9 @@ def fit(
             values = (torch.stack([sums[n] for n in names]) / seen).tolist()
             train_stats = dict(zip(names, values))
             if not all(math.isfinite(v) for v in train_stats.values()):
-                raise G2DError(
-                    f"epoch {epoch}: training produced a non-finite value ({train_stats}); "
-                    f"the last good checkpoint is kept in {checkpoints}"
-                )
+                kept = (f"the last good checkpoint (epoch {state['epoch']}) is kept in {checkpoints}"
+                        if state["epoch"] else "no checkpoint was written")
+                raise G2DError(f"epoch {epoch}: training produced a non-finite value ({train_stats}); {kept}")
             val = evaluate(model, data, "val", device, config.trainer.eval_batch_size, method)
             method.on_epoch_end(epoch, val)
             score = selection_score(val, data.task)
@@ -222,10 +232,11 @@ def fit(
             log_epoch(writer, record, epoch)
             if score > state["best_score"]:
                 state.update(best_epoch=epoch, best_score=score, best_val=val)
-                save_weights(checkpoints / "best.safetensors", model)
             state["epoch"] = epoch + 1
             save_checkpoint(checkpoints, model, optimizer, scheduler, state, config, method)
             bar.set_postfix(loss=f"{train_stats['loss']:.3f}", val=f"{score:.3f}")
+            if bar.disable and config.trainer.progress:
+                log_progress(method.name, run_dir, record, epochs, score)
     finally:
         path.close()
         writer.close()
@@ -244,52 +255,43 @@ def log_epoch(writer: Any, record: dict, epoch: int) -> None:
     writer.add_scalar("lr", record["lr"], epoch)
 
 
+def log_progress(name: str, run_dir: Path, record: dict, epochs: int, score: float) -> None:
+    """One line per epoch where no progress bar is drawn (output is a log file or CI)."""
+    logger.info("%s %s: epoch %d/%d, loss %.4f, val %.4f, %.1f s", name, run_dir.name, record["epoch"] + 1,
+                epochs, record["train"]["loss"], score, record["seconds"])
+
+
 def save_checkpoint(
     folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict,
     config: ExperimentConfig, method: Method,
 ) -> None:
-    """Weights (safetensors) and the loop's own state (a torch file loaded with weights_only)."""
-    save_weights(folder / "last.safetensors", model)
+    """Commit weights, best weights and the loop's state as one unit (``g2d.checkpoint``) in ``folder``'s run."""
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    device = next(model.parameters()).device
     payload = {
         "state": state,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "method": method.state_dict(),
-        "rng": torch.get_rng_state(),
+        "rng": checkpoint.rng_states(device),
         "config": json.dumps(to_dict(config), sort_keys=True),
     }
-    atomic_write(folder / "last_state.pt", lambda tmp: torch.save(payload, tmp))
+    best_changed = state["best_epoch"] == state["epoch"] - 1
+    checkpoint.save(folder.parent, state["epoch"], weights, best_changed, payload)
 
 
 def resume(
     folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, config: ExperimentConfig, method: Method
 ) -> dict:
-    """Restore the loop from ``folder``; the config must match the interrupted run's."""
-    path = folder / "last_state.pt"
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise G2DError(f"{path}: not a readable g2d checkpoint ({str(exc).splitlines()[0]})") from exc
-    saved, current = flatten(json.loads(payload["config"])), flatten(to_dict(config))
-    for key in sorted(set(saved) | set(current)):
-        if key not in RESUME_IGNORED_KEYS and saved.get(key) != current.get(key):
-            raise G2DError(
-                f"config key {key}: {current.get(key)!r} differs from the interrupted run's "
-                f"{saved.get(key)!r} in {path}; use a new out= folder or the same config"
-            )
+    """Restore the loop from the committed checkpoint ``folder``; the config must match the interrupted run's
+    (``g2d.runfolder.check_resume`` says which differences are allowed)."""
+    from g2d.runfolder import check_resume
+
+    payload = checkpoint.read_state(folder)
+    check_resume(json.loads(payload["config"]), config, folder / checkpoint.STATE)
     load_weights(folder / "last.safetensors", model)
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     method.load_state_dict(payload.get("method", {}))
-    torch.set_rng_state(payload["rng"])
+    checkpoint.restore_rng(payload["rng"])
     return payload["state"]
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` to ``{"a.b": 1}``, for naming the key where two configs differ."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    items: dict[str, Any] = {}
-    for key, value in tree.items():
-        items.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return items

@@ -7,6 +7,7 @@ The run folder holds ``config.yaml``, ``metrics.json`` (the schema in DESIGN.md)
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import random
 import time
@@ -15,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from g2d.config import ExperimentConfig, to_dict
+from g2d import checkpoint, runfolder, sanity
+from g2d.config import ExperimentConfig, check_ranges
 from g2d.data import MultimodalData, load_dataset
 from g2d.engine import TeacherEnsemble, dataset_confidence, fit, select_device
-from g2d.io import write_json
+from g2d.io import load_weights, write_json
 from g2d.errors import G2DError
 from g2d.evaluate import evaluate
-from g2d.methods import build_method
+from g2d.methods import Method, build_method
 from g2d.methods.smp import Modulator
 from g2d.models.multimodal import MultimodalModel
 from g2d.teachers import (
@@ -37,6 +38,8 @@ from g2d.teachers import (
     teacher_summary,
 )
 
+logger = logging.getLogger("g2d")
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -48,18 +51,34 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     """Train and evaluate one configured experiment; returns what it writes to metrics.json.
 
     ``teacher_of`` marks a unimodal teacher run, whose weights are then saved as a teacher
-    artifact for ``config``'s parent experiment.
+    artifact for ``config``'s parent experiment. Everything that can be checked is checked
+    before the run folder is claimed (``g2d.runfolder``) and written.
     """
+    check_ranges(config)
+    device = select_device(config.trainer.device)
     data = data if data is not None else load_dataset(config.dataset)
+    sanity.check_encoders(config, data)
     if config.dataset.modalities:
         data = data.select(config.dataset.modalities)
     modalities = list(data.modalities)
     method = build_method(config.method, data.task, modalities)
     smp_enabled = method.smp_by_default if config.smp.enabled is None else config.smp.enabled
-    run_dir = config.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = select_device(config.trainer.device)
+    if smp_enabled:
+        sanity.check_smp_window(config, len(modalities))
+    if teacher_of is None:
+        sanity.warn_unseen_classes(data)
+    with runfolder.claim(config) as claim:
+        if claim.finished:
+            return finished_run(config, data, teacher_of)
+        metrics = train_and_report(config, data, teacher_of, method, smp_enabled, device, claim)
+    return metrics
 
+
+def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of: str | None, method: Method,
+                     smp_enabled: bool, device: torch.device, claim: runfolder.Claim) -> dict:
+    """The run itself, in its claimed folder: teachers, model, SMP, fit, test, and the result files."""
+    modalities = list(data.modalities)
+    run_dir = claim.folder
     teachers = None
     if method.uses_teachers or smp_enabled:
         loaded = ensure_teachers(config, data, lambda cfg, m: run(cfg, data.select([m]), teacher_of=m))
@@ -84,7 +103,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
             smp_report["dataset_confidence"] = dict(zip(modalities, confidence.tolist()))
             smp_report["ranking"] = modulator.ranking()
 
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_dict(config)))
+    claim.begin(config)
     result = fit(model, method, data, config, run_dir, teachers, modulator, device)
     started = time.perf_counter()
     test = evaluate(model, data, "test", device, config.trainer.eval_batch_size, method)
@@ -114,6 +133,25 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
         metadata.update(seed=config.seed, epochs=config.trainer.epochs, best_epoch=result.best_epoch,
                         val=result.best_val["multimodal"], test=test["multimodal"])
         save_teacher(model.cpu(), run_dir, metadata)
+    return metrics
+
+
+
+
+def finished_run(config: ExperimentConfig, data: MultimodalData, teacher_of: str | None) -> dict:
+    """Resuming a run that already trained all its epochs changes nothing; a teacher whose run finished
+    but whose artifact was not yet written (a crash in between) gets it from the best checkpoint."""
+    run_dir = config.run_dir()
+    metrics = read_metrics(run_dir)
+    if teacher_of is not None and not (run_dir / "teacher.json").is_file():
+        model = MultimodalModel(data.modalities, config.model, output_size(data))
+        load_weights(run_dir / checkpoint.LINK / "best.safetensors", model)
+        metadata = expected_metadata(config, data, teacher_of)
+        metadata.update(seed=config.seed, epochs=config.trainer.epochs, best_epoch=metrics["best_epoch"],
+                        val=metrics["val"]["multimodal"], test=metrics["test"]["multimodal"])
+        save_teacher(model, run_dir, metadata)
+    logger.info("%s: finished at %s epochs already; nothing to resume (a larger trainer.epochs extends it)",
+                run_dir, metrics.get("epochs"))
     return metrics
 
 

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from g2d import faults
 from g2d.errors import G2DError
 
 
@@ -17,10 +18,15 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        faults.point("atomic_write", tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or an error leaves no half-written file behind
+        raise
 
 
 def write_json(path: Path, value: Any) -> None:

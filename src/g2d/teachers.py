@@ -17,11 +17,12 @@ from typing import Callable
 
 import torch
 
-from g2d.config import ExperimentConfig, ModelConfig
+from g2d.config import ExperimentConfig, ModelConfig, SMPConfig
 from g2d.data.base import MultimodalData, mask_key
 from g2d.errors import G2DError
 from g2d.io import load_weights, save_weights, write_json
 from g2d.models.multimodal import MultimodalModel
+from g2d.runfolder import folder_lock
 
 FORMAT = "g2d-teacher/1"
 
@@ -110,29 +111,61 @@ def ensure_teachers(
     data: MultimodalData,
     train_one: Callable[[ExperimentConfig, str], dict],
 ) -> dict[str, tuple[MultimodalModel, dict]]:
-    """Load every modality's teacher, training the missing ones first with ``train_one``."""
+    """Load every modality's teacher, training the missing ones first with ``train_one``.
+
+    While some are missing the teachers folder is locked: a second run that needs the same
+    teachers waits, then finds them trained, so each teacher is trained once. Teachers that
+    are all there are only read (the folder may then be read-only).
+    """
+    if not all((teacher_dir(config, m) / "teacher.json").is_file() for m in data.modalities):
+        for modality in data.modalities:  # refuse a stale teacher before training the others
+            if (teacher_dir(config, modality) / "teacher.json").is_file():
+                check_epochs(config, load_teacher(config, data, modality)[1], teacher_dir(config, modality))
+        with folder_lock(config.teachers_dir(), "teachers folder"):
+            for modality in data.modalities:
+                if not (teacher_dir(config, modality) / "teacher.json").is_file():
+                    if not config.teachers.train_missing:
+                        raise G2DError(
+                            f"teacher for {modality!r} not found in {teacher_dir(config, modality)} "
+                            "and teachers.train_missing is false"
+                        )
+                    train_one(teacher_run_config(config, modality), modality)
     teachers = {}
     for modality in data.modalities:
-        if not (teacher_dir(config, modality) / "teacher.json").is_file():
-            if not config.teachers.train_missing:
-                raise G2DError(
-                    f"teacher for {modality!r} not found in {teacher_dir(config, modality)} "
-                    "and teachers.train_missing is false"
-                )
-            train_one(teacher_run_config(config, modality), modality)
         teachers[modality] = load_teacher(config, data, modality)
+        check_epochs(config, teachers[modality][1], teacher_dir(config, modality))
     return teachers
 
 
+def check_epochs(config: ExperimentConfig, metadata: dict, folder: Path) -> None:
+    """A teacher trained for other epochs than ``teachers.epochs`` asks for is refused, not reused or replaced.
+
+    Retraining would silently delete a finished result; with ``teachers.epochs`` unset, any
+    trained teacher is used (missing ones are trained for ``trainer.epochs``).
+    """
+    wanted = config.teachers.epochs
+    if wanted is not None and metadata.get("epochs") != wanted:
+        raise G2DError(
+            f"config key teachers.epochs: {wanted}, but the teacher in {folder} was trained for "
+            f"{metadata.get('epochs')} epochs; use teachers.epochs={metadata.get('epochs')} to reuse it, "
+            "another teachers.root to train new ones, or delete that folder to retrain it"
+        )
+
+
 def teacher_run_config(config: ExperimentConfig, modality: str) -> ExperimentConfig:
-    """The student's settings for one modality, with the task loss alone and no SMP."""
+    """The student's settings for one modality, with the task loss alone and no SMP.
+
+    Only settings that shape the teacher are kept (SMP's and the method's are reset), so an
+    interrupted teacher run is resumed by any student that needs the same teacher.
+    """
     teacher = copy.deepcopy(config)
     teacher.method = {"name": "joint"}
-    teacher.smp.enabled = False
+    teacher.smp = SMPConfig(enabled=False)
     teacher.model = teacher_model_config(config, modality)
     teacher.dataset.modalities = [modality]
     teacher.out = str(teacher_dir(config, modality))
-    teacher.trainer.resume = False
+    teacher.trainer.resume = True
+    teacher.trainer.overwrite = False
     if config.teachers.epochs is not None:
         teacher.trainer.epochs = config.teachers.epochs
     return teacher

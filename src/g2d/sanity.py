@@ -1,0 +1,52 @@
+"""Checks of a config against its data, made before anything is trained or written.
+
+Each turns a setting that would be silently ignored or would silently cripple a run into a
+refusal naming the key, or, where the run is still meaningful, into a visible warning.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from g2d.config import ExperimentConfig
+from g2d.data.base import MultimodalData
+from g2d.errors import G2DError
+from g2d.methods.smp import resolve_tau
+
+logger = logging.getLogger("g2d")
+
+
+def check_encoders(config: ExperimentConfig, data: MultimodalData) -> None:
+    """``model.encoders.<m>`` for a modality the dataset does not have is a typo, not a no-op."""
+    for name in config.model.encoders:
+        if name not in data.modalities:
+            raise G2DError(f"config key model.encoders.{name}: dataset {data.name} has no modality {name!r} "
+                           f"(modalities: {', '.join(data.modalities)})")
+
+
+def warn_unseen_classes(data: MultimodalData) -> None:
+    """A class that validation or test holds but training never shows cannot be predicted: say so."""
+    if data.task != "classification":
+        return
+    trained = set(torch.unique(torch.as_tensor(data.splits["train"]["label"])).tolist())
+    for split in ("val", "test"):
+        if split not in data.splits:
+            continue
+        unseen = sorted(set(torch.unique(torch.as_tensor(data.splits[split]["label"])).tolist()) - trained)
+        if unseen:
+            names = [data.class_names[c] if c < len(data.class_names) else str(c) for c in unseen]
+            logger.warning("warning: dataset %s: class(es) %s appear in the %s split but never in training, "
+                           "so the model cannot predict them", data.name, ", ".join(names), split)
+
+
+def check_smp_window(config: ExperimentConfig, num_modalities: int) -> None:
+    """SMP phases longer than training would keep a modality frozen for the whole run."""
+    tau = resolve_tau(config.smp.tau, num_modalities, config.trainer.epochs)
+    if sum(tau) > config.trainer.epochs:
+        raise G2DError(f"config key smp.tau: {tau} adds up to {sum(tau)} epochs, more than trainer.epochs="
+                       f"{config.trainer.epochs}; a modality would never train jointly (or at all)")
+    if sum(tau) == config.trainer.epochs and config.smp.schedule == "ranked" and config.smp.modulator == "complete":
+        logger.warning("warning: smp.tau %s fills all %d epochs: no epoch trains the modalities jointly",
+                       tau, config.trainer.epochs)
