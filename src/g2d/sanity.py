@@ -42,9 +42,11 @@ def warn_unseen_classes(data: MultimodalData) -> None:
 
 
 def check_smp_window(config: ExperimentConfig, num_modalities: int) -> None:
-    """SMP phases longer than training would keep a modality frozen for the whole run."""
+    """SMP phases longer than training would keep a modality frozen for the whole run. The default
+    (``tau: null``, half of training split evenly) is never refused: on runs shorter than its
+    phases it gives each phase one epoch."""
     tau = resolve_tau(config.smp.tau, num_modalities, config.trainer.epochs)
-    if sum(tau) > config.trainer.epochs:
+    if config.smp.tau is not None and sum(tau) > config.trainer.epochs:
         raise G2DError(f"config key smp.tau: {tau} adds up to {sum(tau)} epochs, more than trainer.epochs="
                        f"{config.trainer.epochs}; a modality would never train jointly (or at all)")
     if sum(tau) == config.trainer.epochs and config.smp.schedule == "ranked" and config.smp.modulator == "complete":
