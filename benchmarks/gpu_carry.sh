@@ -63,6 +63,9 @@ cp "$DATA"/mnist/t10k-images-idx3-ubyte.gz "$DATA"/mnist/t10k-labels-idx1-ubyte.
 tail -n +2 "$DATA/esc10/esc10.csv" | sort -t, -k4,4 -k1,1 \
   | awk -F, -v n="$NOISE_PER_CLASS" '{ if (count[$4]++ < n) print $1 }' \
   | while read -r clip; do cp "$DATA/esc10/audio/$clip" .gpu_data.tmp/noise/; done
+# The commit the GPU run is of (the device machine gets the files, not the git history).
+dirty=$(git status --porcelain --untracked-files=no | grep -q . && echo " + uncommitted changes" || true)
+echo "$(git rev-parse HEAD)$dirty" > .gpu_data.tmp/commit.txt
 rm -rf .gpu_data && mv .gpu_data.tmp .gpu_data
 
 # What travels: tracked and untracked-not-ignored files, plus the carried folders.

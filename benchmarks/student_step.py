@@ -14,7 +14,7 @@ On a GPU it then checks the CUDA graph capture: the same steps, across an SMP ph
 
     python benchmarks/student_step.py                          # everything; step counts sized for the device
     python benchmarks/student_step.py --steps 100 --warmup 10  # longer timing
-    python benchmarks/student_step.py --shapes avmnist --modalities 2 --batch-sizes 16 --profile
+    python benchmarks/student_step.py --shapes avmnist --modalities 2 --batch-sizes 16 --profile  # + top operators
 """
 
 from __future__ import annotations
@@ -152,12 +152,12 @@ def check_graph(width: int, steps: int = 12) -> str:
             f"loss {loss_diff:.2e}, weights {param_diff:.2e} (tolerance {CHECK_RTOL:g}): {'OK' if ok else 'FAIL'}")
 
 
-def profile(width: int, batch: int, steps: int) -> str:
-    """Where the fast path's time goes, per operator (eager, so each kernel shows)."""
+def profile(width: int, shape: str, batch: int, steps: int) -> str:
+    """Where the fast path's time goes, per operator (eager, so each kernel shows), k = 2."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as run_profiler
 
-    data = synthetic_data("avmnist", 2, batch * (steps + 3))
+    data = synthetic_data(shape, 2, batch * (steps + 3))
     model, path, _ = build(data, width, batch, ["trainer.fast=true", "trainer.cuda_graph=false"])
     iterator = path.batches(0)
     for _ in range(3):
@@ -183,7 +183,8 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=["reference", "fast"])
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="the fast path's")
     parser.add_argument("--no-check", action="store_true", help="skip the CUDA graph check")
-    parser.add_argument("--profile", action="store_true", help="print the fast path's top operators (AV-MNIST, k=2)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the fast path's top operators per shape (k=2, batch 16 or the smallest asked for)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
@@ -222,7 +223,10 @@ def main() -> None:
     if cuda and not args.no_check:
         print(check_graph(args.width))
     if args.profile:
-        print(profile(args.width, 16, 10))
+        batch = 16 if 16 in args.batch_sizes else min(args.batch_sizes)
+        for shape in args.shapes:
+            print(f"\nprofile: {shape} shapes, k=2, batch {batch}, fast path eager, {10 if cuda else 2} steps")
+            print(profile(args.width, shape, batch, 10 if cuda else 2))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"device": device, "torch": torch.__version__, "width": args.width, "warmup": warmup,

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     avdigits.add_argument("--seed", type=int, default=0)
     avdigits.add_argument("--snr-db", type=float, default=None, help="speech-to-noise ratio in dB")
     avdigits.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    avdigits.add_argument("--test-images", type=int, default=None, help="first t10k images kept for test (3000)")
+    avdigits.add_argument("--max-train", type=int, default=None, help="at most this many train pairs (all)")
+    avdigits.add_argument("--max-test", type=int, default=None, help="at most this many test pairs (all)")
     add_prepare_commands(datasets)
     return parser
 
@@ -149,8 +152,9 @@ def dispatch(args: argparse.Namespace) -> int:
         from g2d.data.avdigits import prepare_avdigits
 
         options = {"seed": args.seed, "overwrite": args.overwrite}
-        if args.snr_db is not None:
-            options["snr_db"] = args.snr_db
+        for name in ("snr_db", "test_images", "max_train", "max_test"):
+            if getattr(args, name) is not None:
+                options[name] = getattr(args, name)
         summary = prepare_avdigits(args.fsdd, args.mnist, args.noise, args.out, **options)
         counts = summary["counts"]
         print(f"avdigits written to {args.out}: {counts['train']['pairs']} train and {counts['test']['pairs']} test "
