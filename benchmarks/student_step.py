@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=["reference", "fast"])
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="the fast path's")
     parser.add_argument("--no-check", action="store_true", help="skip the CUDA graph check")
+    parser.add_argument("--profile-only", action="store_true", help="no throughput grid: only the --profile tables")
     parser.add_argument("--profile", action="store_true",
                         help="print the fast path's top operators per shape (k=2, batch 16 or the smallest asked for)")
     parser.add_argument("--json", help="also write the results to this file")
@@ -195,10 +196,15 @@ def main() -> None:
           f"{args.width}; G²D + ranked SMP (first phase); {warmup} warm-up + {steps} timed steps", flush=True)
     overrides = {"reference": ["trainer.reference=true"],
                  "fast": ["trainer.fast=true", f"trainer.precision={args.precision}"]}
+    profile_batch = 16 if 16 in args.batch_sizes else min(args.batch_sizes)
+    if args.profile_only:
+        args.batch_sizes, args.no_check, args.profile = [], True, True
     rows, records = [], []
-    for shape in args.shapes:
-        for k in args.modalities:
-            for batch in args.batch_sizes:
+    # Smallest batches first (the throughput targets are at batch 16), and the JSON rewritten
+    # after every setting, so a run stopped by a time limit keeps what it measured.
+    for batch in args.batch_sizes:
+        for shape in args.shapes:
+            for k in args.modalities:
                 setting = Setting(shape, k, batch)
                 data = synthetic_data(shape, k, batch * (warmup + steps))
                 found = {p: measure(data, setting, overrides[p], args.width, warmup, steps) for p in args.paths}
@@ -212,25 +218,26 @@ def main() -> None:
                 rows.append(f"| {shape} | {k} | {batch} | " + " | ".join(cells) + " |")
                 print(rows[-1], flush=True)
                 del data
+                if args.json:
+                    with open(args.json, "w") as handle:
+                        json.dump({"device": device, "torch": torch.__version__, "width": args.width,
+                                   "warmup": warmup, "steps": steps, "results": records}, handle, indent=2)
     header = [f"{p} samples/s" for p in args.paths] + (["speed-up"] if len(args.paths) == 2 else [])
     header += [f"{p} setup s" for p in args.paths] + ([f"{p} peak GiB" for p in args.paths] if cuda else [])
-    print()
-    print("| shapes | k | batch | " + " | ".join(header) + " |")
-    print("|" + " --- |" * (3 + len(header)))
-    print("\n".join(rows))
-    if "fast" in args.paths:
+    if rows:
+        print()
+        print("| shapes | k | batch | " + " | ".join(header) + " |")
+        print("|" + " --- |" * (3 + len(header)))
+        print("\n".join(rows))
+    if records and "fast" in args.paths:
         print(f"\nfast path: {json.dumps(records[0]['fast']['path'])}")
     if cuda and not args.no_check:
         print(check_graph(args.width))
     if args.profile:
-        batch = 16 if 16 in args.batch_sizes else min(args.batch_sizes)
         for shape in args.shapes:
-            print(f"\nprofile: {shape} shapes, k=2, batch {batch}, fast path eager, {10 if cuda else 2} steps")
-            print(profile(args.width, shape, batch, 10 if cuda else 2))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"device": device, "torch": torch.__version__, "width": args.width, "warmup": warmup,
-                       "steps": steps, "results": records}, handle, indent=2)
+            print(f"\nprofile: {shape} shapes, k=2, batch {profile_batch}, fast path eager, {10 if cuda else 2} steps",
+                  flush=True)
+            print(profile(args.width, shape, profile_batch, 10 if cuda else 2), flush=True)
 
 
 if __name__ == "__main__":

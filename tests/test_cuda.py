@@ -45,9 +45,11 @@ CUDA = torch.device("cuda")
 # Captured against eager fast steps: the same kernels and cuDNN's cached algorithm choices, so
 # only non-deterministic reductions (atomics in some weight-gradient kernels) may differ.
 GRAPH_TOLERANCE = Tolerance(1e-3, 1e-6, 1.01 / 16, 1.005, 1.05, 0.9999, 0.999)
-# Teacher outputs: the cache ran in batches of trainer.eval_batch_size, a check runs them all at
-# once (other algorithms may be chosen); against the fp32 reference teachers, bf16 rounding.
-CACHE_RTOL = {"same precision": 2e-3, "bf16 against fp32": 3e-2, "fp32 against fp32": 2e-3}
+# Teacher outputs (relative error of the whole tensor): the cache ran in batches of
+# trainer.eval_batch_size with channels_last weights, the check runs all rows at once, so cuDNN
+# may pick other algorithms, each rounding differently (bf16; TF32 convolutions in fp32).
+# A wrong row, or BatchNorm in training mode, is off by order 1.
+CACHE_RTOL = {("bf16", "same"): 3e-2, ("bf16", "fp32"): 5e-2, ("fp32", "same"): 1e-2, ("fp32", "fp32"): 1e-2}
 REPORT: dict[str, dict] = {}
 
 
@@ -150,12 +152,11 @@ def test_teacher_cache_equals_running_the_teachers(precision, request):
     for m in data.modalities:
         for kind in ("features", "logits"):
             got, same, fp32 = (getattr(o, kind)[m].double() for o in (cached, ran, expected))
-            errors[f"{kind}/{m} against the same teachers run"] = ((got - same).norm() / same.norm()).item()
-            errors[f"{kind}/{m} against fp32"] = ((got - fp32).norm() / fp32.norm()).item()
-    REPORT.setdefault(request.node.name, {})["relative_errors"] = errors
-    against_fp32 = CACHE_RTOL["bf16 against fp32" if precision == "bf16" else "fp32 against fp32"]
-    for name, error in errors.items():
-        assert error <= (CACHE_RTOL["same precision"] if "same" in name else against_fp32), (name, error)
+            errors[(kind, m, "same")] = ((got - same).norm() / same.norm()).item()
+            errors[(kind, m, "fp32")] = ((got - fp32).norm() / fp32.norm()).item()
+    REPORT.setdefault(request.node.name, {})["relative_errors"] = {"/".join(k): v for k, v in errors.items()}
+    for (kind, m, against), error in errors.items():
+        assert error <= CACHE_RTOL[(precision, against)], (kind, m, f"against {against}", error)
     calls = []
     for teacher in side.teachers.teachers.values():
         teacher.register_forward_hook(lambda *args: calls.append(1))

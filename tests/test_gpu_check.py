@@ -185,7 +185,7 @@ def test_dry_run_runs_every_stage_at_toy_size_into_at_most_eight_small_files(tmp
                      "student_step.txt", "summary.txt"]  # cuda_report.json only where CUDA tests ran
     assert all((out / name).stat().st_size < 1_000_000 for name in files)
     summary = (out / "summary.txt").read_text()
-    for stage in ("environment", "cuda_tests", "student_step", "prepare", "grid", "grid_report"):
+    for stage in ("environment", "cuda_tests", "profile", "student_step", "prepare", "grid", "grid_report"):
         assert any(line.split()[:2] == [stage, "ok"] for line in summary.splitlines()), summary
     assert "device: no CUDA device" in (out / "env.txt").read_text()
     tests = (out / "cuda_tests.txt").read_text()
