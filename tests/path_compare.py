@@ -289,3 +289,30 @@ def check(comparisons: list[StepComparison], tolerance: Tolerance) -> tuple[list
         if not report.median_cosine[name] >= tolerance.cosine_median:
             problems.append(f"{name}: median update cosine {report.median_cosine[name]:.4f} over {len(values)} steps")
     return problems, report
+
+
+def capture_problems(side: Side, steps: int, replays: int, phases: int = 3) -> list[str]:
+    """What is wrong with a fast run's CUDA graph use after ``steps`` steps and ``replays`` replays.
+
+    A capturable method must have been captured once per capture key (``phases``: SMP's first
+    phase, the joint phase, the decayed learning rate), without failure, and replayed for every
+    step but the warm-up and capture ones; any other method never captured, with the reason
+    logged in the plan's notes naming the method.
+    """
+    plan, graphed = side.path.plan, side.path.graphed
+    if type(side.method).capturable:
+        if not plan.cuda_graph or graphed is None:
+            return [f"capturable method {side.method.name}: no CUDA graph path (plan notes: {plan.notes})"]
+        problems = [f"capture failed: {graphed.failed}"] if graphed.failed is not None else []
+        if graphed.captures < phases:
+            problems.append(f"{graphed.captures} captures for {phases} capture keys")
+        if replays < steps - 3 - 2 * graphed.captures:
+            problems.append(f"{replays} replays in {steps} steps with {graphed.captures} captures")
+        return problems
+    problems = []
+    if plan.cuda_graph or graphed is not None or replays:
+        problems.append(f"method {side.method.name} does not declare itself capturable, yet graphs ran "
+                        f"(plan {plan.cuda_graph}, {replays} replays)")
+    if not any(side.method.name in note for note in plan.notes):
+        problems.append(f"no note says why {side.method.name} runs eagerly: {plan.notes}")
+    return problems

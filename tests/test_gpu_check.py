@@ -24,6 +24,7 @@ from path_compare import (
     TOLERANCES,
     StepComparison,
     build_side,
+    capture_problems,
     check,
     config_for,
     lockstep,
@@ -66,6 +67,36 @@ def test_lockstep_fast_fp32_matches_reference_on_cpu_across_smp_and_lr_changes(m
     assert all(c.norms["encoder:image"][0] > 0 for c in comparisons if c.epoch >= 1)
     # StepLR (step 2, x0.1) decayed the learning rate once within the three epochs.
     assert reference.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.1)
+
+
+def test_capture_checks_of_the_cuda_suite_on_emulated_graphs(monkeypatch):
+    """The CUDA suite's graph assertions, on the CPU stand-in for CUDA graphs (tests/test_fastpath.py):
+    three captures across the phase change and the learning-rate step, replays matching eager steps."""
+    from test_fastpath import FakeGraph, emulate_cuda_graphs, recording  # the stand-in lives with its own tests
+
+    emulate_cuda_graphs(monkeypatch)  # the reference path stays eager: it never builds a graphed step
+    replays = {"n": 0}
+    original = FakeGraph.replay
+
+    def counted(self):
+        replays["n"] += 1
+        original(self)
+
+    monkeypatch.setattr(FakeGraph, "replay", counted)
+    reference, fast = cpu_sides("g2d")
+    assert reference.path.graphed is None
+    recording(fast.path.graphed)
+    comparisons = lockstep(reference, fast, CPU_EPOCHS)
+    assert check(comparisons, TOLERANCES["cpu-fp32"])[0] == []
+    assert fast.path.graphed.captures == 3 and replays["n"] == len(comparisons) - 5  # 3 + 1 + 1 warm-up steps
+    assert capture_problems(fast, len(comparisons), replays["n"]) == []
+    assert capture_problems(fast, len(comparisons), 0) == [f"0 replays in {len(comparisons)} steps with 3 captures"]
+    fast.path.graphed.failed = "RuntimeError: operation not permitted when stream is capturing"
+    assert capture_problems(fast, len(comparisons), replays["n"]) == [f"capture failed: {fast.path.graphed.failed}"]
+    monkeypatch.setattr(type(fast.method), "capturable", False)
+    assert capture_problems(fast, len(comparisons), replays["n"]) == [
+        f"method g2d does not declare itself capturable, yet graphs ran (plan True, {replays['n']} replays)",
+        f"no note says why g2d runs eagerly: {fast.path.plan.notes}"]
 
 
 def test_lockstep_bf16_on_cpu_is_within_the_bf16_tolerances():
@@ -169,7 +200,7 @@ def raw_avdigits_tree(root: Path) -> Path:
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=900,
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=3700,
                           env=python_env())
 
 
