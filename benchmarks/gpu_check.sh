@@ -119,7 +119,7 @@ EOF
 }
 
 cuda_tests() {
-  "$PYTHON" -m pytest -m cuda -q -rfEs --durations=15 -p no:cacheprovider --junitxml="$OUTDIR/cuda_tests.xml" tests
+  "$PYTHON" -m pytest -m cuda -v --tb=short -rfEs --durations=15 -p no:cacheprovider --junitxml="$OUTDIR/cuda_tests.xml" tests
 }
 
 profile() {

@@ -45,6 +45,8 @@ SCHEDULE = ["trainer.epochs=4", "smp.enabled=true", "smp.schedule=ranked", "smp.
 COMMON = ["model.encoder.name=resnet18", "model.encoder.width=8", f"trainer.batch_size={BATCH}",
           "trainer.eval_batch_size=64", "optim.name=sgd", "optim.lr=0.05", "optim.momentum=0.0",
           "optim.weight_decay=0.0", "method.ogm_ge.ge=false", "seed=0", *SCHEDULE]
+# Methods that refuse SMP run without it (only the learning-rate step changes their capture key).
+WITHOUT_SMP = {"reconboost": "schedules the modalities itself, one per stage, and refuses SMP"}
 # Ranked SMP freezes the more confident modality first: "image" here.
 DATASET_CONFIDENCE = (0.3, 0.7)
 
@@ -149,7 +151,8 @@ def synthetic_data(modalities: int = 2, rows: int = BATCH * STEPS_PER_EPOCH, see
 
 
 def config_for(method: str, *extra: str) -> ExperimentConfig:
-    return load_config(None, [*COMMON, f"method.name={method}", *extra])
+    smp = ["smp.enabled=false"] if method in WITHOUT_SMP else []
+    return load_config(None, [*COMMON, *smp, f"method.name={method}", *extra])
 
 
 def build_side(config: ExperimentConfig, data: MultimodalData, device: torch.device,
@@ -291,15 +294,16 @@ def check(comparisons: list[StepComparison], tolerance: Tolerance) -> tuple[list
     return problems, report
 
 
-def capture_problems(side: Side, steps: int, replays: int, phases: int = 3) -> list[str]:
+def capture_problems(side: Side, steps: int, replays: int) -> list[str]:
     """What is wrong with a fast run's CUDA graph use after ``steps`` steps and ``replays`` replays.
 
-    A capturable method must have been captured once per capture key (``phases``: SMP's first
-    phase, the joint phase, the decayed learning rate), without failure, and replayed for every
-    step but the warm-up and capture ones; any other method never captured, with the reason
-    logged in the plan's notes naming the method.
+    A capturable method must have been captured at least once per capture key (SMP's first
+    phase, the joint phase, the decayed learning rate; without SMP only the last two), without
+    failure, and replayed for every step but the warm-up and capture ones; any other method
+    never captured, with the reason logged in the plan's notes naming the method.
     """
     plan, graphed = side.path.plan, side.path.graphed
+    phases = 3 if side.config.smp.enabled else 2
     if type(side.method).capturable:
         if not plan.cuda_graph or graphed is None:
             return [f"capturable method {side.method.name}: no CUDA graph path (plan notes: {plan.notes})"]
