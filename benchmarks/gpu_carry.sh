@@ -53,6 +53,15 @@ for pin in "${pins[@]}"; do
   name=${pin%%==*}
   ls .whl.tmp/"${name}"-*.whl >/dev/null 2>&1 || fail "no python 3.12 manylinux x86_64 wheel downloaded for $pin"
 done
+# The device call's install line, run here into a throwaway folder for the GPU's python and platform.
+check_site=$(mktemp -d)
+if ! log=$("$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$check_site" --python-version 3.12 --implementation cp "${platform_args[@]}" --only-binary=:all: \
+    .whl.tmp/*.whl 2>&1); then
+  echo "$log" >&2
+  fail "the wheels in .whl.tmp do not install for python 3.12 manylinux x86_64"
+fi
+rm -rf "$check_site"
 rm -rf .whl && mv .whl.tmp .whl
 
 rm -rf .gpu_data.tmp && mkdir -p .gpu_data.tmp/fsdd .gpu_data.tmp/mnist .gpu_data.tmp/noise
