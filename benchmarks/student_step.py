@@ -15,6 +15,7 @@ On a GPU it then checks the CUDA graph capture: the same steps, across an SMP ph
     python benchmarks/student_step.py                          # everything; step counts sized for the device
     python benchmarks/student_step.py --steps 100 --warmup 10  # longer timing
     python benchmarks/student_step.py --shapes avmnist --modalities 2 --batch-sizes 16 --profile  # + top operators
+    python benchmarks/student_step.py --profile-only           # only the top operators, per shape, batch 16
 """
 
 from __future__ import annotations

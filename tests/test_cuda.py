@@ -109,8 +109,8 @@ def test_fast_path_matches_reference_and_captures_only_capturable_methods(method
         deviations=asdict(report), cuda_graph=plan.cuda_graph, notes=list(plan.notes),
         captures=None if graphed is None else graphed.captures, replays=replays["n"])
     assert plan.fast and (plan.dtype is None) == (precision == "fp32")
-    assert capture_problems(fast, len(comparisons), replays["n"]) == []
-    assert not problems, f"{len(problems)} deviations beyond {precision} tolerances:\n" + "\n".join(problems[:25])
+    problems = capture_problems(fast, len(comparisons), replays["n"]) + problems
+    assert not problems, f"{len(problems)} problems ({precision} tolerances):\n" + "\n".join(problems[:25])
 
 
 @pytest.mark.parametrize("method", [name for name, cls in METHODS.items() if cls.capturable])
@@ -121,11 +121,12 @@ def test_captured_steps_match_eager_fast_steps(method, replays, request):
     eager = build_side(config, data, CUDA, teachers)
     graph = build_side(config_for(method, "trainer.device=cuda", "trainer.fast=true"), synthetic_data(), CUDA, teachers)
     assert eager.path.graphed is None and graph.path.graphed is not None
-    problems, report = check(lockstep(eager, graph, EPOCHS), GRAPH_TOLERANCE)
+    comparisons = lockstep(eager, graph, EPOCHS)
+    problems, report = check(comparisons, GRAPH_TOLERANCE)
     REPORT.setdefault(request.node.name, {}).update(deviations=asdict(report), captures=graph.path.graphed.captures,
                                                     replays=replays["n"])
-    assert graph.path.graphed.failed is None and graph.path.graphed.captures >= 3 and replays["n"] > 0
-    assert not problems, "\n".join(problems[:25])
+    problems = capture_problems(graph, len(comparisons), replays["n"]) + problems
+    assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:25])
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
