@@ -58,6 +58,13 @@ def main() -> None:
             metrics["total_seconds"] = time.perf_counter() - started
             results.setdefault(name, []).append(metrics)
             print(f"{name} seed {seed}: {json.dumps(metrics['test'])} ({metrics['wall_seconds']:.0f} s)", flush=True)
+        # After every variant, so that a grid stopped by a time limit keeps the rows it finished.
+        write_summary(args.out, summary_table(results), results)
+    print(summary_table(results))
+
+
+def summary_table(results: dict[str, list[dict]]) -> str:
+    """Markdown rows of test accuracy (mean ± std over seeds) per variant, plus the teachers."""
     first = next(iter(results.values()))[0]
     modalities = first["modalities"]
     lines = [f"| method | multimodal | {' | '.join(modalities)} | wall s/run |",
@@ -71,9 +78,7 @@ def main() -> None:
         by_seed = {r["seed"]: r["teachers"] for r in teacher_runs}
         per = [percent_cell([t[m]["accuracy"] for t in by_seed.values()]) for m in modalities]
         lines.append(f"| teachers | - | {' | '.join(per)} | - |")
-    table = "\n".join(lines)
-    print(table)
-    write_summary(args.out, table, results)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ On a GPU it then checks the CUDA graph capture: the same steps, across an SMP ph
 
     python benchmarks/student_step.py                          # everything; step counts sized for the device
     python benchmarks/student_step.py --steps 100 --warmup 10  # longer timing
-    python benchmarks/student_step.py --shapes avmnist --modalities 2 --batch-sizes 16 --profile
+    python benchmarks/student_step.py --shapes avmnist --modalities 2 --batch-sizes 16 --profile  # + top operators
+    python benchmarks/student_step.py --profile-only           # only the top operators, per shape, batch 16
 """
 
 from __future__ import annotations
@@ -152,12 +153,12 @@ def check_graph(width: int, steps: int = 12) -> str:
             f"loss {loss_diff:.2e}, weights {param_diff:.2e} (tolerance {CHECK_RTOL:g}): {'OK' if ok else 'FAIL'}")
 
 
-def profile(width: int, batch: int, steps: int) -> str:
-    """Where the fast path's time goes, per operator (eager, so each kernel shows)."""
+def profile(width: int, shape: str, batch: int, steps: int) -> str:
+    """Where the fast path's time goes, per operator (eager, so each kernel shows), k = 2."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as run_profiler
 
-    data = synthetic_data("avmnist", 2, batch * (steps + 3))
+    data = synthetic_data(shape, 2, batch * (steps + 3))
     model, path, _ = build(data, width, batch, ["trainer.fast=true", "trainer.cuda_graph=false"])
     iterator = path.batches(0)
     for _ in range(3):
@@ -183,7 +184,9 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=["reference", "fast"])
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="the fast path's")
     parser.add_argument("--no-check", action="store_true", help="skip the CUDA graph check")
-    parser.add_argument("--profile", action="store_true", help="print the fast path's top operators (AV-MNIST, k=2)")
+    parser.add_argument("--profile-only", action="store_true", help="no throughput grid: only the --profile tables")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the fast path's top operators per shape (k=2, batch 16 or the smallest asked for)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
@@ -194,10 +197,15 @@ def main() -> None:
           f"{args.width}; G²D + ranked SMP (first phase); {warmup} warm-up + {steps} timed steps", flush=True)
     overrides = {"reference": ["trainer.reference=true"],
                  "fast": ["trainer.fast=true", f"trainer.precision={args.precision}"]}
+    profile_batch = 16 if 16 in args.batch_sizes else min(args.batch_sizes)
+    if args.profile_only:
+        args.batch_sizes, args.no_check, args.profile = [], True, True
     rows, records = [], []
-    for shape in args.shapes:
-        for k in args.modalities:
-            for batch in args.batch_sizes:
+    # Smallest batches first (the throughput targets are at batch 16), and the JSON rewritten
+    # after every setting, so a run stopped by a time limit keeps what it measured.
+    for batch in args.batch_sizes:
+        for shape in args.shapes:
+            for k in args.modalities:
                 setting = Setting(shape, k, batch)
                 data = synthetic_data(shape, k, batch * (warmup + steps))
                 found = {p: measure(data, setting, overrides[p], args.width, warmup, steps) for p in args.paths}
@@ -211,22 +219,26 @@ def main() -> None:
                 rows.append(f"| {shape} | {k} | {batch} | " + " | ".join(cells) + " |")
                 print(rows[-1], flush=True)
                 del data
+                if args.json:
+                    with open(args.json, "w") as handle:
+                        json.dump({"device": device, "torch": torch.__version__, "width": args.width,
+                                   "warmup": warmup, "steps": steps, "results": records}, handle, indent=2)
     header = [f"{p} samples/s" for p in args.paths] + (["speed-up"] if len(args.paths) == 2 else [])
     header += [f"{p} setup s" for p in args.paths] + ([f"{p} peak GiB" for p in args.paths] if cuda else [])
-    print()
-    print("| shapes | k | batch | " + " | ".join(header) + " |")
-    print("|" + " --- |" * (3 + len(header)))
-    print("\n".join(rows))
-    if "fast" in args.paths:
+    if rows:
+        print()
+        print("| shapes | k | batch | " + " | ".join(header) + " |")
+        print("|" + " --- |" * (3 + len(header)))
+        print("\n".join(rows))
+    if records and "fast" in args.paths:
         print(f"\nfast path: {json.dumps(records[0]['fast']['path'])}")
     if cuda and not args.no_check:
         print(check_graph(args.width))
     if args.profile:
-        print(profile(args.width, 16, 10))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"device": device, "torch": torch.__version__, "width": args.width, "warmup": warmup,
-                       "steps": steps, "results": records}, handle, indent=2)
+        for shape in args.shapes:
+            print(f"\nprofile: {shape} shapes, k=2, batch {profile_batch}, fast path eager, {10 if cuda else 2} steps",
+                  flush=True)
+            print(profile(args.width, shape, profile_batch, 10 if cuda else 2), flush=True)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
     return [*TINY, f"out={tmp_path / 'run'}", f"teachers.root={tmp_path / 'teachers'}"]
 
 
-def run_interrupted(monkeypatch, config, after_epochs: int = 2) -> None:
-    """Run ``config`` and interrupt it, as a crash would, right after the checkpoint of epoch ``after_epochs``."""
+def run_interrupted(monkeypatch, config, after_epochs: int = 2, data=None) -> None:
+    """Run ``config`` (on ``data`` when given) and interrupt it, as a crash would, right after the
+    checkpoint of epoch ``after_epochs``."""
     original = engine.save_checkpoint
 
     def crash_after(folder, model, optimizer, scheduler, state, cfg, method):
@@ -35,7 +36,7 @@ def run_interrupted(monkeypatch, config, after_epochs: int = 2) -> None:
 
     monkeypatch.setattr(engine, "save_checkpoint", crash_after)
     with pytest.raises(KeyboardInterrupt):
-        run(config)
+        run(config, data)
     monkeypatch.setattr(engine, "save_checkpoint", original)
 
 

@@ -66,14 +66,18 @@ def avdigits_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--snr-db", type=float, default=None, help="speech-to-noise ratio in dB")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--test-images", type=int, default=None, help="first t10k images kept for test (3000)")
+    parser.add_argument("--max-train", type=int, default=None, help="at most this many train pairs (all)")
+    parser.add_argument("--max-test", type=int, default=None, help="at most this many test pairs (all)")
 
 
 def run_avdigits(args: argparse.Namespace) -> dict:
     from g2d.data.avdigits import prepare_avdigits
 
     options = {"seed": args.seed, "overwrite": args.overwrite}
-    if args.snr_db is not None:
-        options["snr_db"] = args.snr_db
+    for name in ("snr_db", "test_images", "max_train", "max_test"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     return prepare_avdigits(args.fsdd, args.mnist, args.noise, args.out, **options)
 
 
