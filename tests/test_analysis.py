@@ -18,26 +18,8 @@ from g2d.analysis import (
     shapley_values,
 )
 from g2d.cli import main
-from g2d.config import load_config
 from g2d.evaluate import classification_metrics, regression_metrics
-from g2d.experiment import run
 from g2d.models.fusion import build_fusion
-
-from conftest import TINY
-
-
-@pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory):
-    """A G²D run (ranked SMP, tau 1) and a Joint-Train run sharing teachers, both analysed."""
-    root = tmp_path_factory.mktemp("analysis")
-    dirs = {}
-    for name in ("g2d", "joint"):
-        config = load_config(None, [*TINY, f"method.name={name}", "smp.tau=[1]", f"out={root / name}",
-                                    f"teachers.root={root / 'teachers'}"])
-        run(config)
-        analysis.analyze_run(root / name)
-        dirs[name] = root / name
-    return dirs
 
 
 def test_alignment_of_identical_features_is_one_and_of_opposite_minus_one() -> None:
@@ -125,7 +107,8 @@ def test_absent_modalities_follow_each_fusions_rule(fusion) -> None:
 
 def test_confidence_in_metrics_by_hand() -> None:
     logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]]))
-    assert classification_metrics(logits, torch.tensor([0, 2]))["confidence"] == pytest.approx((0.7 + 0.5) / 2)
+    # the probability of the true class, not of the predicted one: row 0's label is class 1 (0.2)
+    assert classification_metrics(logits, torch.tensor([1, 2]))["confidence"] == pytest.approx((0.2 + 0.5) / 2)
     # regression: sigmoid(0) = 0.5 against targets 0.25 and 1.0 -> 1 - (0.25 + 0.5) / 2
     assert regression_metrics(torch.zeros(2, 1), torch.tensor([0.25, 1.0]))["confidence"] == pytest.approx(0.625)
 
