@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from g2d.config import ExperimentConfig
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
 from g2d.io import atomic_write, write_json
@@ -305,7 +306,7 @@ class LoadedRun:
     """A finished run rebuilt for analysis."""
 
     run_dir: Path
-    config: object
+    config: ExperimentConfig
     data: MultimodalData
     model: MultimodalModel
     teachers: dict[str, nn.Module]

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 80
 MODALITY_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
@@ -30,16 +31,19 @@ class Figure:
 
 
 def metric(groups: dict) -> tuple[str, str, float]:
+    """The report's score for these runs' task (see ``g2d.report.main_metric``)."""
     from g2d.report import main_metric
 
     return main_metric(next(iter(groups.values()))[0].metrics["task"])
 
 
 def modalities_of(groups: dict) -> list[str]:
+    """The modalities every run shares (the report checks they do)."""
     return list(next(iter(groups.values()))[0].metrics["modalities"])
 
 
 def save(fig: Any, folder: Path, name: str, caption: str) -> Figure:
+    """Write ``fig`` as ``folder/name.png`` at a small resolution and free it."""
     fig.tight_layout()
     fig.savefig(folder / f"{name}.png", dpi=DPI)
     plt.close(fig)
@@ -89,14 +93,13 @@ def curves(groups: dict, folder: Path) -> Figure | None:
                     if window:
                         ax.axvspan(window[0] - 0.5, window[1] - 0.5, color=line.get_color(), alpha=0.08)
             if row == 1:
-                teacher = [r[0].epochs for r in groups.values()]
-                levels = {run.epochs[i]["teacher_val_confidence"] for runs in groups.values() for run in runs
-                          for i in range(len(run.epochs)) if run.epochs[i]["modality"] == m
-                          and isinstance(run.epochs[i].get("teacher_val_confidence"), float)}
-                if levels and teacher:
+                levels = {r["teacher_val_confidence"] for runs in groups.values() for run in runs for r in run.epochs
+                          if r["modality"] == m and isinstance(r.get("teacher_val_confidence"), float)}
+                if levels:
                     ax.axhline(statistics.mean(levels), color="black", linestyle="--", label=f"{m} teacher")
             ax.set_title(f"{m} inside the model: validation {name}")
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
     if not drawn:
         plt.close(fig)
@@ -121,7 +124,8 @@ def teacher_confidence(groups: dict, folder: Path) -> Figure | None:
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for (m, rows), colour in zip(tables.items(), MODALITY_COLOURS):
         points = [(r["epoch"], r["val_confidence"]) for r in rows if isinstance(r.get("val_confidence"), float)]
-        ax.plot([p[0] for p in points], [p[1] for p in points], color=colour, label=f"{m} teacher")
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=colour, marker=".", label=f"{m} teacher")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("teacher's training epoch")
     ax.set_ylabel("confidence (Eq. 5), validation")
     ax.set_ylim(0, 1)

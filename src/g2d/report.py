@@ -141,14 +141,14 @@ def read_csv(path: Path) -> list[dict]:
     if not path.is_file():
         return []
 
-    def cell(value: str) -> Any:
+    def parse(value: str) -> Any:
         try:
             return float(value)
         except ValueError:
             return value
 
     with open(path, newline="") as handle:
-        return [{key: cell(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+        return [{key: parse(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
 def read_run(run_dir: Path) -> RunRecord:
@@ -225,6 +225,7 @@ def main_metric(task: str) -> tuple[str, str, float]:
 
 
 def cell(values: list[float], factor: float) -> str:
+    """``mean ± std`` of ``values * factor`` (one decimal for percentages, three otherwise), ``-`` when empty."""
     return mean_std(values, factor, digits=1 if factor == 100.0 else 3) if values else "-"
 
 
@@ -276,11 +277,13 @@ def analysis_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list[l
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-style Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def html_table(header: list[str], rows: list[list[str]]) -> str:
+    """The same table as HTML, every cell escaped."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -373,6 +376,7 @@ def report_sections(groups: dict[str, list[RunRecord]], figures: list) -> list[d
 
 
 def intro(groups: dict[str, list[RunRecord]]) -> str:
+    """The page's first paragraph: what was compared, on which data."""
     first = next(iter(groups.values()))[0]
     m = first.metrics
     runs = sum(len(v) for v in groups.values())
@@ -382,6 +386,7 @@ def intro(groups: dict[str, list[RunRecord]]) -> str:
 
 
 def render_markdown(groups: dict[str, list[RunRecord]], sections: list[dict]) -> str:
+    """``report.md``: the sections with Markdown tables and links to the PNG files beside it."""
     parts = ["# Run report", "", intro(groups), ""]
     for section in sections:
         parts += [f"## {section['title']}", "", section["text"], ""]
