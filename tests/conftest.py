@@ -56,3 +56,20 @@ def count_host_reads(monkeypatch, config):
     finally:
         monkeypatch.undo()
     return reads["n"]
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """A G²D run (ranked SMP, tau 1) and a Joint-Train run sharing teachers, both analysed (g2d analyze)."""
+    from g2d.analysis import analyze_run
+    from g2d.config import load_config
+
+    root = tmp_path_factory.mktemp("analysed")
+    dirs = {}
+    for name in ("g2d", "joint"):
+        config = load_config(None, [*TINY, f"method.name={name}", "smp.tau=[1]", f"out={root / name}",
+                                    f"teachers.root={root / 'teachers'}"])
+        run(config)
+        analyze_run(root / name)
+        dirs[name] = root / name
+    return dirs

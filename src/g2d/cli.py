@@ -28,6 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run folders")
     demo.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run")
 
+    analyze = commands.add_parser("analyze", help="the paper's analyses and robustness tests of a finished run")
+    analyze.add_argument("run_dir", type=Path, help="run folder (with config.yaml, metrics.json, checkpoints/)")
+    analyze.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    analyze.add_argument("--seed", type=int, default=0, help="seed of the noise, point sample and t-SNE (default 0)")
+    analyze.add_argument("--overwrite", action="store_true", help="replace an existing RUN_DIR/analysis")
+
+    report = commands.add_parser("report", help="an HTML page, PNG figures and a Markdown table comparing runs")
+    report.add_argument("run_dirs", type=Path, nargs="+", help="run folders (runs differing only in seed are grouped)")
+    report.add_argument("--out", type=Path, required=True, help="output folder")
+    report.add_argument("--overwrite", action="store_true", help="replace the report in a non-empty --out")
+
     prepare = commands.add_parser("prepare", help="build a dataset from raw files")
     datasets = prepare.add_subparsers(dest="dataset", required=True)
     for name, command in PREPARE.items():
@@ -114,7 +125,23 @@ def prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": train, "demo": demo, "prepare": prepare}
+def analyze(args: argparse.Namespace) -> int:
+    from g2d.analysis import analyze_run, summary_lines
+
+    result = analyze_run(args.run_dir, overwrite=args.overwrite, device=args.device, seed=args.seed)
+    print("\n".join(summary_lines(result)))
+    print(f"analysis written to {args.run_dir / 'analysis'}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from g2d.report import write_report
+
+    print(f"report written to {write_report(args.run_dirs, args.out, overwrite=args.overwrite)}")
+    return 0
+
+
+COMMANDS = {"train": train, "demo": demo, "prepare": prepare, "analyze": analyze, "report": report}
 
 
 if __name__ == "__main__":

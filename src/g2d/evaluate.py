@@ -12,21 +12,25 @@ from g2d.data.base import Batches, MultimodalData, to_device
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Accuracy and mean cross-entropy (``loss``, which MSES watches)."""
+    """Accuracy, mean cross-entropy (``loss``, which MSES watches) and confidence (Eq. 5: the mean
+    probability given to the true class, what the paper's confidence ratio compares)."""
     return {
         "accuracy": (logits.argmax(dim=-1) == labels).double().mean().item(),
         "loss": F.cross_entropy(logits.double(), labels).item(),
+        "confidence": logits.double().softmax(dim=-1).gather(1, labels.view(-1, 1)).mean().item(),
     }
 
 
 def regression_metrics(
     logits: torch.Tensor, targets: torch.Tensor, offset: float = 0.0, span: float = 1.0
 ) -> dict[str, float]:
-    """Eq. 1's loss (``mse`` on the [0, 1] scale, also ``loss``), and MAPE (percent) and R² on the
-    dataset's own scale ``offset + span * y``, where a percentage error means something."""
+    """Eq. 1's loss (``mse`` on the [0, 1] scale, also ``loss``), confidence (``1 - mean |error|`` on
+    that scale, as Eq. 5 is read for regression), and MAPE (percent) and R² on the dataset's own
+    scale ``offset + span * y``, where a percentage error means something."""
     prediction = torch.sigmoid(logits.squeeze(-1)).double()
     scaled_targets = targets.double()
     mse = ((prediction - scaled_targets) ** 2).mean().item()
+    confidence = 1.0 - (prediction - scaled_targets).abs().mean().item()
     prediction = offset + span * prediction
     targets = offset + span * scaled_targets
     error = prediction - targets
@@ -34,6 +38,7 @@ def regression_metrics(
     return {
         "mse": mse,
         "loss": mse,
+        "confidence": confidence,
         "mape": (100.0 * (error.abs() / targets.abs().clamp_min(1e-12)).mean()).item(),
         "r2": (1.0 - (error**2).sum() / total).item(),
     }

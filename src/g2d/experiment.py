@@ -20,6 +20,7 @@ import torch
 from g2d import checkpoint, runfolder, sanity
 from g2d.config import ExperimentConfig, check_ranges
 from g2d.data import MultimodalData, load_dataset
+from g2d.epochs import record_epochs
 from g2d.engine import TeacherEnsemble, dataset_confidence, fit, select_device
 from g2d.io import load_weights, write_json
 from g2d.errors import G2DError
@@ -127,6 +128,8 @@ def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of:
                         "training_path": result.path},
     }
     write_json(run_dir / "history.json", result.history)
+    record_epochs(run_dir, result.history, data, as_modules(loaded) if teachers is not None else
+                  existing_teachers(config, data), modulator, device, config.trainer.eval_batch_size)
     write_json(run_dir / "metrics.json", metrics)
     if teacher_of is not None:
         metadata = expected_metadata(config, data, teacher_of)
@@ -157,14 +160,24 @@ def finished_run(config: ExperimentConfig, data: MultimodalData, teacher_of: str
 
 def existing_teacher_metrics(config: ExperimentConfig, data: MultimodalData) -> dict[str, dict]:
     """Teachers' test metrics for a run that does not use teachers, where matching ones exist."""
+    return {m: meta.get("test", {}) for m, (_, meta) in load_existing_teachers(config, data).items()}
+
+
+def load_existing_teachers(config: ExperimentConfig, data: MultimodalData) -> dict[str, tuple[torch.nn.Module, dict]]:
+    """The teachers (model, metadata) that exist for ``config`` and match ``data``; none are trained."""
     found = {}
     for modality in data.modalities:
         if (teacher_dir(config, modality) / "teacher.json").is_file():
             try:
-                found[modality] = load_teacher(config, data, modality)[1].get("test", {})
+                found[modality] = load_teacher(config, data, modality)
             except G2DError:
                 continue
     return found
+
+
+def existing_teachers(config: ExperimentConfig, data: MultimodalData) -> dict[str, torch.nn.Module]:
+    """The modules of ``load_existing_teachers``."""
+    return as_modules(load_existing_teachers(config, data))
 
 
 def read_metrics(run_dir: Path) -> dict:

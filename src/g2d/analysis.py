@@ -1,0 +1,439 @@
+"""The paper's analyses of a trained run, and robustness to missing or noisy modalities.
+
+Each analysis is a small function on tensors (tested against known answers); ``analyze_run``
+rebuilds a finished run (``config.yaml``, ``checkpoints/best.safetensors`` and its teachers),
+computes them all on the test split and writes ``RUN_DIR/analysis/``:
+
+- confidence ratio per modality: the student's confidence (Eq. 5) in that modality over its
+  teacher's (Fig. 6);
+- feature alignment per modality: mean cosine between student and teacher features (Fig. 5);
+- modality gap: distance between the centroids of the L2-normalized features of two modalities,
+  and a 2-D PCA and t-SNE of them (Fig. 4);
+- a linear probe per modality: a linear model fit on the frozen student encoder's training-split
+  features and scored on test, beside that modality's score inside the model;
+- Shapley values of the modalities and the score with every subset of modalities absent;
+- the score with each modality's input corrupted by Gaussian noise at several levels;
+- macro-F1 beside accuracy for classification.
+
+"Absent" (see docs/analysis.md): late and sum fusion average (sum) only the present
+modalities' heads; concat and the interaction fusions (FiLM, gated, cross-attention) get zero
+features for an absent modality, which for concat drops that modality's share of the logits and
+for the others is the fusion's own deactivation (how it forms per-modality logits). With no
+modality present the prediction is the training split's label prior (mean target for regression).
+Per-modality and fused logits are the fusion's own; methods with their own test-time heads
+(MLA, UME, ReconBoost, MMPareto) are analysed through the fusion's heads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from g2d.config import ExperimentConfig
+from g2d.data.base import Batches, MultimodalData, to_device
+from g2d.errors import G2DError
+from g2d.io import atomic_write, write_json
+from g2d.models.fusion import ConcatFusion, DeactivationFusion, LateFusion
+from g2d.models.multimodal import MultimodalModel
+
+NOISE_LEVELS = (0.0, 0.5, 1.0, 2.0, 4.0)
+EMBEDDING_POINTS = 300
+
+
+def mean_cosine(student: Tensor, teacher: Tensor) -> float:
+    """Mean over rows of the cosine between student and teacher features ``[N, d]`` (Fig. 5)."""
+    if student.shape != teacher.shape:
+        raise G2DError(f"feature alignment needs equal shapes, got {tuple(student.shape)} and {tuple(teacher.shape)}")
+    return F.cosine_similarity(student.double(), teacher.double(), dim=1).mean().item()
+
+
+def confidence(logits: Tensor, labels: Tensor, task: str) -> float:
+    """Eq. 5 over a whole split: mean probability of the true class (``1 - mean |error|`` on the
+    [0, 1] target scale for regression)."""
+    if task == "regression":
+        return 1.0 - (torch.sigmoid(logits.double().squeeze(-1)) - labels.double()).abs().mean().item()
+    return logits.double().softmax(dim=-1).gather(1, labels.view(-1, 1)).mean().item()
+
+
+def macro_f1(predictions: Tensor, labels: Tensor, num_classes: int) -> float:
+    """Unweighted mean over classes of F1; a class absent from both predictions and labels is skipped."""
+    scores = []
+    for c in range(num_classes):
+        predicted, actual = predictions == c, labels == c
+        true_positive = (predicted & actual).sum().item()
+        support = predicted.sum().item() + actual.sum().item()
+        if support:
+            scores.append(2.0 * true_positive / support)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def scores(logits: Tensor, labels: Tensor, task: str, num_classes: int) -> dict[str, float]:
+    """Accuracy and macro-F1 (classification) or MSE on the [0, 1] target scale (regression)."""
+    if task == "regression":
+        return {"mse": ((torch.sigmoid(logits.double().squeeze(-1)) - labels.double()) ** 2).mean().item()}
+    predictions = logits.argmax(dim=-1)
+    return {"accuracy": (predictions == labels).double().mean().item(),
+            "macro_f1": macro_f1(predictions, labels, num_classes)}
+
+
+def value_of(result: dict[str, float]) -> float:
+    """Higher is better: accuracy, or minus MSE."""
+    return result["accuracy"] if "accuracy" in result else -result["mse"]
+
+
+def shapley_values(players: list[str], value: Callable[[frozenset[str]], float]) -> dict[str, float]:
+    """Exact Shapley values: each player's marginal contribution ``v(S + m) - v(S)`` averaged
+    with weight ``|S|! (k - |S| - 1)! / k!`` over the subsets S of the other players."""
+    k = len(players)
+    cache: dict[frozenset[str], float] = {}
+
+    def v(subset: frozenset[str]) -> float:
+        if subset not in cache:
+            cache[subset] = value(subset)
+        return cache[subset]
+
+    result = {}
+    for player in players:
+        others = [p for p in players if p != player]
+        total = 0.0
+        for size in range(k):
+            weight = math.factorial(size) * math.factorial(k - size - 1) / math.factorial(k)
+            for subset in itertools.combinations(others, size):
+                base = frozenset(subset)
+                total += weight * (v(base | {player}) - v(base))
+        result[player] = total
+    return result
+
+
+def centroid_gap(first: Tensor, second: Tensor) -> float:
+    """Modality gap: Euclidean distance between the centroids of the L2-normalized features."""
+    if first.shape[1] != second.shape[1]:
+        raise G2DError(f"modality gap needs equal feature sizes, got {first.shape[1]} and {second.shape[1]}")
+    a = F.normalize(first.double(), dim=1).mean(dim=0)
+    b = F.normalize(second.double(), dim=1).mean(dim=0)
+    return (a - b).norm().item()
+
+
+def pca_2d(x: Tensor) -> Tensor:
+    """Rows of ``x`` projected on its first two principal components, ``[N, 2]`` (sign fixed so each
+    component's largest-magnitude loading is positive, for reproducible pictures)."""
+    centered = x.double() - x.double().mean(dim=0)
+    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
+    components = vh[:2]
+    signs = torch.sign(components.gather(1, components.abs().argmax(dim=1, keepdim=True)))
+    projected = centered @ (components * signs).T
+    if projected.shape[1] < 2:
+        projected = torch.cat([projected, torch.zeros(len(x), 2 - projected.shape[1], dtype=projected.dtype)], dim=1)
+    return projected
+
+
+def tsne_2d(x: Tensor, seed: int = 0) -> Tensor:
+    """A 2-D t-SNE (scikit-learn, Barnes-Hut), PCA-initialized and seeded."""
+    from sklearn.manifold import TSNE
+
+    perplexity = max(2.0, min(30.0, (len(x) - 1) / 3))
+    embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+        x.double().numpy())
+    return torch.from_numpy(embedded)
+
+
+def linear_probe(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, task: str, num_classes: int
+) -> dict[str, float]:
+    """Fit a linear classifier (logistic regression) or regressor (ridge) on standardized frozen
+    features and score it on test, as OGM-GE's protocol measures a unimodal encoder."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if task == "regression":
+        model = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(train_x.double().numpy(), train_y.double().numpy())
+        prediction = torch.from_numpy(model.predict(test_x.double().numpy())).clamp(1e-6, 1 - 1e-6)
+        return scores(torch.logit(prediction).unsqueeze(-1), test_y, task, num_classes)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(train_x.double().numpy(), train_y.numpy())
+    probabilities = torch.zeros(len(test_x), num_classes, dtype=torch.float64)
+    probabilities[:, torch.as_tensor(model.classes_)] = torch.from_numpy(model.predict_proba(test_x.double().numpy()))
+    return scores(probabilities.clamp_min(1e-12).log(), test_y, task, num_classes)
+
+
+def fused_logits(model: MultimodalModel, features: dict[str, Tensor], present: frozenset[str], prior: Tensor) -> Tensor:
+    """The fusion's logits with only ``present`` modalities (the module docstring's rule for
+    "absent"); with none present, ``prior`` ``[K]`` for every row."""
+    rows = len(next(iter(features.values())))
+    if not present:
+        return prior.expand(rows, -1)
+    fusion = model.fusion
+    if isinstance(fusion, LateFusion):
+        return fusion.combine(torch.stack([fusion.heads[m](features[m]) for m in model.modalities if m in present]))
+    kept = {m: f if m in present else torch.zeros_like(f) for m, f in features.items()}
+    if isinstance(fusion, DeactivationFusion):
+        return fusion.fuse(kept)
+    if isinstance(fusion, ConcatFusion):
+        return fusion(kept)[0]
+    raise G2DError(f"model.fusion: no rule for an absent modality in fusion {type(fusion).__name__}")
+
+
+def label_prior(data: MultimodalData) -> Tensor:
+    """Logits of the best input-free prediction: log class frequencies on the training split
+    (classification) or the logit of the mean training target (regression)."""
+    labels = data.splits["train"]["label"]
+    if data.task == "regression":
+        return torch.logit(labels.double().mean().clamp(1e-6, 1 - 1e-6)).view(1).float()
+    counts = torch.bincount(labels, minlength=data.num_classes).double()
+    return (counts / counts.sum()).clamp_min(1e-12).log().float()
+
+
+@dataclass
+class Outputs:
+    """Everything the analyses need from one pass over a split."""
+
+    features: dict[str, Tensor]
+    modality_logits: dict[str, Tensor]
+    logits: Tensor
+    labels: Tensor
+    teacher_features: dict[str, Tensor] = field(default_factory=dict)
+    teacher_logits: dict[str, Tensor] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def collect(
+    model: MultimodalModel,
+    data: MultimodalData,
+    split: str,
+    device: torch.device,
+    batch_size: int,
+    teachers: dict[str, nn.Module] | None = None,
+    corrupt: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+) -> Outputs:
+    """Features and logits of the model (and teachers) over ``split``, on the CPU."""
+    model.to(device).eval()
+    for teacher in (teachers or {}).values():
+        teacher.to(device).eval()
+    parts: dict[str, list[Tensor]] = {}
+
+    def keep(name: str, value: Tensor) -> None:
+        parts.setdefault(name, []).append(value.float().cpu())
+
+    for batch in Batches(data.splits[split], batch_size, shuffle=False):
+        inputs = to_device(batch, data, device)
+        if corrupt is not None:
+            inputs = corrupt(inputs)
+        output = model(inputs)
+        keep("logits", output.logits)
+        keep("labels", inputs["label"])
+        for m in model.modalities:
+            keep(f"feature/{m}", output.features[m])
+            keep(f"logits/{m}", output.modality_logits[m])
+        for m, teacher in (teachers or {}).items():
+            taught = teacher(inputs)
+            keep(f"teacher_feature/{m}", taught.features[m])
+            keep(f"teacher_logits/{m}", taught.logits)
+    joined = {name: torch.cat(values) for name, values in parts.items()}
+    labels = joined["labels"].long() if data.task == "classification" else joined["labels"]
+    return Outputs(
+        features={m: joined[f"feature/{m}"] for m in model.modalities},
+        modality_logits={m: joined[f"logits/{m}"] for m in model.modalities},
+        logits=joined["logits"],
+        labels=labels,
+        teacher_features={m: joined[f"teacher_feature/{m}"] for m in (teachers or {})},
+        teacher_logits={m: joined[f"teacher_logits/{m}"] for m in (teachers or {})},
+    )
+
+
+def subset_table(
+    model: MultimodalModel, outputs: Outputs, prior: Tensor, task: str, num_classes: int
+) -> list[dict]:
+    """The score with every subset of modalities present (the others absent), the full set first."""
+    modalities = list(model.modalities)
+    rows = []
+    with torch.no_grad():
+        for size in range(len(modalities), -1, -1):
+            for present in itertools.combinations(modalities, size):
+                logits = fused_logits(model, outputs.features, frozenset(present), prior)
+                rows.append({"present": list(present), "absent": [m for m in modalities if m not in present],
+                             **scores(logits, outputs.labels, task, num_classes)})
+    return rows
+
+
+def noise_corruption(modality: str, sigma: float, scale: float, seed: int) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
+    """Add ``N(0, (sigma * scale)^2)`` to ``modality``'s input, from a seeded generator (one stream per pass)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def corrupt(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        x = inputs[modality]
+        noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+        return {**inputs, modality: x + sigma * scale * noise}
+
+    return corrupt
+
+
+def input_std(data: MultimodalData, modality: str, rows: int = 2048) -> float:
+    """Standard deviation of ``modality``'s scaled training inputs (at most ``rows`` rows), the unit of the noise levels."""
+    x = data.splits["train"][modality][:rows].float() * data.modalities[modality].scale
+    return x.std().item()
+
+
+def embedding_rows(features: dict[str, Tensor], labels: Tensor, seed: int, points: int = EMBEDDING_POINTS) -> list[dict]:
+    """2-D PCA and t-SNE of the modalities' features pooled together (the same ``points`` test
+    rows from each modality), for the modality-gap picture."""
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(len(labels), generator=generator)[:points]
+    modalities = list(features)
+    pooled = torch.cat([F.normalize(features[m][index].double(), dim=1) for m in modalities])
+    pca, tsne = pca_2d(pooled), tsne_2d(pooled, seed)
+    rows = []
+    for i, m in enumerate(modalities):
+        for j, row in enumerate(index.tolist()):
+            at = i * len(index) + j
+            rows.append({"modality": m, "row": row, "label": labels[row].item(), "pca_1": pca[at, 0].item(),
+                         "pca_2": pca[at, 1].item(), "tsne_1": tsne[at, 0].item(), "tsne_2": tsne[at, 1].item()})
+    return rows
+
+
+@dataclass
+class LoadedRun:
+    """A finished run rebuilt for analysis."""
+
+    run_dir: Path
+    config: ExperimentConfig
+    data: MultimodalData
+    model: MultimodalModel
+    teachers: dict[str, nn.Module]
+    metrics: dict
+
+
+def load_run(run_dir: Path) -> LoadedRun:
+    """Rebuild a run from its folder: config, data, best weights, and its teachers where they exist."""
+    from g2d.config import load_config
+    from g2d.data import load_dataset
+    from g2d.experiment import load_existing_teachers, read_metrics
+    from g2d.io import load_weights
+    from g2d.methods import build_method
+    from g2d.teachers import as_modules, output_size
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise G2DError(f"run folder not found: {run_dir}")
+    metrics = read_metrics(run_dir)
+    if metrics.get("method") == "teacher":
+        raise G2DError(f"{run_dir}: a teacher's folder; analyze the multimodal run that uses it")
+    config = load_config(run_dir / "config.yaml", [f"out={run_dir}"])
+    data = load_dataset(config.dataset)
+    method = build_method(config.method, data.task, list(data.modalities))
+    model = MultimodalModel(data.modalities, config.model, output_size(data))
+    model.method_modules = method.build_modules(model.feature_dims, model.num_outputs)
+    load_weights(run_dir / "checkpoints" / "best.safetensors", model)
+    teachers = as_modules(load_existing_teachers(config, data))
+    return LoadedRun(run_dir, config, data, model, teachers, metrics)
+
+
+def analyze(loaded: LoadedRun, device: torch.device, batch_size: int = 256, seed: int = 0,
+            noise_levels: tuple[float, ...] = NOISE_LEVELS) -> tuple[dict, list[dict]]:
+    """All analyses of a loaded run on its test split: ``(analysis.json content, embedding rows)``."""
+    data, model, teachers = loaded.data, loaded.model, loaded.teachers
+    task, k = data.task, data.num_classes
+    test = collect(model, data, "test", device, batch_size, teachers)
+    train = collect(model, data, "train", device, batch_size)
+    prior = label_prior(data)
+    per_modality = {}
+    for m in model.modalities:
+        entry: dict = {
+            "inside": {**scores(test.modality_logits[m], test.labels, task, k),
+                       "confidence": confidence(test.modality_logits[m], test.labels, task)},
+            "probe": linear_probe(train.features[m], train.labels, test.features[m], test.labels, task, k),
+        }
+        if m in teachers:
+            teacher_confidence = confidence(test.teacher_logits[m], test.labels, task)
+            entry["teacher"] = {**scores(test.teacher_logits[m], test.labels, task, k), "confidence": teacher_confidence}
+            entry["confidence_ratio"] = entry["inside"]["confidence"] / teacher_confidence
+            entry["alignment"] = mean_cosine(test.features[m], test.teacher_features[m])
+        per_modality[m] = entry
+    subsets = subset_table(model, test, prior, task, k)
+    by_present = {frozenset(row["present"]): value_of(row) for row in subsets}
+    noise = []
+    for m in model.modalities:
+        scale = input_std(data, m)
+        for sigma in noise_levels:
+            corrupted = collect(model, data, "test", device, batch_size,
+                                corrupt=noise_corruption(m, sigma, scale, seed)) if sigma else test
+            noise.append({"modality": m, "sigma": sigma, **scores(corrupted.logits, test.labels, task, k)})
+    sizes = {model.feature_dims[m] for m in model.modalities}
+    gap = None
+    embedding: list[dict] = []
+    if len(sizes) == 1:
+        gap = {f"{a}|{b}": centroid_gap(test.features[a], test.features[b])
+               for a, b in itertools.combinations(model.modalities, 2)}
+        embedding = embedding_rows(test.features, test.labels, seed)
+    result = {
+        "split": "test",
+        "run": str(loaded.run_dir),
+        "method": loaded.metrics.get("method"),
+        "task": task,
+        "modalities": list(model.modalities),
+        "fusion": loaded.metrics.get("fusion"),
+        "multimodal": {**scores(test.logits, test.labels, task, k), "confidence": confidence(test.logits, test.labels, task)},
+        "per_modality": per_modality,
+        "shapley": shapley_values(list(model.modalities), lambda s: by_present[s]),
+        "subsets": subsets,
+        "noise": noise,
+        "noise_unit": "standard deviation of the modality's training inputs",
+        "modality_gap": gap,
+        "modality_gap_note": None if gap is not None else "feature sizes differ; no common space",
+    }
+    return result, embedding
+
+
+def analyze_run(run_dir: Path, overwrite: bool = False, device: str = "cpu", seed: int = 0) -> dict:
+    """Analyze a finished run and write ``RUN_DIR/analysis/{analysis.json, embedding.csv}``.
+
+    An existing analysis is kept unless ``overwrite``; nothing is written when the run cannot be read.
+    """
+    out = Path(run_dir) / "analysis"
+    if (out / "analysis.json").exists() and not overwrite:
+        raise G2DError(f"{out / 'analysis.json'} exists; pass --overwrite to recompute it")
+    loaded = load_run(Path(run_dir))
+    result, embedding = analyze(loaded, torch.device(device), loaded.config.trainer.eval_batch_size, seed)
+    if embedding:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(embedding[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(embedding)
+        atomic_write(out / "embedding.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+    write_json(out / "analysis.json", result)
+    return result
+
+
+def read_analysis(run_dir: Path) -> dict | None:
+    """A run's ``analysis/analysis.json``, or None when it was not analysed."""
+    path = Path(run_dir) / "analysis" / "analysis.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise G2DError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def summary_lines(result: dict) -> list[str]:
+    """A few lines a person reads after ``g2d analyze``: per modality inside, probe, ratio, alignment, Shapley."""
+    key = "accuracy" if result["task"] == "classification" else "mse"
+    lines = [f"{result['method']} on {', '.join(result['modalities'])}: multimodal test {key} "
+             f"{result['multimodal'][key]:.4f}"]
+    for m, entry in result["per_modality"].items():
+        parts = [f"inside {entry['inside'][key]:.4f}", f"linear probe {entry['probe'][key]:.4f}",
+                 f"Shapley {result['shapley'][m]:+.4f}"]
+        if "confidence_ratio" in entry:
+            parts += [f"confidence ratio {entry['confidence_ratio']:.3f}", f"alignment {entry['alignment']:.3f}"]
+        lines.append(f"  {m}: " + ", ".join(parts))
+    return lines
