@@ -30,6 +30,7 @@ from g2d.io import atomic_write, load_weights, save_weights
 from g2d.methods.base import Method, MethodContext, TeacherOutputs
 from g2d.methods.losses import teacher_confidence
 from g2d.methods.smp import Modulator
+from g2d.models.pretrained import scale_learning_rates
 
 RESUME_IGNORED_KEYS = ("trainer.resume", "trainer.progress")
 
@@ -65,7 +66,7 @@ def parameter_groups(model: nn.Module) -> list[dict]:
 def build_optimizer(model: nn.Module, config: OptimConfig, **options: Any) -> torch.optim.Optimizer:
     """The configured optimizer over named param groups; ``options`` select its implementation
     (``foreach``, ``fused``, ``capturable``), which the fast path sets."""
-    groups = parameter_groups(model)
+    groups = scale_learning_rates(parameter_groups(model), getattr(model, "lr_scales", {}), config.lr)
     if config.name == "sgd":
         options.pop("capturable", None)  # SGD keeps no step counter, so it needs no capturable mode
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **options)

@@ -56,6 +56,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     modalities = list(data.modalities)
     method = build_method(config.method, data.task, modalities)
     smp_enabled = method.smp_by_default if config.smp.enabled is None else config.smp.enabled
+    check_pretrained_encoders(config, data)
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(config.trainer.device)
@@ -115,6 +116,15 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
                         val=result.best_val["multimodal"], test=test["multimodal"])
         save_teacher(model.cpu(), run_dir, metadata)
     return metrics
+
+
+def check_pretrained_encoders(config: ExperimentConfig, data: MultimodalData) -> None:
+    """Build the model once when an encoder starts from a weights file or a model folder, so a file
+    that does not fit is refused before any folder is written; the global RNG is left untouched."""
+    if not any(config.model.encoder_for(m).weights or config.model.encoder_for(m).path for m in data.modalities):
+        return
+    with torch.random.fork_rng(devices=[]):
+        MultimodalModel(data.modalities, config.model, output_size(data))
 
 
 def existing_teacher_metrics(config: ExperimentConfig, data: MultimodalData) -> dict[str, dict]:
