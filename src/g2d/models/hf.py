@@ -60,7 +60,7 @@ def load_tokenizer(path: str | None, key: str) -> Any:
     transformers = import_transformers(key)
     try:
         return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # as for models: missing files, torn vocabularies, unknown tokenizer classes
         raise G2DError(f"{key}: cannot load the tokenizer in {folder} ({str(exc).splitlines()[0]})") from exc
 
 
@@ -114,7 +114,7 @@ def build_hf(config: EncoderConfig, spec: ModalitySpec, prefix: str) -> nn.Modul
     transformers = import_transformers(key)
     try:
         model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # a bad folder fails in many ways (missing files, torn weights, unknown model type)
         raise G2DError(f"{key}: cannot load the transformers model in {folder} ({str(exc).splitlines()[0]})") from exc
     encoder = HFEncoder(model, config.pooling)
     model.eval()
