@@ -38,11 +38,14 @@ def pix_encoder(weights: Path, *extra: str) -> str:
     return f"model.encoders.pix={{{options}}}"
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_weights_file_is_loaded_bit_for_bit(tmp_path, suffix):
+@pytest.mark.parametrize("suffix, wrapped", [(".safetensors", False), (".pt", False), (".pth", True)])
+def test_weights_file_is_loaded_bit_for_bit(tmp_path, suffix, wrapped):
     state = pix_state()
     path = tmp_path / f"pix{suffix}"
-    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save({"state_dict": state} if wrapped else state, path)
     model = build([pix_encoder(path)])
     loaded = model.encoders["pix"].state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
