@@ -171,6 +171,7 @@ def test_mean_over_real_tokens_ignores_padding(corpus):
         ("audio", "{name: hf, path: FOLDER, pooling: pooler}", "no pooled output"),
         ("audio", "{name: hf, path: FOLDER, pooling: max}", "model.encoders.image.pooling"),
         (None, "{name: hf}", "model.encoders.image.path"),
+        (None, "{name: hf, path: TEXT}", "does not take this image modality"),
     ],
 )
 def test_missing_or_incomplete_model_folder_is_one_line(corpus, tmp_path, capsys, setup, encoder, fragment):
@@ -183,6 +184,7 @@ def test_missing_or_incomplete_model_folder_is_one_line(corpus, tmp_path, capsys
     if setup == "audio":
         (folder / "model.safetensors").write_bytes((corpus / "audio_model" / "model.safetensors").read_bytes())
     spec = encoder.replace("MISSING", str(tmp_path / "nowhere")).replace("FOLDER", str(folder))
+    spec = spec.replace("TEXT", str(corpus / "text_model"))
     args = [a for a in overrides(corpus, tmp_path, "dataset.modalities=[audio,image]") if not a.startswith("model.encoders.image")]
     if setup == "audio" and "max" not in encoder:
         args = [a if not a.startswith("model.encoders.audio") else f"model.encoders.audio={spec}" for a in args]
@@ -217,3 +219,19 @@ def test_tokens_modality_needs_the_hf_encoder(corpus):
     data = load_dataset(config.dataset)
     with pytest.raises(G2DError, match="model.encoders.text.name: a tokens modality has no automatic encoder"):
         MultimodalModel(data.modalities, config.model, 3)
+
+
+
+def test_half_precision_checkpoint_is_upcast_exactly(corpus, tmp_path):
+    from g2d.config import EncoderConfig
+    from g2d.data.base import ModalitySpec
+    from g2d.models.encoders import build_encoder
+
+    transformers.AutoModel.from_pretrained(str(corpus / "text_model")).half().save_pretrained(str(tmp_path))
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in saved.values())
+    encoder = build_encoder(EncoderConfig(name="hf", path=str(tmp_path)), ModalitySpec("tokens", (6,)), "model.encoder.name")
+    state = encoder.model.state_dict()
+    assert all(state[k].dtype == torch.float32 and torch.equal(state[k], v.float()) for k, v in saved.items())
+    ids, mask = torch.zeros(2, 6, dtype=torch.long), torch.ones(2, 6, dtype=torch.bool)
+    assert encoder(ids, mask).dtype == torch.float32

@@ -116,6 +116,9 @@ def build_hf(config: EncoderConfig, spec: ModalitySpec, prefix: str) -> nn.Modul
         model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # a bad folder fails in many ways (missing files, torn weights, unknown model type)
         raise G2DError(f"{key}: cannot load the transformers model in {folder} ({str(exc).splitlines()[0]})") from exc
+    # Checkpoints saved in half precision load as such in recent transformers; g2d trains in
+    # fp32 (the fast path's autocast picks bf16 where it applies), and the upcast is exact.
+    model.float()
     encoder = HFEncoder(model, config.pooling)
     model.eval()
     with torch.no_grad():
