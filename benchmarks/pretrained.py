@@ -8,7 +8,9 @@ modality (a CSV of ``pix:<i>`` columns), and its best checkpoint's ``encoders.pi
 are the weights file. Then, for each condition (``scratch``; ``pretrained``: fine-tuned from
 the file; ``frozen``: the file's encoder kept fixed), each seed trains its own teachers (which
 start from the same weights as the students, as teacher_model_config copies the encoder) and
-each method. Writes ``OUT/summary.md`` and ``OUT/results.json``.
+each method. Writes ``OUT/summary.md`` and ``OUT/results.json`` after every run, from every
+finished run under OUT (finished runs are skipped, so several processes may share OUT once
+the pretraining is done).
 
     python benchmarks/pretrained.py --mnist ../shared/data/mnist --seeds 0 1 2 --out runs/pretrained
 """
@@ -87,16 +89,26 @@ def condition_overrides(condition: str, weights: Path) -> list[str]:
     return [f"model.encoders.pix={{hidden: [128], weights: {weights}, weights_prefix: encoders.pix.{frozen}}}"]
 
 
+def collect(out: Path, conditions: list[str], methods: list[str]) -> dict[str, dict[str, list[dict]]]:
+    """Every finished run under ``OUT/<condition>/seed<s>/<method>``, so runs of several processes add up."""
+    results: dict[str, dict[str, list[dict]]] = {}
+    for condition in conditions:
+        for method in methods:
+            for path in sorted((out / condition).glob(f"seed*/{method}/metrics.json")):
+                results.setdefault(condition, {}).setdefault(method, []).append(json.loads(path.read_text()))
+    return results
+
+
 def table(results: dict[str, dict[str, list[dict]]]) -> str:
     """Test accuracy (%) per condition and method, each modality inside the model, its teacher, and mor's retention."""
-    lines = ["| pix encoder | method | multimodal | pix inside | mor inside | pix teacher | mor teacher | "
-             "mor inside / mor teacher |", "|" + " --- |" * 8]
+    lines = ["| pix encoder | method | seeds | multimodal | pix inside | mor inside | pix teacher | mor teacher | "
+             "mor inside / mor teacher |", "|" + " --- |" * 9]
     for condition, methods in results.items():
         for method, runs in methods.items():
             inside = {m: [r["test"]["per_modality"][m]["accuracy"] for r in runs] for m in ("pix", "mor")}
             teachers = {m: [r["teachers"][m]["accuracy"] for r in runs] for m in ("pix", "mor")}
             retention = [i / t for i, t in zip(inside["mor"], teachers["mor"])]
-            lines.append(f"| {condition} | {METHODS[method]} | "
+            lines.append(f"| {condition} | {METHODS[method]} | {', '.join(str(r['seed']) for r in runs)} | "
                          f"{percent_cell([r['test']['multimodal']['accuracy'] for r in runs])} | "
                          f"{percent_cell(inside['pix'])} | {percent_cell(inside['mor'])} | "
                          f"{percent_cell(teachers['pix'])} | {percent_cell(teachers['mor'])} | "
@@ -118,21 +130,29 @@ def main() -> None:
     weights, pretraining = pretrain(index, args.out, args.pretrain_epochs, args.overrides)
     print(f"pretraining on MNIST pix: test accuracy {pretraining['test']['multimodal']['accuracy']:.3f}", flush=True)
     data = load_dataset(load_config(CONFIG, args.overrides).dataset)
-    results: dict[str, dict[str, list[dict]]] = {}
-    for condition in args.conditions:
-        for seed in args.seeds:
+    # Seeds outermost, so an interrupted measurement still holds whole seeds of every condition.
+    for seed in args.seeds:
+        for condition in args.conditions:
             for method in sorted(args.methods, key="g2d".__ne__):  # g2d trains the teachers joint then reports
                 folder = args.out / condition / f"seed{seed}"
+                if (folder / method / "metrics.json").is_file():
+                    continue
                 config = load_config(CONFIG, [*args.overrides, *condition_overrides(condition, weights),
                                               f"method.name={method}", f"seed={seed}", f"out={folder / method}",
                                               f"teachers.root={folder / 'teachers'}"])
                 metrics = run(config, data)
-                results.setdefault(condition, {}).setdefault(method, []).append(metrics)
                 print(f"{condition} {method} seed {seed}: {json.dumps(metrics['test'])} "
                       f"teachers {json.dumps(metrics['teachers'])} ({metrics['wall_seconds']:.0f} s)", flush=True)
+                report(args, pretraining)
+    print(report(args, pretraining))
+
+
+def report(args: argparse.Namespace, pretraining: dict) -> str:
+    """The table of every finished run, written to ``OUT/summary.md`` (raw metrics to ``OUT/results.json``)."""
+    results = collect(args.out, args.conditions, args.methods)
     summary = table(results)
-    print(summary)
     write_summary(args.out, summary, {"pretraining": pretraining, "runs": results})
+    return summary
 
 
 if __name__ == "__main__":
