@@ -205,6 +205,8 @@ def test_text_needs_a_tokenizer_folder_with_a_vocabulary(corpus, tmp_path):
     args = [a for a in overrides(corpus, tmp_path) if not a.startswith("dataset.options.tokenizer")]
     with pytest.raises(G2DError, match="dataset.options.tokenizer"):
         load_dataset(load_config(None, args).dataset)
+    with pytest.raises(G2DError, match="text_columns: .* has no plain column 'caption'"):
+        load_dataset(load_config(None, overrides(corpus, tmp_path, "dataset.options.text_columns=[caption]")).dataset)
 
 
 def test_without_transformers_the_error_names_the_extra(corpus, monkeypatch):
