@@ -6,9 +6,10 @@ bounding box and averaged down to mfeat's 15 x 16 pix grid with values 0..6, the
 pix view was made from its own scans. The pretraining is an ordinary ``g2d train`` run of one
 modality (a CSV of ``pix:<i>`` columns), and its best checkpoint's ``encoders.pix.`` tensors
 are the weights file. Then, for each condition (``scratch``; ``pretrained``: fine-tuned from
-the file; ``frozen``: the file's encoder kept fixed), each seed trains its own teachers (which
-start from the same weights as the students, as teacher_model_config copies the encoder) and
-each method. Writes ``OUT/summary.md`` and ``OUT/results.json`` after every run, from every
+the file; ``frozen``: the file's encoder kept fixed), the first run trains the condition's
+teachers (which start from the same weights as the students, as teacher_model_config copies
+the encoder; shared by the condition's methods and seeds, as in methods_table.py), then each
+seed trains each method. Writes ``OUT/summary.md`` and ``OUT/results.json`` after every run, from every
 finished run under OUT (finished runs are skipped, so several processes may share OUT once
 the pretraining is done).
 
@@ -139,7 +140,7 @@ def main() -> None:
                     continue
                 config = load_config(CONFIG, [*args.overrides, *condition_overrides(condition, weights),
                                               f"method.name={method}", f"seed={seed}", f"out={folder / method}",
-                                              f"teachers.root={folder / 'teachers'}"])
+                                              f"teachers.root={args.out / condition / 'teachers'}"])
                 metrics = run(config, data)
                 print(f"{condition} {method} seed {seed}: {json.dumps(metrics['test'])} "
                       f"teachers {json.dumps(metrics['teachers'])} ({metrics['wall_seconds']:.0f} s)", flush=True)
