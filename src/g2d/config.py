@@ -52,7 +52,14 @@ class EncoderConfig:
     attention heads and feedforward size (the paper's UR-Funny setting: 768, 4, 8).
     ``kernel_size``: the Conv1d projection's kernel over time (1 = per-step, as MultiBench).
     ``positional``: ``sinusoidal`` (fixed encoding of each step's index among the real steps)
-    or ``none``. ``pooling``: ``mean`` over real steps or ``last`` real step (MultiBench).
+    or ``none``. ``pooling``: ``mean`` over real steps or ``last`` real step (MultiBench);
+    for ``hf``, ``mean``, ``first`` (the first token, e.g. BERT's [CLS]) or ``pooler`` (the
+    model's own pooled output).
+    ``path``: the local folder of a Hugging Face ``transformers`` model (``name: hf``).
+    ``weights``: a safetensors file (or a torch file of tensors, loaded with weights_only) whose
+    tensors, those under ``weights_prefix`` with the prefix removed, replace the encoder's
+    initial weights. ``freeze``: the encoder never trains (no gradients, eval mode);
+    ``lr_scale``: its learning rate is ``optim.lr * lr_scale``. See docs/encoders.md.
     """
 
     name: str = "auto"
@@ -67,6 +74,11 @@ class EncoderConfig:
     kernel_size: int = 1
     positional: str = "sinusoidal"
     pooling: str = "mean"
+    path: Optional[str] = None
+    weights: Optional[str] = None
+    weights_prefix: str = ""
+    freeze: bool = False
+    lr_scale: float = 1.0
 
 
 @dataclass
@@ -203,9 +215,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for item in overrides or []:
         if "=" not in item:
             raise G2DError(f"override {item!r} is not of the form key=value")
+        try:
+            layers.append(OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise G2DError(f"override {item!r}: {str(exc).splitlines()[0]}") from exc
+        except Exception as exc:  # the value is parsed as YAML, whose errors come in several types
+            raise G2DError(f"override {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from exc
     try:
-        if overrides:
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:

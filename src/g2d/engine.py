@@ -34,6 +34,7 @@ from g2d.methods.base import Method, MethodContext, TeacherOutputs
 from g2d.methods.losses import teacher_confidence
 from g2d.methods.smp import Modulator
 from g2d.registry import Registry
+from g2d.models.pretrained import scale_learning_rates
 
 logger = logging.getLogger("g2d")
 
@@ -95,7 +96,8 @@ def adamw(groups: list[dict], config: OptimConfig, **options: Any) -> torch.opti
 def build_optimizer(model: nn.Module, config: OptimConfig, **options: Any) -> torch.optim.Optimizer:
     """The configured optimizer over named param groups; ``options`` select its implementation
     (``foreach``, ``fused``, ``capturable``), which the fast path sets."""
-    return OPTIMIZERS[config.name](parameter_groups(model), config, **options)
+    groups = scale_learning_rates(parameter_groups(model), getattr(model, "lr_scales", {}), config.lr)
+    return OPTIMIZERS[config.name](groups, config, **options)
 
 
 class TeacherEnsemble(nn.Module):

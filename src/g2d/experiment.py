@@ -6,6 +6,7 @@ The run folder holds ``config.yaml``, ``metrics.json`` (the schema in DESIGN.md)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -57,13 +58,16 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     """
     check_ranges(config)
     device = select_device(config.trainer.device)
-    data = data if data is not None else load_dataset(config.dataset)
+    # Encoder settings are checked against every modality the dataset has, selected or not, so one
+    # config can hold them all while dataset.modalities picks a subset.
+    data = data if data is not None else load_dataset(dataclasses.replace(config.dataset, modalities=[]))
     sanity.check_encoders(config, data)
     if config.dataset.modalities:
         data = data.select(config.dataset.modalities)
     modalities = list(data.modalities)
     method = build_method(config.method, data.task, modalities)
     smp_enabled = method.smp_by_default if config.smp.enabled is None else config.smp.enabled
+    check_pretrained_encoders(config, data)
     if smp_enabled:
         sanity.check_smp_window(config, len(modalities))
     if teacher_of is None:
@@ -156,6 +160,13 @@ def finished_run(config: ExperimentConfig, data: MultimodalData, teacher_of: str
     logger.info("%s: finished at %s epochs already; nothing to resume (a larger trainer.epochs extends it)",
                 run_dir, metrics.get("epochs"))
     return metrics
+def check_pretrained_encoders(config: ExperimentConfig, data: MultimodalData) -> None:
+    """Build the model once when an encoder starts from a weights file or a model folder, so a file
+    that does not fit is refused before any folder is written; the global RNG is left untouched."""
+    if not any(config.model.encoder_for(m).weights or config.model.encoder_for(m).path for m in data.modalities):
+        return
+    with torch.random.fork_rng(devices=[]):
+        MultimodalModel(data.modalities, config.model, output_size(data))
 
 
 def existing_teacher_metrics(config: ExperimentConfig, data: MultimodalData) -> dict[str, dict]:

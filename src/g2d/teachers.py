@@ -23,6 +23,7 @@ from g2d.errors import G2DError
 from g2d.io import load_weights, save_weights, write_json
 from g2d.models.multimodal import MultimodalModel
 from g2d.runfolder import folder_lock
+from g2d.models.pretrained import pretrained_fingerprint
 
 FORMAT = "g2d-teacher/1"
 
@@ -63,7 +64,7 @@ def data_fingerprint(data: MultimodalData, modality: str) -> str:
 
 def expected_metadata(config: ExperimentConfig, data: MultimodalData, modality: str) -> dict:
     spec = data.modalities[modality]
-    return {
+    metadata = {
         "format": FORMAT,
         "dataset": data.name,
         "modality": modality,
@@ -74,6 +75,12 @@ def expected_metadata(config: ExperimentConfig, data: MultimodalData, modality: 
         "encoder": asdict(config.model.encoder_for(modality)),
         "data_fingerprint": data_fingerprint(data, modality),
     }
+    # A teacher that started from pretrained files records their hashes: if a file at the same
+    # path changes, the teacher no longer matches. Encoders from scratch record nothing extra.
+    pretrained = pretrained_fingerprint(config.model.encoder_for(modality))
+    if pretrained:
+        metadata["pretrained"] = pretrained
+    return metadata
 
 
 def check_metadata(path: Path, found: dict, expected: dict) -> None:

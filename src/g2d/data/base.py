@@ -16,7 +16,8 @@ from g2d.config import DatasetConfig
 from g2d.errors import G2DError
 
 SPLITS = ("train", "val", "test")
-KINDS = ("vector", "image", "video", "sequence")
+KINDS = ("vector", "image", "video", "sequence", "tokens")
+MASKED_KINDS = ("sequence", "tokens")
 
 
 def mask_key(modality: str) -> str:
@@ -31,7 +32,9 @@ class ModalitySpec:
     ``kind`` is ``"vector"`` (shape ``(d,)``), ``"image"`` (``(C, H, W)``; spectrograms
     are 1-channel images), ``"video"`` (``(T, C, H, W)``) or ``"sequence"`` (``(T, d)``,
     padded feature sequences; the split then holds a boolean mask ``[N, T]`` under
-    ``mask_key(modality)``, True for real steps). ``scale`` multiplies the stored values
+    ``mask_key(modality)``, True for real steps) or ``"tokens"`` (``(T,)`` integer token ids
+    from a tokenizer, padded, with the same mask: True for real tokens; kept integer on the
+    device, for the ``hf`` encoder). ``scale`` multiplies the stored values
     after conversion to float (1/255 for uint8 pixels), so data can stay compact in memory.
     """
 
@@ -76,11 +79,11 @@ class MultimodalData:
             for modality, spec in self.modalities.items():
                 if spec.kind not in KINDS:
                     raise G2DError(f"dataset {self.name}: modality {modality!r} has unknown kind {spec.kind!r}")
-                if spec.kind == "sequence":
+                if spec.kind in MASKED_KINDS:
                     mask = tensors.get(mask_key(modality))
                     if mask is None or mask.dtype != torch.bool or tuple(mask.shape[1:]) != tuple(spec.shape[:1]):
                         raise G2DError(
-                            f"dataset {self.name}: split {split} sequence modality {modality!r} needs a boolean "
+                            f"dataset {self.name}: split {split} {spec.kind} modality {modality!r} needs a boolean "
                             f"mask {mask_key(modality)!r} of shape [N, {spec.shape[0]}]"
                         )
                 if modality not in tensors:
@@ -106,7 +109,7 @@ class MultimodalData:
                 f"dataset {self.name}: unknown modality {unknown[0]!r} (dataset.modalities); "
                 f"available: {', '.join(self.modalities)}"
             )
-        keep = list(modalities) + [mask_key(m) for m in modalities if self.modalities[m].kind == "sequence"]
+        keep = list(modalities) + [mask_key(m) for m in modalities if self.modalities[m].kind in MASKED_KINDS]
         keep.append("label")
         return MultimodalData(
             name=self.name,
@@ -274,11 +277,11 @@ class Batches:
 
 
 def to_device(batch: dict[str, torch.Tensor], data: MultimodalData, device: torch.device) -> dict[str, torch.Tensor]:
-    """Move a batch to ``device`` and turn stored modality arrays into scaled float32 tensors."""
+    """Move a batch to ``device`` and turn stored modality arrays into scaled float32 tensors (token ids stay integer)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in batch.items():
         value = value.to(device, non_blocking=True)
-        if key in data.modalities:
+        if key in data.modalities and data.modalities[key].kind != "tokens":
             value = value.float()
             scale = data.modalities[key].scale
             if scale != 1.0:

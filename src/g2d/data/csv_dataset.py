@@ -8,10 +8,14 @@ Columns (one row per sample):
   stratified by label for classification.
 - ``<modality>:<feature>``: numeric columns grouped by the prefix into one tabular vector
   modality, standardized with the training rows' mean and std.
+- a column named in ``text_columns``: raw text, tokenized once here with the tokenizer saved
+  in the folder ``tokenizer`` (padded to the longest row, at most ``max_tokens``), giving a
+  ``tokens`` modality (ids + mask) for the ``hf`` encoder.
 - any other column: a modality of file paths, relative to the CSV's folder; the extension
   picks the reader: ``.png/.jpg/.jpeg`` images (Pillow, resized to ``image_size``, uint8),
   ``.wav/.flac`` audio (soundfile, resampled, cropped or zero-padded to ``audio_seconds``,
-  log-magnitude spectrogram by torch.stft, standardized with the training rows), ``.npy``
+  log-magnitude spectrogram by torch.stft, standardized with the training rows; or, with
+  ``audio_input: waveform``, the samples themselves as a vector, for waveform models), ``.npy``
   feature arrays: 1-D gives a vector modality, 2-D ``(T, d)`` a padded sequence with a mask,
   both standardized per feature with the training rows.
 Every file is decoded once, here; errors name the CSV line, the column and the file.
@@ -45,7 +49,12 @@ DEFAULTS: dict[str, Any] = {
     "n_fft": 512,
     "hop": 128,
     "ignore_columns": [],
+    "audio_input": "spectrogram",
+    "text_columns": [],
+    "tokenizer": "",
+    "max_tokens": 128,
 }
+AUDIO_INPUTS = ("spectrogram", "waveform")
 
 
 @dataclass
@@ -70,10 +79,12 @@ def load_csv_dataset(config: DatasetConfig) -> MultimodalData:
     if not config.root:
         raise G2DError("config key dataset.root: the csv dataset needs the path of its index CSV file")
     options = read_options("csv", config.options, DEFAULTS)
-    require_positive(options, ["image_size", "sample_rate", "audio_seconds", "n_fft", "hop"])
+    require_positive(options, ["image_size", "sample_rate", "audio_seconds", "n_fft", "hop", "max_tokens"])
     require_choice(options, "image_mode", tuple(MODES))
+    require_choice(options, "audio_input", AUDIO_INPUTS)
     table = read_table(Path(config.root))
     groups = modality_columns(table, options["ignore_columns"])
+    check_text_columns(table, groups, options)
     if config.modalities:
         unknown = [m for m in config.modalities if m not in groups]
         if unknown:
@@ -92,11 +103,18 @@ def load_csv_dataset(config: DatasetConfig) -> MultimodalData:
             arrays[name] = tabular_values(table, columns, train)
             modalities[name] = ModalitySpec(kind="vector", shape=(arrays[name].shape[1],))
             continue
+        if name in options["text_columns"]:
+            arrays[name], arrays[mask_key(name)] = tokenize(table, name, options)
+            modalities[name] = ModalitySpec(kind="tokens", shape=(arrays[name].shape[1],))
+            continue
         kind = file_kind(table, name)
         paths = [resolve(table, row, name) for row in range(len(table.rows))]
         if kind == "image":
             arrays[name] = read_images(table, name, paths, options)
             modalities[name] = ModalitySpec(kind="image", shape=tuple(arrays[name].shape[1:]), scale=1 / 255)
+        elif kind == "audio" and options["audio_input"] == "waveform":
+            arrays[name] = read_waveforms(table, name, paths, options)
+            modalities[name] = ModalitySpec(kind="vector", shape=tuple(arrays[name].shape[1:]))
         elif kind == "audio":
             arrays[name] = read_spectrograms(table, name, paths, options, train)
             modalities[name] = ModalitySpec(kind="image", shape=tuple(arrays[name].shape[1:]))
@@ -271,6 +289,44 @@ def read_images(table: Table, column: str, paths: list[Path], options: dict[str,
     return np.stack(images)
 
 
+def check_text_columns(table: Table, groups: dict[str, list[str]], options: dict[str, Any]) -> None:
+    """Each of ``text_columns`` must be a plain column, and text needs a tokenizer folder."""
+    for column in options["text_columns"]:
+        if groups.get(column) != [column]:
+            raise G2DError(f"config key dataset.options.text_columns: {table.path} has no plain column {column!r}")
+    if options["text_columns"] and not options["tokenizer"]:
+        raise G2DError("config key dataset.options.tokenizer: text columns need the folder of a saved tokenizer "
+                       "(the hf encoder's model folder)")
+
+
+def tokenize(table: Table, column: str, options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids ``[N, T]`` (int64) and mask (True = real token) of a text column, padded to the longest row."""
+    from g2d.models.hf import load_tokenizer
+
+    tokenizer = load_tokenizer(options["tokenizer"], "config key dataset.options.tokenizer")
+    try:
+        encoded = tokenizer(table.column(column), padding="longest", truncation=True,
+                            max_length=options["max_tokens"], return_tensors="np")
+    except ValueError as exc:  # e.g. a tokenizer without a padding token
+        raise G2DError(f"config key dataset.options.tokenizer: cannot tokenize column {column!r} of {table.path} "
+                       f"({str(exc).splitlines()[0]})") from exc
+    return encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(bool)
+
+
+def read_waveforms(table: Table, column: str, paths: list[Path], options: dict[str, Any]) -> np.ndarray:
+    """Clips ``[N, audio_seconds * sample_rate]`` (float32), resampled, cropped or zero-padded."""
+    length = int(round(options["audio_seconds"] * options["sample_rate"]))
+    waves = np.zeros((len(paths), length), dtype=np.float32)
+    for row, path in enumerate(paths):
+        try:
+            wave, source_rate = read_wav(path)
+        except G2DError as exc:
+            raise G2DError(f"{table.where(row, column)}: {exc}") from exc
+        wave = resample(wave, source_rate, options["sample_rate"])[:length]
+        waves[row, : len(wave)] = wave
+    return waves
+
+
 def read_spectrograms(
     table: Table, column: str, paths: list[Path], options: dict[str, Any], train: np.ndarray
 ) -> np.ndarray:
@@ -280,14 +336,7 @@ def read_spectrograms(
     if length < n_fft:
         raise G2DError(f"config key dataset.options.n_fft: {n_fft} is longer than a clip of audio_seconds * "
                        f"sample_rate = {length} samples")
-    waves = np.zeros((len(paths), length), dtype=np.float32)
-    for row, path in enumerate(paths):
-        try:
-            wave, source_rate = read_wav(path)
-        except G2DError as exc:
-            raise G2DError(f"{table.where(row, column)}: {exc}") from exc
-        wave = resample(wave, source_rate, rate)[:length]
-        waves[row, : len(wave)] = wave
+    waves = read_waveforms(table, column, paths, options)
     spectrograms = log_spectrogram(torch.from_numpy(waves), n_fft, hop).numpy()
     mean, std = float(spectrograms[train].mean()), float(spectrograms[train].std()) or 1.0
     return ((spectrograms - mean) / std).astype(np.float32)[:, None]

@@ -6,7 +6,7 @@ Layout (one folder per dataset)::
                                      every preparation setting, and skip counts
     DIR/skipped.csv                  one row per input item left out: split, item, reason
     DIR/{train,val,test}/<m>.npy     one array per modality, rows aligned with label.npy
-    DIR/{train,val,test}/<m>.mask.npy  bool [N, T] for sequence modalities (True = real step)
+    DIR/{train,val,test}/<m>.mask.npy  bool [N, T] for sequence and tokens modalities (True = real step)
     DIR/{train,val,test}/label.npy   int64 classes, or float32 regression targets (original units)
 
 Arrays are plain ``.npy`` (no pickles); they are written through ``np.lib.format.open_memmap``
@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from g2d.data.base import SPLITS, ModalitySpec, MultimodalData, mask_key
+from g2d.data.base import MASKED_KINDS, SPLITS, ModalitySpec, MultimodalData, mask_key
 from g2d.errors import G2DError
 
 FORMAT = "g2d-prepared/1"
@@ -268,7 +268,7 @@ def load_prepared(root: str | Path, name: str, val_fraction: float | None = None
         tensors: dict[str, torch.Tensor] = {}
         for modality, spec in specs.items():
             tensors[modality] = torch.from_numpy(load_array(folder / f"{modality}.npy", dtypes[modality], (count, *spec.shape)))
-            if spec.kind == "sequence":
+            if spec.kind in MASKED_KINDS:
                 mask = load_array(folder / f"{mask_key(modality)}.npy", np.bool_, (count, spec.shape[0]))
                 tensors[mask_key(modality)] = torch.from_numpy(mask)
         if task == "classification":

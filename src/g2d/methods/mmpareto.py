@@ -56,7 +56,12 @@ def min_norm_weight(g1: list[torch.Tensor], g2: list[torch.Tensor]) -> torch.Ten
 
 
 def pareto_integrate(multimodal: list[torch.Tensor], unimodal: list[torch.Tensor], gamma: float) -> list[torch.Tensor]:
-    """One encoder's new gradient from its multimodal and unimodal gradients (lists of tensors)."""
+    """One encoder's new gradient from its multimodal and unimodal gradients (lists of tensors).
+
+    A frozen encoder has no trainable tensors, hence nothing to integrate.
+    """
+    if not multimodal:
+        return []
     norms = (dot(multimodal, multimodal) * dot(unimodal, unimodal)).sqrt()
     cosine = dot(multimodal, unimodal) / norms.clamp_min(EPSILON)
     weight = torch.where(cosine > 0, torch.full_like(cosine, 0.5), min_norm_weight(multimodal, unimodal))

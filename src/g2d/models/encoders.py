@@ -1,9 +1,11 @@
-"""Unimodal encoders: MLP (vectors), ResNet-18 and MobileNetV2 (images, video), Transformer (sequences).
+"""Unimodal encoders: MLP (vectors), ResNet-18 and MobileNetV2 (images, video), Transformer (sequences),
+and Hugging Face models from a local folder (``g2d.models.hf``).
 
 Every encoder maps one modality's batch to features ``[B, out_dim]`` and exposes ``out_dim``
 so the fusion module can size its heads. ``forward(x, mask=None)`` is the one signature:
 ``mask`` is the padding mask of a sequence modality (True = real step) and ``None`` otherwise.
-All are written here (no torchvision) and initialised as the paper does (``init_weights``).
+All but ``hf`` are written here (no torchvision) and initialised as the paper does
+(``init_weights``); any of them may then start from a weights file (``g2d.models.pretrained``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from g2d.config import EncoderConfig
 from g2d.data.base import ModalitySpec
 from g2d.errors import G2DError
 from g2d.registry import Registry
+from g2d.models.hf import HF_KINDS, build_hf
+from g2d.models.pretrained import apply_pretrained
 
 def init_weights(module: nn.Module) -> None:
     """Initialise as the paper does: Kaiming conv, unit BatchNorm, Xavier Linear with zero bias."""
@@ -358,9 +362,10 @@ ENCODERS.register("mlp")((("vector",), build_mlp))
 ENCODERS.register("resnet18")((("image", "video"), build_resnet18))
 ENCODERS.register("mobilenetv2")((("image", "video"), build_mobilenetv2))
 ENCODERS.register("transformer")((("sequence",), build_transformer))
+ENCODERS.register("hf")((HF_KINDS, build_hf))
 ENCODER_NAMES = tuple(ENCODERS)
 AUTO_ENCODER = {"vector": "mlp", "image": "resnet18", "video": "resnet18", "sequence": "transformer"}
-SPEC_RANK = {"vector": 1, "image": 3, "video": 4, "sequence": 2}
+SPEC_RANK = {"vector": 1, "image": 3, "video": 4, "sequence": 2, "tokens": 1}
 
 
 def build_encoder(config: EncoderConfig, spec: ModalitySpec, key: str) -> nn.Module:
@@ -371,5 +376,11 @@ def build_encoder(config: EncoderConfig, spec: ModalitySpec, key: str) -> nn.Mod
         raise G2DError(f"{key}: a {spec.kind} modality needs a shape of rank {SPEC_RANK[spec.kind]}, got {spec.shape}")
     kinds, build = ENCODERS.lookup(config.name, key)
     if spec.kind not in kinds:
+        if config.name == "auto":
+            raise G2DError(f"{key}: a {spec.kind} modality has no automatic encoder; use hf with a model folder as path")
         raise G2DError(f"{key}: encoder {config.name!r} takes {' or '.join(kinds)} input, but this modality is {spec.kind} {spec.shape}")
-    return build(config, spec, key.rsplit(".", 1)[0])
+    prefix = key.rsplit(".", 1)[0]
+    if config.path and config.name != "hf":
+        raise G2DError(f"{prefix}.path: only the hf encoder reads a model folder (this one is {config.name!r}); "
+                       f"for a weights file use {prefix}.weights")
+    return apply_pretrained(build(config, spec, prefix), config, prefix)

@@ -46,12 +46,22 @@ class MultimodalModel(nn.Module):
             key = f"model.encoders.{m}.name" if m in config.encoders else "model.encoder.name"
             encoders[m] = build_encoder(config.encoder_for(m), spec, key=key)
         self.encoders = nn.ModuleDict(encoders)
+        # Frozen (pretrained) encoders stay in eval mode, so BatchNorm statistics and dropout
+        # do not change them either; ``lr_scales`` give the others their own learning rate.
+        self.frozen = [m for m in self.modalities if config.encoder_for(m).freeze]
+        self.lr_scales = {m: float(config.encoder_for(m).lr_scale) for m in self.modalities}
         feature_dims = {m: int(encoders[m].out_dim) for m in self.modalities}
         self.fusion = build_fusion(config.fusion, self.modalities, feature_dims, num_outputs)
         self.num_outputs = num_outputs
         # Trainable modules a method adds (e.g. MLA's shared head) live here, so the optimizer,
         # checkpoints and device moves include them without special cases.
         self.method_modules: nn.Module | None = None
+
+    def train(self, mode: bool = True) -> "MultimodalModel":
+        super().train(mode)
+        for modality in self.frozen:
+            self.encoders[modality].eval()
+        return self
 
     @property
     def feature_dims(self) -> dict[str, int]:
