@@ -14,7 +14,7 @@ from g2d.engine import build_optimizer
 from g2d.errors import G2DError
 from g2d.experiment import run
 from g2d.models.multimodal import MultimodalModel
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, run_interrupted
 
 CONFIG = str(ROOT / "configs" / "mfeat.yaml")
 METHODS = ("joint", "g2d", "umt", "ume", "ogm_ge", "agm", "pmr", "mla", "mmpareto", "reconboost", "dlmg", "mses", "mslr")
@@ -184,3 +184,21 @@ def test_prefix_matching_nothing_lists_what_the_file_holds(tmp_path):
     save_file(pix_state(), str(path))
     with pytest.raises(G2DError, match="no tensor name starts with 'encoders.pix.'.*net.0.bias"):
         build([pix_encoder(path, "weights_prefix: encoders.pix.")])
+
+
+def test_resumed_run_with_frozen_and_rescaled_encoders_matches_an_uninterrupted_one(tmp_path, monkeypatch):
+    path = tmp_path / "pix.safetensors"
+    save_file(pix_state(), str(path))
+
+    def config(name: str, *extra: str):
+        return load_config(CONFIG, [*TINY, "method.name=g2d", "smp.schedule=dynamic", "smp.tau=[1]",
+                                    pix_encoder(path, "freeze: true"), "model.encoders.mor={hidden: [16], lr_scale: 0.3}",
+                                    f"out={tmp_path / name}", f"teachers.root={tmp_path / 'teachers'}", *extra])
+
+    run(config("whole"))
+    run_interrupted(monkeypatch, config("split"))
+    run(config("split", "trainer.resume=true"))
+    for name in ("last.safetensors", "best.safetensors"):
+        assert (tmp_path / "whole" / "checkpoints" / name).read_bytes() == (tmp_path / "split" / "checkpoints" / name).read_bytes()
+    state = torch.load(tmp_path / "split" / "checkpoints" / "last_state.pt", weights_only=True)
+    assert [(g["name"], g["lr"]) for g in state["optimizer"]["param_groups"]] == [("encoder:mor", 0.05 * 0.3), ("fusion", 0.05)]
