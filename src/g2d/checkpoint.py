@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from g2d import faults
 from g2d.errors import G2DError
@@ -60,8 +61,6 @@ def save(run_dir: Path, epoch: int, weights: dict[str, torch.Tensor], best_chang
     ``weights`` is the model's state on the CPU; it becomes ``best.safetensors`` too when
     ``best_changed``, else the previous checkpoint's best weights are linked in.
     """
-    from safetensors.torch import save_file
-
     store = run_dir / STORE
     link = run_dir / LINK
     store.mkdir(parents=True, exist_ok=True)
