@@ -91,7 +91,7 @@ def test_every_method_trains_a_regression_dataset_with_teachers_and_smp(method, 
     assert (metrics["task"], metrics["method"], metrics["modalities"]) == ("regression", method, ["vec", "tab"])
     for scores in [metrics["test"]["multimodal"], *metrics["test"]["per_modality"].values(),
                    *metrics["teachers"].values()]:
-        assert set(scores) == {"mse", "loss", "mape", "r2"} and all(math.isfinite(v) for v in scores.values())
+        assert set(scores) == {"mse", "loss", "confidence", "mape", "r2"} and all(math.isfinite(v) for v in scores.values())
     assert set(metrics["smp"]["dataset_confidence"]) == {"vec", "tab"}
     assert all(0 <= c <= 1 for c in metrics["smp"]["dataset_confidence"].values())
     history = json.loads((out / "history.json").read_text())
