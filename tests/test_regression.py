@@ -91,7 +91,7 @@ def test_every_method_trains_a_regression_dataset_with_teachers_and_smp(method, 
     assert (metrics["task"], metrics["method"], metrics["modalities"]) == ("regression", method, ["vec", "tab"])
     for scores in [metrics["test"]["multimodal"], *metrics["test"]["per_modality"].values(),
                    *metrics["teachers"].values()]:
-        assert {"mse", "loss", "mape", "r2"} <= set(scores) and all(math.isfinite(v) for v in scores.values())
+        assert set(scores) == {"mse", "loss", "confidence", "mape", "r2"} and all(math.isfinite(v) for v in scores.values())
     assert set(metrics["smp"]["dataset_confidence"]) == {"vec", "tab"}
     assert all(0 <= c <= 1 for c in metrics["smp"]["dataset_confidence"].values())
     history = json.loads((out / "history.json").read_text())
@@ -145,3 +145,26 @@ def test_fold_runs_default_to_per_fold_teacher_folders():
     config = load_config(MFEAT3, ["dataset.folds=5", "dataset.fold=3", "out=runs/x/g2d"])
     assert str(config.teachers_dir()) == "runs/x/teachers/mfeat_fold3"
     assert str(load_config(MFEAT3, ["out=runs/x/g2d"]).teachers_dir()) == "runs/x/teachers/mfeat"
+
+
+def test_analyze_and_report_a_regression_run(regression_csv, tmp_path):
+    """Regression runs get MSE in place of accuracy everywhere: probes, subsets, Shapley, noise, report."""
+    index, teachers = regression_csv
+    out = tmp_path / "run"
+    assert main(["train", MFEAT, "dataset.name=csv", f"dataset.root={index}", "dataset.modalities=[]",
+                 "method.name=g2d", "smp.tau=[1]", "model.encoder.hidden=[8]", "trainer.epochs=3",
+                 "trainer.batch_size=8", "trainer.progress=false", "optim.lr=0.05", f"out={out}",
+                 f"teachers.root={teachers}"]) == 0
+    assert main(["analyze", str(out)]) == 0
+    result = json.loads((out / "analysis" / "analysis.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    full = result["subsets"][0]
+    assert full["mse"] == pytest.approx(metrics["test"]["multimodal"]["mse"])
+    assert all(set(row) == {"present", "absent", "mse"} for row in result["subsets"])
+    # Shapley values in minus-MSE units add up to the full model's gain over the mean-target prior
+    gain = result["subsets"][-1]["mse"] - full["mse"]
+    assert sum(result["shapley"].values()) == pytest.approx(gain)
+    for entry in result["per_modality"].values():
+        assert set(entry["probe"]) == {"mse"} and 0.0 <= entry["teacher"]["confidence"] <= 1.0
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert "multimodal MSE" in (tmp_path / "report" / "report.md").read_text()

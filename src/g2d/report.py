@@ -257,7 +257,7 @@ def analysis_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list[l
     classification = first["task"] == "classification"
     header = ["model", "modality", f"inside {title}", f"linear probe {title}",
               *(["inside macro-F1 (%)"] if classification else []), "confidence ratio", "alignment (cos)",
-              f"Shapley ({title})"]
+              "Shapley (accuracy points)" if classification else "Shapley (minus MSE)"]
     rows = []
     for label, runs in groups.items():
         analysed = [r.analysis for r in runs if r.analysis]
