@@ -127,11 +127,17 @@ def dispatch(args: argparse.Namespace) -> int:
         from g2d.experiment import run
         from g2d.report import results_table
 
+        from g2d import distributed
+
         overrides = [*args.overrides, "trainer.reference=true"] if args.reference else args.overrides
         config = load_config(args.config, overrides)
-        metrics = run(config)
-        print(results_table({metrics["method"]: metrics}))
-        print(f"run folder: {config.run_dir()}")
+        with distributed.lost_contact_reported(config.run_dir()):
+            metrics = run(config)
+        main = distributed.is_main()  # only rank 0 prints the table
+        distributed.teardown()
+        if main:
+            print(results_table({metrics["method"]: metrics}))
+            print(f"run folder: {config.run_dir()}")
         return 0
     if args.command == "demo":
         from g2d.demo import demo

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from g2d import distributed
 from g2d.config import ExperimentConfig, to_dict
 from g2d.data import MultimodalData, load_dataset
 from g2d.engine import TeacherEnsemble, dataset_confidence, fit, select_device
@@ -56,9 +57,12 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     modalities = list(data.modalities)
     method = build_method(config.method, data.task, modalities)
     smp_enabled = method.smp_by_default if config.smp.enabled is None else config.smp.enabled
+    device = distributed.setup(select_device(config.trainer.device))
+    distributed.check_method(method)
+    main = distributed.is_main()  # rank 0 alone writes the run folder
     run_dir = config.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = select_device(config.trainer.device)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     teachers = None
     if method.uses_teachers or smp_enabled:
@@ -84,7 +88,8 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
             smp_report["dataset_confidence"] = dict(zip(modalities, confidence.tolist()))
             smp_report["ranking"] = modulator.ranking()
 
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_dict(config)))
+    if main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_dict(config)))
     result = fit(model, method, data, config, run_dir, teachers, modulator, device)
     started = time.perf_counter()
     test = evaluate(model, data, "test", device, config.trainer.eval_batch_size, method)
@@ -105,15 +110,17 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
         "smp": smp_report,
         "method_params": asdict(method.params),
         "environment": {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-                        "training_path": result.path},
+                        "training_path": result.path, "processes": distributed.world_size()},
     }
-    write_json(run_dir / "history.json", result.history)
-    write_json(run_dir / "metrics.json", metrics)
-    if teacher_of is not None:
-        metadata = expected_metadata(config, data, teacher_of)
-        metadata.update(seed=config.seed, epochs=config.trainer.epochs, best_epoch=result.best_epoch,
-                        val=result.best_val["multimodal"], test=test["multimodal"])
-        save_teacher(model.cpu(), run_dir, metadata)
+    if main:
+        write_json(run_dir / "history.json", result.history)
+        write_json(run_dir / "metrics.json", metrics)
+        if teacher_of is not None:
+            metadata = expected_metadata(config, data, teacher_of)
+            metadata.update(seed=config.seed, epochs=config.trainer.epochs, best_epoch=result.best_epoch,
+                            val=result.best_val["multimodal"], test=test["multimodal"])
+            save_teacher(model.cpu(), run_dir, metadata)
+    distributed.barrier()  # no process goes on (to load this teacher, say) before rank 0 has written
     return metrics
 
 

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from g2d import distributed
 from g2d.config import ExperimentConfig, ModelConfig
 from g2d.data.base import MultimodalData, mask_key
 from g2d.errors import G2DError
@@ -113,7 +114,8 @@ def ensure_teachers(
     """Load every modality's teacher, training the missing ones first with ``train_one``."""
     teachers = {}
     for modality in data.modalities:
-        if not (teacher_dir(config, modality) / "teacher.json").is_file():
+        # Rank 0 decides, so under DDP every process trains the same missing teachers together.
+        if not distributed.from_main((teacher_dir(config, modality) / "teacher.json").is_file()):
             if not config.teachers.train_missing:
                 raise G2DError(
                     f"teacher for {modality!r} not found in {teacher_dir(config, modality)} "

@@ -116,6 +116,10 @@ class AGM(Method):
     """Joint training with each encoder's gradients scaled by AGM's adaptive coefficient."""
 
     name = "agm"
+    data_parallel = (
+        "its step runs extra forward passes with modalities zeroed and scales gradients through its own "
+        "hooks, outside DDP's averaging"
+    )
     Params = AGMParams
 
     def __init__(self, params: AGMParams, task: str, modalities: list[str]) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from g2d import distributed
 from g2d.errors import G2DError
 from g2d.methods.balancing import scale_gradients
 from g2d.methods.losses import teacher_confidence
@@ -81,6 +82,9 @@ class MethodContext:
             teachers = self.teacher_outputs(inputs)
         assert teachers is not None, "SMP needs teacher outputs"
         confidence = teacher_confidence(teachers.stacked_logits(self.modalities), inputs["label"], self.data.task)
+        if not self.modulator.needs_dataset_confidence:
+            # Every process must suppress the same modality: rank on the global batch's confidence.
+            confidence = distributed.mean_across_ranks(confidence)
         return self.modulator.coefficients(epoch, confidence)
 
     def encoder_gradients_scaled(self, kappa: torch.Tensor) -> None:

@@ -79,6 +79,7 @@ class OGMGE(Method):
     """Joint training whose dominant encoders' gradients are damped by OGM's coefficient, plus GE noise."""
 
     name = "ogm_ge"
+    data_parallel = "its coefficients come from each process's own batch and its gradient noise is drawn per process"
     Params = OGMGEParams
 
     def __init__(self, params: OGMGEParams, task: str, modalities: list[str]) -> None:

@@ -30,6 +30,7 @@ class UME(Method):
     """Independent unimodal models in one run; predictions are the mean of their logits."""
 
     name = "ume"
+    data_parallel = "its step runs the encoders outside the model's forward, so DDP would not average their gradients"
 
     def __init__(self, params: object, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
