@@ -27,6 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run folders")
     demo.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run")
 
+    sweep = commands.add_parser("sweep", help="one config over a grid of overrides and seeds, with a mean ± std table")
+    sweep.add_argument("config", type=Path, help="experiment YAML file")
+    sweep.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run (before the options)")
+    sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every configuration (default 0)")
+    sweep.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
+                       help="values to cross, e.g. method.name=joint,g2d smp.enabled=true,false")
+    sweep.add_argument("--out", type=Path, required=True, help="sweep folder: <configuration>/seed<s>/, teachers/, summary")
+    sweep.add_argument("--workers", type=int, default=1, help="experiments run at a time, each in its own process")
+    sweep.add_argument("--print-commands", action="store_true",
+                       help="print one g2d train command per run (for a job array) instead of running")
+    sweep.add_argument("--teachers-only", action="store_true", help="train the shared teachers and stop")
+
     prepare = commands.add_parser("prepare", help="build a dataset from raw files")
     datasets = prepare.add_subparsers(dest="dataset", required=True)
     avdigits = datasets.add_parser("avdigits", help="AV-MNIST-format data from FSDD, MNIST and noise wavs")
@@ -138,6 +150,19 @@ def dispatch(args: argparse.Namespace) -> int:
         if main:
             print(results_table({metrics["method"]: metrics}))
             print(f"run folder: {config.run_dir()}")
+        return 0
+    if args.command == "sweep":
+        from g2d.sweep import commands, grid_points, run_sweep
+
+        points = grid_points(args.grid)
+        if args.print_commands:
+            print("\n".join(commands(args.config, args.overrides, points, args.seeds, args.out, args.grid)))
+            return 0
+        run_sweep(args.config, args.overrides, points, args.seeds, args.out, workers=args.workers,
+                  teachers_only=args.teachers_only, log=lambda line: print(line, flush=True))
+        if not args.teachers_only:
+            print((args.out / "summary.md").read_text(), end="")
+            print(f"tables: {args.out / 'summary.md'}, {args.out / 'summary.csv'}, {args.out / 'sweep.json'}")
         return 0
     if args.command == "demo":
         from g2d.demo import demo
