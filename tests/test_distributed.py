@@ -31,7 +31,8 @@ from conftest import ROOT, TINY
 
 WEIGHT_TOLERANCE = 1e-5
 CONFIG = ROOT / "configs" / "mfeat.yaml"
-G2D_SMP = ["method.name=g2d", "smp.enabled=true", "smp.schedule=dynamic", "smp.modulator=partial", "smp.tau=[2]"]
+QUICK = [*TINY, "trainer.epochs=2"]
+G2D_SMP = ["method.name=g2d", "smp.enabled=true", "smp.schedule=dynamic", "smp.modulator=partial", "smp.tau=[1]"]
 # Generous bounds against a hang; nothing here asserts how fast anything runs.
 LAUNCH_TIMEOUT = 300
 
@@ -41,7 +42,7 @@ def torchrun(*args: str) -> list[str]:
 
 
 def train_command(overrides: list[str]) -> list[str]:
-    return ["-m", "g2d.cli", "train", str(CONFIG), *TINY, "trainer.progress=false", *overrides]
+    return ["-m", "g2d.cli", "train", str(CONFIG), *QUICK, *overrides]
 
 
 def launch(command: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -119,7 +120,7 @@ def test_refused_method_under_torchrun_writes_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_twice_the_batch_for_joint_train(tmp_path):
-    run(load_config(CONFIG, [*TINY, "method.name=joint", "trainer.batch_size=64", f"out={tmp_path / 'one'}"]))
+    run(load_config(CONFIG, [*QUICK, "method.name=joint", "trainer.batch_size=64", f"out={tmp_path / 'one'}"]))
     done = launch(torchrun("--standalone", "--nproc-per-node", "2",
                            *train_command(["method.name=joint", "trainer.batch_size=32", f"out={tmp_path / 'two'}"])))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -130,7 +131,7 @@ def test_two_processes_match_one_process_with_twice_the_batch_for_joint_train(tm
 @pytest.mark.slow
 def test_two_processes_match_one_process_for_g2d_with_smp(tmp_path):
     teachers = f"teachers.root={tmp_path / 'teachers'}"
-    run(load_config(CONFIG, [*TINY, *G2D_SMP, "trainer.batch_size=64", f"out={tmp_path / 'one'}", teachers]))
+    run(load_config(CONFIG, [*QUICK, *G2D_SMP, "trainer.batch_size=64", f"out={tmp_path / 'one'}", teachers]))
     done = launch(torchrun("--standalone", "--nproc-per-node", "2",
                            *train_command([*G2D_SMP, "trainer.batch_size=32", f"out={tmp_path / 'two'}", teachers])))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -156,7 +157,7 @@ def test_two_nodes_through_c10d_rendezvous_train_teachers_and_use_the_teacher_ca
     nodes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     outputs = [node.communicate(timeout=LAUNCH_TIMEOUT) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
-    run(load_config(CONFIG, [*TINY, "method.name=g2d", "trainer.fast=true", "trainer.batch_size=64",
+    run(load_config(CONFIG, [*QUICK, "method.name=g2d", "trainer.fast=true", "trainer.batch_size=64",
                              f"out={tmp_path / 'one' / 'g2d'}"]))
     for modality in ("pix", "mor"):
         single, parallel = (tmp_path / n / "teachers" / "mfeat" / f"teacher_{modality}" for n in ("one", "two"))

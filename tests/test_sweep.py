@@ -14,6 +14,7 @@ from g2d.sweep import Point, grid_points, run_sweep
 from conftest import ROOT, TINY
 
 CONFIG = ROOT / "configs" / "mfeat.yaml"
+QUICK = [*TINY, "trainer.epochs=1"]
 
 
 def test_grid_is_the_cross_product_and_keeps_bracketed_values_whole():
@@ -29,7 +30,7 @@ def test_grid_is_the_cross_product_and_keeps_bracketed_values_whole():
 
 def test_sweep_shares_teachers_skips_finished_runs_and_tabulates_mean_and_std(tmp_path, monkeypatch):
     points = grid_points(["method.name=joint,g2d"])
-    results = run_sweep(CONFIG, TINY, points, [0, 1], tmp_path, log=lambda _: None)
+    results = run_sweep(CONFIG, QUICK, points, [0, 1], tmp_path, log=lambda _: None)
     # One teachers folder per seed, shared by both methods (they differ only in the method).
     assert sorted(p.name.split("_")[1] for p in (tmp_path / "teachers").iterdir()) == ["seed0", "seed1"]
     g2d_runs = results["method.name=g2d"]
@@ -42,27 +43,27 @@ def test_sweep_shares_teachers_skips_finished_runs_and_tabulates_mean_and_std(tm
     stats = summary["points"][1]["test"]["multimodal"]["accuracy"]
     assert stats == {"mean": statistics.mean(accuracy), "std": statistics.stdev(accuracy), "values": accuracy}
     row = f"| method.name=g2d | 2 | {100 * statistics.mean(accuracy):.1f} ± {100 * statistics.stdev(accuracy):.1f} |"
-    assert row in (tmp_path / "summary.md").read_text()
-    assert "method.name=joint" in (tmp_path / "summary.csv").read_text().splitlines()[1]
+    assert row in (tmp_path / "sweep.md").read_text()
+    assert "method.name=joint" in (tmp_path / "sweep.csv").read_text().splitlines()[1]
 
     # A second sweep runs nothing; with one metrics file gone, it reruns (resumes) that run alone.
     calls = []
     original = sweep.run_one
     monkeypatch.setattr(sweep, "run_one", lambda path, overrides: calls.append(overrides) or original(path, overrides))
-    assert run_sweep(CONFIG, TINY, points, [0, 1], tmp_path, log=lambda _: None) == results
+    assert run_sweep(CONFIG, QUICK, points, [0, 1], tmp_path, log=lambda _: None) == results
     assert calls == []
     (tmp_path / "method.name=joint" / "seed1" / "metrics.json").unlink()
-    again = run_sweep(CONFIG, TINY, points, [0, 1], tmp_path, log=lambda _: None)
+    again = run_sweep(CONFIG, QUICK, points, [0, 1], tmp_path, log=lambda _: None)
     assert len(calls) == 1 and "seed=1" in calls[0] and "method.name=joint" in calls[0]
     assert again["method.name=joint"][1]["test"] == results["method.name=joint"][1]["test"]
 
 
 def test_a_finished_run_of_another_config_is_an_error_and_stays(tmp_path):
     points = [Point("joint", ["method.name=joint"])]
-    run_sweep(CONFIG, TINY, points, [0], tmp_path, log=lambda _: None)
+    run_sweep(CONFIG, QUICK, points, [0], tmp_path, log=lambda _: None)
     before = (tmp_path / "joint" / "seed0" / "metrics.json").read_bytes()
     with pytest.raises(G2DError, match="config key optim.lr is 0.05 there but 0.1"):
-        run_sweep(CONFIG, [*TINY, "optim.lr=0.1"], points, [0], tmp_path, log=lambda _: None)
+        run_sweep(CONFIG, [*QUICK, "optim.lr=0.1"], points, [0], tmp_path, log=lambda _: None)
     assert (tmp_path / "joint" / "seed0" / "metrics.json").read_bytes() == before
 
 
@@ -81,10 +82,11 @@ def test_print_commands_gives_teachers_first_then_one_train_command_per_run(tmp_
 
 @pytest.mark.slow
 def test_two_workers_give_the_runs_one_worker_gives(tmp_path, capsys):
-    args = ["sweep", str(CONFIG), *TINY, "--seeds", "0", "--grid", "method.name=joint,g2d", "smp.enabled=true"]
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    assert main([*args, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
-    assert "| method.name=g2d smp.enabled=true | 1 |" in capsys.readouterr().out
-    for label in ("method.name=joint_smp.enabled=true", "method.name=g2d_smp.enabled=true"):
-        one, two = (json.loads((tmp_path / n / label / "seed0" / "metrics.json").read_text()) for n in ("one", "two"))
-        assert two["test"]["multimodal"]["accuracy"] == pytest.approx(one["test"]["multimodal"]["accuracy"], abs=0.01)
+    args = ["sweep", str(CONFIG), *QUICK, "--grid", "method.name=g2d"]
+    assert main([*args, "--seeds", "0", "1", "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    assert "| method.name=g2d | 2 |" in capsys.readouterr().out
+    assert main([*args, "--seeds", "0", "--out", str(tmp_path / "one")]) == 0
+    one, two = (json.loads((tmp_path / n / "method.name=g2d" / "seed0" / "metrics.json").read_text()) for n in ("one", "two"))
+    for modality in ("pix", "mor"):
+        assert two["teachers"][modality]["accuracy"] == pytest.approx(one["teachers"][modality]["accuracy"], abs=0.01)
+    assert two["test"]["multimodal"]["accuracy"] == pytest.approx(one["test"]["multimodal"]["accuracy"], abs=0.01)

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every configuration (default 0)")
     sweep.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
                        help="values to cross, e.g. method.name=joint,g2d smp.enabled=true,false")
-    sweep.add_argument("--out", type=Path, required=True, help="sweep folder: <configuration>/seed<s>/, teachers/, summary")
+    sweep.add_argument("--out", type=Path, required=True, help="sweep folder: <configuration>/seed<s>/, teachers/, sweep.md|csv|json")
     sweep.add_argument("--workers", type=int, default=1, help="experiments run at a time, each in its own process")
     sweep.add_argument("--print-commands", action="store_true",
                        help="print one g2d train command per run (for a job array) instead of running")
@@ -161,8 +161,8 @@ def dispatch(args: argparse.Namespace) -> int:
         run_sweep(args.config, args.overrides, points, args.seeds, args.out, workers=args.workers,
                   teachers_only=args.teachers_only, log=lambda line: print(line, flush=True))
         if not args.teachers_only:
-            print((args.out / "summary.md").read_text(), end="")
-            print(f"tables: {args.out / 'summary.md'}, {args.out / 'summary.csv'}, {args.out / 'sweep.json'}")
+            print((args.out / "sweep.md").read_text(), end="")
+            print(f"tables: {args.out / 'sweep.md'}, {args.out / 'sweep.csv'}, {args.out / 'sweep.json'}")
         return 0
     if args.command == "demo":
         from g2d.demo import demo

@@ -9,7 +9,7 @@ of the grid (each combination is a *point*) for every seed, in ``DIR/<point>/see
 - a run whose ``metrics.json`` exists is skipped (after checking its config is this one), and
   an interrupted run resumes from its checkpoint, so an interrupted sweep just continues;
 - ``--workers N`` runs N experiments at a time in separate processes;
-- the table goes to ``DIR/summary.md``, ``DIR/summary.csv`` and ``DIR/sweep.json`` (every
+- the table goes to ``DIR/sweep.md``, ``DIR/sweep.csv`` and ``DIR/sweep.json`` (every
   point's overrides, run folders and per-metric mean, std and values);
 - ``--print-commands`` prints one ``g2d train`` command per run for a scheduler's job array
   (after one ``g2d sweep ... --teachers-only`` command that trains the shared teachers).
@@ -305,12 +305,12 @@ def point_summary(runs: list[dict]) -> dict[str, Any]:
 
 def write_tables(out: Path, config_path: Path | None, overrides: list[str], points: list[Point], jobs: list[Job],
                  results: dict[str, list[dict]], seconds: float) -> None:
-    """``summary.md`` (mean ± std per point), ``summary.csv`` (one row per point) and ``sweep.json``."""
+    """``sweep.md`` (mean ± std per point), ``sweep.csv`` (one row per point) and ``sweep.json``."""
     from g2d.report import mean_std, summary_metrics
 
     first = next(iter(results.values()))[0]
     metrics = summary_metrics(first["task"])
-    modalities = first["modalities"]
+    modalities = list(dict.fromkeys(m for runs in results.values() for m in runs[0]["modalities"]))
     summaries = {p.label: point_summary(results[p.label]) for p in points}
     header = ["configuration", "seeds", *(f"test {title}" for _, title, _ in metrics),
               *(f"{m} inside: {title}" for m in modalities for _, title, _ in metrics), "wall s/run"]
@@ -319,8 +319,8 @@ def write_tables(out: Path, config_path: Path | None, overrides: list[str], poin
     for point in points:
         summary, runs = summaries[point.label], results[point.label]
         cells = [mean_std([r["test"]["multimodal"][key] for r in runs], factor) for key, _, factor in metrics]
-        cells += [mean_std([r["test"]["per_modality"][m][key] for r in runs], factor)
-                  for m in modalities for key, _, factor in metrics]
+        cells += [mean_std([r["test"]["per_modality"][m][key] for r in runs], factor) if m in runs[0]["modalities"]
+                  else "-" for m in modalities for key, _, factor in metrics]
         lines.append(f"| {point.label} | {len(runs)} | " + " | ".join(cells) +
                      f" | {summary['wall_seconds']['mean']:.1f} |")
         row = {"configuration": point.label, "overrides": " ".join(point.overrides), "seeds": len(runs)}
@@ -328,13 +328,13 @@ def write_tables(out: Path, config_path: Path | None, overrides: list[str], poin
             stats = summary["test"]["multimodal"][key]
             row[f"test_{key}_mean"], row[f"test_{key}_std"] = stats["mean"], stats["std"]
             for m in modalities:
-                stats = summary["test"]["per_modality"][m][key]
+                stats = summary["test"]["per_modality"].get(m, {}).get(key, {"mean": "", "std": ""})
                 row[f"{m}_{key}_mean"], row[f"{m}_{key}_std"] = stats["mean"], stats["std"]
         row["wall_seconds_mean"] = summary["wall_seconds"]["mean"]
         rows.append(row)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(f"{first['dataset']}: test scores, mean ± std over seeds\n\n" + "\n".join(lines) + "\n")
-    with open(out / "summary.csv", "w", newline="") as handle:
+    (out / "sweep.md").write_text(f"{first['dataset']}: test scores, mean ± std over seeds\n\n" + "\n".join(lines) + "\n")
+    with open(out / "sweep.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
