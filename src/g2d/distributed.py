@@ -76,6 +76,8 @@ def setup(device: torch.device) -> torch.device:
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
     log.info("distributed: rank %d of %d, %s on %s", rank(), world_size(), backend, device)
+    if not is_main():  # the other ranks' information lines would repeat rank 0's; their warnings still show
+        logging.getLogger("g2d").setLevel(logging.WARNING)
     return device
 
 
