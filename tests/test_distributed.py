@@ -45,9 +45,17 @@ def train_command(overrides: list[str]) -> list[str]:
     return ["-m", "g2d.cli", "train", str(CONFIG), *QUICK, *overrides]
 
 
-def launch(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+def worker_env() -> dict[str, str]:
+    """One thread per process; gloo on the loopback interface, which every Linux box has (a container's
+    hostname may resolve to an address its peers cannot reach)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=env, **kwargs)
+    if Path("/sys/class/net/lo").exists():
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    return env
+
+
+def launch(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=worker_env())
 
 
 def weights_difference(a: Path, b: Path) -> float:
@@ -153,8 +161,8 @@ def test_two_nodes_through_c10d_rendezvous_train_teachers_and_use_the_teacher_ca
                     "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "g2d-test",
                     *train_command(["method.name=g2d", "trainer.fast=true", "trainer.batch_size=32",
                                     f"out={tmp_path / 'two' / 'g2d'}"]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    nodes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    nodes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env())
+             for _ in range(2)]
     outputs = [node.communicate(timeout=LAUNCH_TIMEOUT) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
     run(load_config(CONFIG, [*QUICK, "method.name=g2d", "trainer.fast=true", "trainer.batch_size=64",
@@ -186,8 +194,7 @@ def test_a_killed_rank_stops_the_run_with_a_readable_error_and_a_loadable_checkp
     command = torchrun("--standalone", "--nproc-per-node", "2",
                        *train_command(["method.name=joint", "trainer.epochs=100000", "trainer.batch_size=32",
                                        f"out={out}"]))
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env())
     try:
         deadline = time.monotonic() + LAUNCH_TIMEOUT
         while not (out / "checkpoints" / "last_state.pt").is_file():

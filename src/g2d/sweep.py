@@ -34,10 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from omegaconf import OmegaConf
 
 from g2d.config import ExperimentConfig, load_config, to_dict
+from g2d.data import load_dataset
+from g2d.engine import flatten
 from g2d.errors import G2DError
+from g2d.experiment import run
+from g2d.io import write_json
+from g2d.methods import METHODS
+from g2d.report import mean_std, summary_metrics
+from g2d.teachers import ensure_teachers, teacher_summary
 
 # Keys that do not change a run's result (resume is how a sweep continues).
 IGNORED_KEYS = ("trainer.resume", "trainer.progress")
@@ -112,8 +120,6 @@ def grid_points(grid: list[str]) -> list[Point]:
 
 def teacher_key(config: ExperimentConfig) -> str:
     """A short hash of everything a run's teachers depend on (``NOT_TEACHER_KEYS`` left out)."""
-    from g2d.engine import flatten
-
     flat = flatten(to_dict(config))
     if config.teachers.epochs is not None:
         flat.pop("trainer.epochs")
@@ -123,8 +129,6 @@ def teacher_key(config: ExperimentConfig) -> str:
 
 def needs_teachers(config: ExperimentConfig) -> bool:
     """Whether the run trains with teachers (its method distils from them, or SMP ranks by them)."""
-    from g2d.methods import METHODS
-
     method = METHODS.get(config.method_name)
     if method is None:
         raise G2DError(f"config key method.name: unknown method {config.method_name!r} (choose from {', '.join(METHODS)})")
@@ -154,8 +158,6 @@ def plan_jobs(config_path: Path | None, overrides: list[str], points: list[Point
 
 def finished(job: Job) -> bool:
     """Whether the run already wrote its metrics; a finished run of another config is an error, never overwritten."""
-    from g2d.engine import flatten
-
     metrics = job.out / "metrics.json"
     if not metrics.is_file():
         return False
@@ -196,10 +198,6 @@ def teacher_jobs(jobs: list[Job], every_group: bool) -> list[Job]:
 
 def train_teachers(config_path: Path | None, overrides: list[str]) -> dict:
     """Train the missing teachers of one config (what ``run`` would do first); returns their test metrics."""
-    from g2d.data import load_dataset
-    from g2d.experiment import run
-    from g2d.teachers import ensure_teachers, teacher_summary
-
     config = load_config(config_path, overrides)
     data = load_dataset(config.dataset)
     if config.dataset.modalities:
@@ -209,15 +207,11 @@ def train_teachers(config_path: Path | None, overrides: list[str]) -> dict:
 
 def run_one(config_path: Path | None, overrides: list[str]) -> dict:
     """One experiment of the sweep (in this process or a worker); returns its metrics."""
-    from g2d.experiment import run
-
     return run(load_config(config_path, overrides))
 
 
 def limit_threads(threads: int) -> None:
     """A worker's share of the CPU, so N workers do not each start a thread per core."""
-    import torch
-
     torch.set_num_threads(threads)
 
 
@@ -306,8 +300,6 @@ def point_summary(runs: list[dict]) -> dict[str, Any]:
 def write_tables(out: Path, config_path: Path | None, overrides: list[str], points: list[Point], jobs: list[Job],
                  results: dict[str, list[dict]], seconds: float) -> None:
     """``sweep.md`` (mean ± std per point), ``sweep.csv`` (one row per point) and ``sweep.json``."""
-    from g2d.report import mean_std, summary_metrics
-
     first = next(iter(results.values()))[0]
     metrics = summary_metrics(first["task"])
     modalities = list(dict.fromkeys(m for runs in results.values() for m in runs[0]["modalities"]))
@@ -338,8 +330,6 @@ def write_tables(out: Path, config_path: Path | None, overrides: list[str], poin
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    from g2d.io import write_json
-
     write_json(out / "sweep.json", {
         "format": "g2d-sweep/1",
         "config": str(config_path) if config_path else None,
