@@ -218,3 +218,15 @@ def test_a_killed_rank_stops_the_run_with_a_readable_error_and_a_loadable_checkp
 
     data = load_dataset(config.dataset).select(["pix", "mor"])
     load_weights(out / "checkpoints" / "last.safetensors", MultimodalModel(data.modalities, config.model, output_size(data)))
+
+
+def test_resume_on_another_number_of_processes_is_refused(tmp_path):
+    overrides = [*QUICK, "method.name=joint", f"out={tmp_path / 'run'}"]
+    run(load_config(CONFIG, overrides))
+    path = tmp_path / "run" / "checkpoints" / "last_state.pt"
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    assert payload["processes"] == 1
+    payload["processes"] = 2
+    torch.save(payload, path)
+    with pytest.raises(G2DError, match="trained on 2 process\\(es\\) and this one on 1; resume with the same number"):
+        run(load_config(CONFIG, [*overrides, "trainer.resume=true"]))
