@@ -209,7 +209,13 @@ def test_a_killed_rank_stops_the_run_with_a_readable_error_and_a_loadable_checkp
             launcher.kill()
             launcher.wait()
     assert launcher.returncode != 0
-    assert "g2d: error: rank 0: lost contact with another process" in stderr, stderr[-3000:]
+    # Rank 0 either fails in its next collective or is stopped by torchrun first; either way one line
+    # names what happened and where the checkpoint is, and torchrun's summary names the killed rank.
+    errors = [line for line in stderr.splitlines() if line.startswith("g2d: error: rank 0: ")]
+    assert len(errors) == 1, stderr[-3000:]
+    assert ("lost contact with another process" in errors[0] or "stopped by torchrun" in errors[0]) and \
+        f"the last checkpoint in {out / 'checkpoints'} is kept" in errors[0]
+    assert "Signal 9 (SIGKILL)" in stderr
     payload = torch.load(out / "checkpoints" / "last_state.pt", map_location="cpu", weights_only=True)
     assert payload["state"]["epoch"] >= 1 and payload["processes"] == 2
     config = load_config(CONFIG, TINY)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -78,7 +80,18 @@ def setup(device: torch.device) -> torch.device:
     log.info("distributed: rank %d of %d, %s on %s", rank(), world_size(), backend, device)
     if not is_main():  # the other ranks' information lines would repeat rank 0's; their warnings still show
         logging.getLogger("g2d").setLevel(logging.WARNING)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stopped_by_launcher)
     return device
+
+
+class StoppedByLauncher(G2DError):
+    """torchrun stopped this process (SIGTERM), because another one failed."""
+
+
+def stopped_by_launcher(signum: int, frame: Any) -> None:
+    """torchrun sends SIGTERM to the surviving processes when one fails: end with one readable line."""
+    raise StoppedByLauncher(f"rank {rank()}: stopped by torchrun because another process failed (its summary follows)")
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -116,6 +129,9 @@ def lost_contact_reported(run_dir: Path) -> Iterator[None]:
             f"rank {rank()}: lost contact with another process ({message[:200]}); the last checkpoint in "
             f"{run_dir / 'checkpoints'} is kept: resume with trainer.resume=true on {world_size()} processes"
         ) from exc
+    except StoppedByLauncher as exc:
+        raise G2DError(f"{exc}; the last checkpoint in {run_dir / 'checkpoints'} is kept: resume with "
+                       f"trainer.resume=true on {world_size()} processes") from exc
 
 
 def barrier() -> None:
