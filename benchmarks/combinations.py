@@ -1,6 +1,7 @@
 """The paper's Table 2 layout for any k-modality config: every combination of two or more modalities,
 Joint-Train against G²D, multimodal and per-modality (inside the model) test accuracy, over seeds.
 
+The runs are a ``g2d.sweep`` (``OUT/<combination>_<method>/seed<s>``, finished runs skipped).
 Teachers are trained once per seed and shared by every combination (a teacher sees one
 modality, and the split does not depend on which modalities are chosen; the data fingerprint
 in each teacher checks this). Writes ``OUT/summary.md`` and ``OUT/results.json``.
@@ -12,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 from g2d.config import load_config
 from g2d.data import load_dataset
-from g2d.experiment import run
 from g2d.methods import METHODS
 from g2d.report import METHOD_LABELS, mean_std, write_summary
+from g2d.sweep import Point, run_sweep
 
 
 def main() -> None:
@@ -28,26 +28,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--methods", nargs="+", default=["joint", "g2d"], help=f"from {', '.join(METHODS)}")
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time, each in its own process")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run")
     args = parser.parse_intermixed_args()
     base = load_config(args.config, args.overrides)
     data = load_dataset(base.dataset)
     modalities = list(data.modalities)
     combinations = [c for size in range(2, len(modalities) + 1) for c in itertools.combinations(modalities, size)]
+    points = [Point(f"{'+'.join(c)}/{method}", [f"dataset.modalities=[{','.join(c)}]", f"method.name={method}"],
+                    f"{'+'.join(c)}_{method}") for c in combinations for method in args.methods]
+    by_label = run_sweep(args.config, args.overrides, points, args.seeds, args.out, workers=args.workers,
+                         log=lambda line: print(line, flush=True))
     results: dict[str, dict[str, list[dict]]] = {}
     teachers: dict[int, dict[str, dict]] = {seed: {} for seed in args.seeds}
-    for combination in combinations:
-        name = "+".join(combination)
-        for method in args.methods:
-            for seed in args.seeds:
-                config = load_config(args.config, [
-                    *args.overrides, f"dataset.modalities=[{','.join(combination)}]", f"method.name={method}",
-                    f"seed={seed}", f"out={args.out / f'seed{seed}' / name / method}",
-                    f"teachers.root={args.out / f'seed{seed}' / 'teachers'}"])
-                metrics = run(config, data.select(list(combination)))
-                results.setdefault(name, {}).setdefault(method, []).append(metrics)
-                teachers[seed].update(metrics["teachers"])
-                print(f"{name} {method} seed {seed}: {json.dumps(metrics['test']['multimodal'])}", flush=True)
+    for label, runs in by_label.items():
+        name, method = label.split("/")
+        results.setdefault(name, {})[method] = runs
+        for metrics in runs:
+            teachers[metrics["seed"]].update(metrics["teachers"])
     lines = ["| modalities | accuracy of | " + " | ".join(METHOD_LABELS.get(m, m) for m in args.methods) + " |",
              "|" + " --- |" * (len(args.methods) + 2)]
     for name, by_method in results.items():

@@ -2,8 +2,9 @@
 
 Prints a markdown table of test accuracy (mean ± std over seeds) for the multimodal model and
 each modality inside it (A.5's per-modality rule of each fusion, see docs/models.md), and
-writes it to ``OUT/summary.md``. Teachers do not depend on the fusion, so each seed trains
-them once in ``OUT/seed<s>/teachers`` and every fusion and method of that seed uses them.
+writes it to ``OUT/summary.md``. The runs are a ``g2d.sweep`` (``OUT/<method>_<fusion>/seed<s>``):
+teachers do not depend on the fusion, so each seed trains them once and every fusion and method
+of that seed uses them; finished runs are skipped.
 
     python benchmarks/fusions.py configs/mfeat.yaml --seeds 0 1 2 --methods g2d joint --out runs/fusions_mfeat
 """
@@ -11,15 +12,12 @@ them once in ``OUT/seed<s>/teachers`` and every fusion and method of that seed u
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-from g2d.config import load_config
-from g2d.data import load_dataset
-from g2d.experiment import run
-from g2d.report import percent_cell, write_summary
 from g2d.models import FUSIONS
+from g2d.report import percent_cell, write_summary
+from g2d.sweep import Point, run_sweep
 
 # The paper's Table 5 order; late fusion, its default, last.
 ORDER = ["sum", "concat", "film", "gated", "cross_attention", "late"]
@@ -33,6 +31,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--fusions", nargs="+", default=ORDER, help="subset of fusion names")
     parser.add_argument("--methods", nargs="+", default=["g2d"], help="subset of: " + ", ".join(METHODS))
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time, each in its own process")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
     for name in args.fusions:
@@ -41,20 +40,11 @@ def main() -> None:
     for name in args.methods:
         if name not in METHODS:
             parser.error(f"unknown method {name!r}; methods: {', '.join(METHODS)}")
-    results: dict[tuple[str, str], list[dict]] = {}
-    data = None
-    for method in args.methods:
-        for fusion in args.fusions:
-            for seed in args.seeds:
-                config = load_config(args.config, [*args.overrides, f"method.name={method}", f"model.fusion={fusion}",
-                                                   f"seed={seed}", "trainer.progress=false",
-                                                   f"out={args.out / f'seed{seed}' / f'{method}_{fusion}'}",
-                                                   f"teachers.root={args.out / f'seed{seed}' / 'teachers'}"])
-                data = data or load_dataset(config.dataset)
-                metrics = run(config, data)
-                results.setdefault((method, fusion), []).append(metrics)
-                print(f"{method} {fusion} seed {seed}: {json.dumps(metrics['test'])} ({metrics['wall_seconds']:.0f} s)",
-                      flush=True)
+    points = [Point(f"{method}/{fusion}", [f"method.name={method}", f"model.fusion={fusion}"], f"{method}_{fusion}")
+              for method in args.methods for fusion in args.fusions]
+    by_label = run_sweep(args.config, [*args.overrides, "trainer.progress=false"], points, args.seeds, args.out,
+                         workers=args.workers, log=lambda line: print(line, flush=True))
+    results = {tuple(label.split("/")): runs for label, runs in by_label.items()}
     modalities = next(iter(results.values()))[0]["modalities"]
     lines = [f"| fusion | method | multimodal | {' | '.join(modalities)} | wall s/run |",
              "|" + " --- |" * (len(modalities) + 4)]

@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--methods", nargs="+", default=["joint", "g2d"], help=f"from {', '.join(METHODS)}")
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time, each in its own process")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run")
     args = parser.parse_intermixed_args()
     unknown = [name for name in args.methods if name not in METHODS]
@@ -33,7 +34,7 @@ def main() -> None:
                      f"methods: {', '.join(METHODS)}")
     try:
         results = run_folds(args.config, args.overrides, args.folds, args.out, args.methods,
-                            log=lambda line: print(line, flush=True))
+                            log=lambda line: print(line, flush=True), workers=args.workers)
     except G2DError as exc:
         parser.exit(2, f"kfold: error: {exc}\n")
     table = fold_table(results)

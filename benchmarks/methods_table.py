@@ -1,9 +1,9 @@
 """Run several methods over seeds on one config and tabulate test accuracy (mean ± std).
 
 Each method is ``name`` or ``label=override,override`` (e.g. ``"DLMG learned=method.name=dlmg,
-method.dlmg.strategy=learned"``). All runs share one teachers folder, ``OUT/teachers``, so
-teachers are trained once (by the first run that needs them) and reused across methods and
-seeds. Writes ``OUT/summary.md`` and ``OUT/results.json``.
+method.dlmg.strategy=learned"``). The runs are a ``g2d.sweep`` (``OUT/<label>/seed<s>``): each
+seed's teachers are trained once, before the runs, and shared by every method; finished runs
+are skipped. Writes ``OUT/summary.md`` and ``OUT/results.json``.
 
     python benchmarks/methods_table.py configs/mfeat.yaml --methods joint mla ume --seeds 0 1 2 \
         --out runs/methods_mfeat trainer.progress=false
@@ -12,13 +12,10 @@ seeds. Writes ``OUT/summary.md`` and ``OUT/results.json``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from g2d.config import load_config
-from g2d.data import load_dataset
-from g2d.experiment import run
 from g2d.report import percent_cell, write_summary
+from g2d.sweep import Point, run_sweep
 
 
 def parse_method(spec: str) -> tuple[str, list[str]]:
@@ -35,21 +32,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time, each in its own process")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
-    results: dict[str, list[dict]] = {}
-    data = None
-    for spec in args.methods:
-        label, method_overrides = parse_method(spec)
-        for seed in args.seeds:
-            slug = label.lower().replace(" ", "_")
-            config = load_config(args.config, [*args.overrides, *method_overrides, f"seed={seed}",
-                                               f"out={args.out / slug / f'seed{seed}'}",
-                                               f"teachers.root={args.out / 'teachers'}"])
-            data = data or load_dataset(config.dataset)
-            metrics = run(config, data)
-            results.setdefault(label, []).append(metrics)
-            print(f"{label} seed {seed}: {json.dumps(metrics['test'])} ({metrics['wall_seconds']:.0f} s)", flush=True)
+    points = [Point(label, overrides) for label, overrides in map(parse_method, args.methods)]
+    results = run_sweep(args.config, args.overrides, points, args.seeds, args.out, workers=args.workers,
+                        log=lambda line: print(line, flush=True))
     modalities = next(iter(results.values()))[0]["modalities"]
     lines = [f"| method | multimodal | {' | '.join(modalities)} | best epochs |",
              "|" + " --- |" * (len(modalities) + 3)]

@@ -39,6 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, required=True, help="output folder")
     report.add_argument("--overwrite", action="store_true", help="replace the report in a non-empty --out")
 
+    sweep = commands.add_parser("sweep", help="one config over a grid of overrides and seeds, with a mean ± std table")
+    sweep.add_argument("config", type=Path, help="experiment YAML file")
+    sweep.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run (before the options)")
+    sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every configuration (default 0)")
+    sweep.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
+                       help="values to cross, e.g. method.name=joint,g2d smp.enabled=true,false")
+    sweep.add_argument("--out", type=Path, required=True, help="sweep folder: <configuration>/seed<s>/, teachers/, sweep.md|csv|json")
+    sweep.add_argument("--workers", type=int, default=1, help="experiments run at a time, each in its own process")
+    sweep.add_argument("--print-commands", action="store_true",
+                       help="print one g2d train command per run (for a job array) instead of running")
+    sweep.add_argument("--teachers-only", action="store_true", help="train the shared teachers and stop")
+
     prepare = commands.add_parser("prepare", help="build a dataset from raw files")
     datasets = prepare.add_subparsers(dest="dataset", required=True)
     for name, command in PREPARE.items():
@@ -99,15 +111,35 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    from g2d import distributed
     from g2d.config import load_config
     from g2d.experiment import run
     from g2d.report import results_table
 
     overrides = [*args.overrides, "trainer.reference=true"] if args.reference else args.overrides
     config = load_config(args.config, overrides)
-    metrics = run(config)
-    print(results_table({metrics["method"]: metrics}))
-    print(f"run folder: {config.run_dir()}")
+    with distributed.lost_contact_reported(config.run_dir()):
+        metrics = run(config)
+    main = distributed.is_main()  # only rank 0 prints the table
+    distributed.teardown()
+    if main:
+        print(results_table({metrics["method"]: metrics}))
+        print(f"run folder: {config.run_dir()}")
+    return 0
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from g2d.sweep import commands, grid_points, run_sweep
+
+    points = grid_points(args.grid)
+    if args.print_commands:
+        print("\n".join(commands(args.config, args.overrides, points, args.seeds, args.out, args.grid)))
+        return 0
+    run_sweep(args.config, args.overrides, points, args.seeds, args.out, workers=args.workers,
+              teachers_only=args.teachers_only, log=lambda line: print(line, flush=True))
+    if not args.teachers_only:
+        print((args.out / "sweep.md").read_text(), end="")
+        print(f"tables: {args.out / 'sweep.md'}, {args.out / 'sweep.csv'}, {args.out / 'sweep.json'}")
     return 0
 
 
@@ -141,7 +173,7 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": train, "demo": demo, "prepare": prepare, "analyze": analyze, "report": report}
+COMMANDS = {"train": train, "sweep": sweep, "demo": demo, "prepare": prepare, "analyze": analyze, "report": report}
 
 
 if __name__ == "__main__":

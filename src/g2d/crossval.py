@@ -2,7 +2,8 @@
 
 Fold ``i`` sets ``dataset.folds=K dataset.fold=i``: test is that fold of a seeded partition,
 validation is carved from the other folds, so model selection never sees the test fold. Each
-fold trains its own teachers (their data differ), in ``OUT/fold<i>/teachers``.
+fold trains its own teachers (their data differ), in ``OUT/fold<i>/teachers``. The runs are a
+``g2d.sweep`` (``OUT/fold<i>/<method>/seed<s>``), so finished folds are skipped.
 """
 
 from __future__ import annotations
@@ -11,10 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from g2d.config import load_config
-from g2d.data import load_dataset
 from g2d.errors import G2DError
-from g2d.experiment import run
-from g2d.teachers import ensure_teachers, teacher_summary
+from g2d.sweep import Point, run_sweep
 
 
 def run_folds(
@@ -24,20 +23,19 @@ def run_folds(
     out: Path,
     methods: list[str],
     log: Callable[[str], None] = print,
+    workers: int = 1,
 ) -> dict:
     """Teachers and ``methods`` on every fold; ``{"teachers": [per fold {m: test metrics}], method: [metrics.json]}``."""
     if folds < 2:
         raise G2DError(f"--folds: cross-validation needs at least 2 folds, got {folds}")
-    results: dict[str, list[dict]] = {"teachers": [], **{method: [] for method in methods}}
-    for fold in range(folds):
-        folder = out / f"fold{fold}"
-        base = [*overrides, f"dataset.folds={folds}", f"dataset.fold={fold}", f"teachers.root={folder / 'teachers'}"]
-        config = load_config(config_path, base)
-        data = load_dataset(config.dataset)
-        teachers = ensure_teachers(config, data, lambda cfg, m: run(cfg, data.select([m]), teacher_of=m))
-        results["teachers"].append(teacher_summary(teachers))
-        for method in methods:
-            metrics = run(load_config(config_path, [*base, f"method.name={method}", f"out={folder / method}"]), data)
-            results[method].append(metrics)
-            log(f"fold {fold} {method}: test {metrics['test']['multimodal']}")
+    if not methods:
+        raise G2DError("--methods: give at least one method")
+    seed = load_config(config_path, overrides).seed
+    points = [Point(f"fold{fold}/{method}", [f"dataset.folds={folds}", f"dataset.fold={fold}", f"method.name={method}",
+                                              f"teachers.root={out / f'fold{fold}' / 'teachers'}"], f"fold{fold}/{method}")
+              for fold in range(folds) for method in methods]
+    runs = run_sweep(config_path, overrides, points, [seed], out, workers=workers, all_teachers=True, log=log)
+    results: dict[str, list[dict]] = {"teachers": [runs[f"fold{fold}/{methods[0]}"][0]["teachers"] for fold in range(folds)]}
+    for method in methods:
+        results[method] = [runs[f"fold{fold}/{method}"][0] for fold in range(folds)]
     return results

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from g2d import checkpoint
+from g2d import checkpoint, distributed
 from g2d.config import ExperimentConfig, OptimConfig, to_dict
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
@@ -130,7 +130,7 @@ def dataset_confidence(
         inputs = to_device(batch, data, device)
         logits = teachers(inputs).stacked_logits(modalities)
         total += teacher_confidence(logits, inputs["label"], data.task) * len(inputs["label"])
-    return total / data.size("train")
+    return distributed.broadcast_tensor(total / data.size("train"))
 
 
 @dataclass
@@ -156,14 +156,16 @@ def prepare_training(
 ) -> tuple[torch.optim.Optimizer, TrainingPath]:
     """Place the model and teachers, build the optimizer and the training path, and set the method up."""
     plan = plan_training(config, device, method, data, teachers)
+    distributed.adjust_plan(plan)
     model.to(device)
     if teachers is not None:
         teachers.to(device)
     prepare_modules(plan, model, teachers)
     optimizer = build_optimizer(model, config.optim, **plan.optimizer_options())
     path = TrainingPath(plan, method, data, batches, teachers, modulator, optimizer, config.trainer.eval_batch_size)
-    method.setup(MethodContext(model=model, optimizer=optimizer, data=data, device=device, config=config,
-                               teachers=path.teachers, modulator=modulator))
+    # The method steps through DDP when several processes train; everything else holds the model itself.
+    method.setup(MethodContext(model=distributed.wrap_model(model, device), optimizer=optimizer, data=data,
+                               device=device, config=config, teachers=path.teachers, modulator=modulator))
     path.log()
     return optimizer, path
 
@@ -184,24 +186,26 @@ def fit(
     may replay it from a CUDA graph) to the training step itself, ``Method.train_step``.
     """
     device = device or select_device(config.trainer.device)
-    batches = Batches(data.splits["train"], config.trainer.batch_size, shuffle=True, seed=config.seed,
-                      drop_last=config.trainer.drop_last)
+    batches = distributed.shard_batches(Batches(data.splits["train"], config.trainer.batch_size, shuffle=True,
+                                                seed=config.seed, drop_last=config.trainer.drop_last))
     if len(batches) == 0:
+        processes = f" times {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
         raise G2DError(
-            f"config key trainer.batch_size: {config.trainer.batch_size} is larger than the "
+            f"config key trainer.batch_size: {config.trainer.batch_size}{processes} is larger than the "
             f"{batches.size} training rows of {data.name}"
         )
     optimizer, path = prepare_training(model, method, data, config, device, batches, teachers, modulator)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.optim.lr_step, gamma=config.optim.lr_gamma)
     checkpoints = run_dir / checkpoint.LINK
     state = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": -math.inf, "best_val": {}, "wall": 0.0}
-    saved = checkpoint.committed(run_dir) if config.trainer.resume else None
+    saved = distributed.from_main(checkpoint.committed(run_dir) if config.trainer.resume else None)
     if saved is not None:
         state = resume(saved, model, optimizer, scheduler, config, method)
-    writer = SummaryWriter(str(run_dir / "tb"))
+    main = distributed.is_main()  # rank 0 alone writes logs and checkpoints
+    writer = SummaryWriter(str(run_dir / "tb")) if main else None
     epochs = config.trainer.epochs
-    bar = tqdm(range(state["epoch"], epochs), desc=f"{method.name} {run_dir.name}", unit="epoch",
-               initial=state["epoch"], total=epochs, disable=None if config.trainer.progress else True, leave=False)
+    bar = tqdm(range(state["epoch"], epochs), desc=f"{method.name} {run_dir.name}", unit="epoch", initial=state["epoch"],
+               total=epochs, disable=None if config.trainer.progress and main else True, leave=False)
     try:
         for epoch in bar:
             started = time.perf_counter()
@@ -217,7 +221,7 @@ def fit(
                 seen += rows
             scheduler.step()
             names = list(sums)
-            values = (torch.stack([sums[n] for n in names]) / seen).tolist()
+            values = distributed.mean_across_ranks(torch.stack([sums[n] for n in names]) / seen).tolist()
             train_stats = dict(zip(names, values))
             if not all(math.isfinite(v) for v in train_stats.values()):
                 kept = (f"the last good checkpoint (epoch {state['epoch']}) is kept in {checkpoints}"
@@ -231,19 +235,23 @@ def fit(
             record = {"epoch": epoch, "train": train_stats, "val": val, "lr": optimizer.param_groups[0]["lr"],
                       "seconds": round(seconds, 3)}
             state["history"].append(record)
-            log_epoch(writer, record, epoch)
             if score > state["best_score"]:
                 state.update(best_epoch=epoch, best_score=score, best_val=val)
             state["epoch"] = epoch + 1
-            save_checkpoint(checkpoints, model, optimizer, scheduler, state, config, method)
+            if main:
+                log_epoch(writer, record, epoch)
+                save_checkpoint(checkpoints, model, optimizer, scheduler, state, config, method)
             bar.set_postfix(loss=f"{train_stats['loss']:.3f}", val=f"{score:.3f}")
             if bar.disable and config.trainer.progress:
                 log_progress(method.name, run_dir, record, epochs, score)
     finally:
         path.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
         bar.close()
-    load_weights(checkpoints / "best.safetensors", model)
+    if main:
+        load_weights(checkpoints / "best.safetensors", model)
+    distributed.broadcast_module(model)
     return FitResult(state["best_epoch"], state["best_val"], state["history"], state["wall"], path.summary())
 
 
@@ -277,6 +285,7 @@ def save_checkpoint(
         "method": method.state_dict(),
         "rng": checkpoint.rng_states(device),
         "config": json.dumps(to_dict(config), sort_keys=True),
+        "processes": distributed.world_size(),
     }
     best_changed = state["best_epoch"] == state["epoch"] - 1
     checkpoint.save(folder.parent, state["epoch"], weights, best_changed, payload)
@@ -291,6 +300,12 @@ def resume(
 
     payload = checkpoint.read_state(folder)
     check_resume(json.loads(payload["config"]), config, folder / checkpoint.STATE)
+    processes = payload.get("processes", 1)
+    if processes != distributed.world_size():
+        raise G2DError(
+            f"{folder / checkpoint.STATE}: the interrupted run trained on {processes} process(es) and this one on "
+            f"{distributed.world_size()}; resume with the same number (the batches each step sees depend on it)"
+        )
     load_weights(folder / "last.safetensors", model)
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])

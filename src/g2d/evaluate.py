@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from g2d import distributed
 from g2d.data.base import Batches, MultimodalData, to_device
 
 
@@ -58,10 +59,12 @@ def predict(
 
     ``method.predict`` maps the model's output to the logits scored (a method such as MLA
     or UME combines modalities its own way at test time); without a method, the model's own.
+    Under DDP each process predicts its shard of the split and the shards are gathered.
     """
     model.eval()
+    distributed.broadcast_module(model, buffers_only=True)  # every rank scores with rank 0's BatchNorm statistics
     fused, per_modality, labels = [], {m: [] for m in data.modalities}, []
-    for batch in Batches(data.splits[split], batch_size, shuffle=False):
+    for batch in Batches(distributed.shard_rows(data.splits[split]), batch_size, shuffle=False):
         inputs = to_device(batch, data, device)
         output = model(inputs)
         logits, modality_logits = method.predict(output) if method is not None else (output.logits, output.modality_logits)
@@ -69,10 +72,11 @@ def predict(
         for m in per_modality:
             per_modality[m].append(modality_logits[m].float())
         labels.append(inputs["label"])
+    rows = data.size(split)
     return {
-        "logits": torch.cat(fused),
-        "modality_logits": {m: torch.cat(v) for m, v in per_modality.items()},
-        "labels": torch.cat(labels),
+        "logits": distributed.gather_rows(torch.cat(fused), rows),
+        "modality_logits": {m: distributed.gather_rows(torch.cat(v), rows) for m, v in per_modality.items()},
+        "labels": distributed.gather_rows(torch.cat(labels), rows),
     }
 
 

@@ -6,6 +6,7 @@ The run folder holds ``config.yaml``, ``metrics.json`` (the schema in DESIGN.md)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -14,11 +15,12 @@ import random
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from g2d import checkpoint, runfolder, sanity
+from g2d import checkpoint, distributed, runfolder, sanity
 from g2d.config import ExperimentConfig, check_ranges
 from g2d.data import MultimodalData, load_dataset
 from g2d.epochs import record_epochs
@@ -57,7 +59,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     before the run folder is claimed (``g2d.runfolder``) and written.
     """
     check_ranges(config)
-    device = select_device(config.trainer.device)
+    device = distributed.setup(select_device(config.trainer.device))
     # Encoder settings are checked against every modality the dataset has, selected or not, so one
     # config can hold them all while dataset.modalities picks a subset.
     data = data if data is not None else load_dataset(dataclasses.replace(config.dataset, modalities=[]))
@@ -72,11 +74,36 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
         sanity.check_smp_window(config, len(modalities))
     if teacher_of is None:
         sanity.warn_unseen_classes(data)
-    with runfolder.claim(config) as claim:
+    distributed.check_method(method)
+    with claimed_run_folder(config) as claim:
         if claim.finished:
             return finished_run(config, data, teacher_of)
         metrics = train_and_report(config, data, teacher_of, method, smp_enabled, device, claim)
     return metrics
+
+
+@contextlib.contextmanager
+def claimed_run_folder(config: ExperimentConfig) -> Iterator[runfolder.Claim]:
+    """Rank 0 locks and checks the run folder (``g2d.runfolder.claim``); under torchrun the other
+    processes follow its verdict, a refusal included, and never write there."""
+    if distributed.world_size() == 1:
+        with runfolder.claim(config) as claim:
+            yield claim
+        return
+    if distributed.is_main():
+        with contextlib.ExitStack() as stack:
+            try:
+                claim = stack.enter_context(runfolder.claim(config))
+            except G2DError as exc:
+                distributed.from_main(str(exc))
+                raise
+            distributed.from_main(claim.finished)
+            yield claim
+        return
+    verdict = distributed.from_main(None)
+    if isinstance(verdict, str):
+        raise G2DError(verdict)
+    yield runfolder.Claim(folder=config.run_dir(), lock=None, finished=verdict)
 
 
 def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of: str | None, method: Method,
@@ -108,7 +135,8 @@ def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of:
             smp_report["dataset_confidence"] = dict(zip(modalities, confidence.tolist()))
             smp_report["ranking"] = modulator.ranking()
 
-    claim.begin(config)
+    if distributed.is_main():
+        claim.begin(config)
     result = fit(model, method, data, config, run_dir, teachers, modulator, device)
     started = time.perf_counter()
     test = evaluate(model, data, "test", device, config.trainer.eval_batch_size, method)
@@ -129,17 +157,19 @@ def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of:
         "smp": smp_report,
         "method_params": asdict(method.params),
         "environment": {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-                        "training_path": result.path},
+                        "training_path": result.path, "processes": distributed.world_size()},
     }
-    write_json(run_dir / "history.json", result.history)
-    record_epochs(run_dir, result.history, data, as_modules(loaded) if teachers is not None else
-                  existing_teachers(config, data), modulator, device, config.trainer.eval_batch_size)
-    write_json(run_dir / "metrics.json", metrics)
-    if teacher_of is not None:
-        metadata = expected_metadata(config, data, teacher_of)
-        metadata.update(seed=config.seed, epochs=config.trainer.epochs, best_epoch=result.best_epoch,
-                        val=result.best_val["multimodal"], test=test["multimodal"])
-        save_teacher(model.cpu(), run_dir, metadata)
+    if distributed.is_main():
+        write_json(run_dir / "history.json", result.history)
+        record_epochs(run_dir, result.history, data, as_modules(loaded) if teachers is not None else
+                      existing_teachers(config, data), modulator, device, config.trainer.eval_batch_size)
+        write_json(run_dir / "metrics.json", metrics)
+        if teacher_of is not None:
+            metadata = expected_metadata(config, data, teacher_of)
+            metadata.update(seed=config.seed, epochs=config.trainer.epochs, best_epoch=result.best_epoch,
+                            val=result.best_val["multimodal"], test=test["multimodal"])
+            save_teacher(model.cpu(), run_dir, metadata)
+    distributed.barrier()  # no process goes on (to load this teacher, say) before rank 0 has written
     return metrics
 
 

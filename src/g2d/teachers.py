@@ -8,6 +8,7 @@ usual run files (``metrics.json``, checkpoints, TensorBoard logs).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -17,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from g2d import distributed
 from g2d.config import ExperimentConfig, ModelConfig, SMPConfig
 from g2d.data.base import MultimodalData, mask_key
 from g2d.errors import G2DError
@@ -124,13 +126,15 @@ def ensure_teachers(
     teachers waits, then finds them trained, so each teacher is trained once. Teachers that
     are all there are only read (the folder may then be read-only).
     """
-    if not all((teacher_dir(config, m) / "teacher.json").is_file() for m in data.modalities):
+    # Rank 0 decides and holds the lock: under DDP every process trains the same missing teachers together.
+    if distributed.from_main(not all((teacher_dir(config, m) / "teacher.json").is_file() for m in data.modalities)):
         for modality in data.modalities:  # refuse a stale teacher before training the others
             if (teacher_dir(config, modality) / "teacher.json").is_file():
                 check_epochs(config, load_teacher(config, data, modality)[1], teacher_dir(config, modality))
-        with folder_lock(config.teachers_dir(), "teachers folder"):
+        lock = folder_lock(config.teachers_dir(), "teachers folder") if distributed.is_main() else contextlib.nullcontext()
+        with lock:
             for modality in data.modalities:
-                if not (teacher_dir(config, modality) / "teacher.json").is_file():
+                if not distributed.from_main((teacher_dir(config, modality) / "teacher.json").is_file()):
                     if not config.teachers.train_missing:
                         raise G2DError(
                             f"teacher for {modality!r} not found in {teacher_dir(config, modality)} "

@@ -120,6 +120,10 @@ class AGM(Method):
     """Joint training with each encoder's gradients scaled by AGM's adaptive coefficient."""
 
     name = "agm"
+    data_parallel = (
+        "its step runs extra forward passes with modalities zeroed and scales gradients through its own "
+        "hooks, outside DDP's averaging"
+    )
     Params = AGMParams
     capturable = True
 

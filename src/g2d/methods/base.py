@@ -18,6 +18,7 @@ from torch import nn
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from g2d import distributed
 from g2d.errors import G2DError
 from g2d.methods.balancing import scaled_learning_rates
 from g2d.methods.losses import teacher_confidence
@@ -86,6 +87,9 @@ class MethodContext:
         if teachers is None:
             teachers = self.teacher_outputs(inputs)
         confidence = teacher_confidence(teachers.stacked_logits(self.modalities), inputs["label"], self.data.task)
+        if not self.modulator.needs_dataset_confidence:
+            # Every process must suppress the same modality: rank on the global batch's confidence.
+            confidence = distributed.mean_across_ranks(confidence)
         return self.modulator.coefficients(epoch, confidence)
 
     def applied_coefficients(self, own: torch.Tensor | None, smp: torch.Tensor | None,

@@ -104,6 +104,13 @@ class DLMG(Method):
         self.update_due = False
         self.validation_batch: dict[str, torch.Tensor] | None = None
 
+    @property
+    def data_parallel(self) -> bool | str:
+        """The heuristic schedule trains under DDP; the learned weight's hypergradient does not."""
+        if self.params.strategy == "learned":
+            return "its learned weight follows autograd.grad hypergradients of each process's own batch"
+        return True
+
     def setup(self, context: Any) -> None:
         super().setup(context)
         self.weight = self.weight.to(context.device)

@@ -83,6 +83,7 @@ class MLA(Method):
     """Alternating per-modality sub-steps through one shared, gradient-projected head."""
 
     name = "mla"
+    data_parallel = "it runs a backward pass and an optimizer step per modality in every batch"
     Params = MLAParams
 
     def __init__(self, params: MLAParams, task: str, modalities: list[str]) -> None:

@@ -77,6 +77,7 @@ class MMPareto(Method):
     """Multimodal + unimodal losses with per-encoder Pareto gradient integration."""
 
     name = "mmpareto"
+    data_parallel = "it combines per-loss gradients from autograd.grad, which DDP does not average"
     Params = MMParetoParams
 
     def __init__(self, params: MMParetoParams, task: str, modalities: list[str]) -> None:

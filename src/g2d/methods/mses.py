@@ -44,6 +44,7 @@ class MSES(Method):
     """Joint training in which each modality's encoder stops on its own validation loss plateau."""
 
     name = "mses"
+    data_parallel = True  # one forward and backward per step; stopping decisions come from gathered validation
     Params = MSESParams
     capturable = True
 

@@ -52,6 +52,7 @@ class MSLR(Method):
     """Joint training with a learning rate per modality encoder, adapted from validation accuracy."""
 
     name = "mslr"
+    data_parallel = True  # one forward and backward per step; learning rates come from gathered validation
     Params = MSLRParams
     capturable = True
 

@@ -80,6 +80,7 @@ class OGMGE(Method):
     """Joint training whose dominant encoders' gradients are damped by OGM's coefficient, plus GE noise."""
 
     name = "ogm_ge"
+    data_parallel = "its coefficients come from each process's own batch and its gradient noise is drawn per process"
     Params = OGMGEParams
     capturable = True
 

@@ -95,6 +95,7 @@ class ReconBoost(Method):
     """One modality per stage with a reconcilement-weighted loss, then rectification of the ensemble."""
 
     name = "reconboost"
+    data_parallel = "it alternates stages with several backward passes per batch"
     tasks = ("classification",)
     Params = ReconBoostParams
 
