@@ -79,7 +79,7 @@ def curves(groups: dict, folder: Path) -> Figure | None:
     """Validation score and confidence per modality over epochs, one line per model, SMP window shaded."""
     modalities = modalities_of(groups)
     key, title, factor = metric(groups)
-    fig, axes = plt.subplots(2, len(modalities), figsize=(4.2 * len(modalities), 6), squeeze=False)
+    fig, axes = plt.subplots(2, len(modalities), figsize=(4.8 * len(modalities), 6), squeeze=False)
     drawn = False
     for column, m in enumerate(modalities):
         for row, (field, name, scale) in enumerate(((f"val_{key}", title, factor), ("val_confidence", "confidence", 1.0))):

@@ -53,7 +53,9 @@ def results_table(runs: dict[str, dict]) -> str:
     return f"{first['dataset']}: {unit}; per-modality columns are each modality inside the model\n" + "\n".join(lines)
 
 
-METHOD_LABELS = {"joint": "Joint-Train", "g2d": "G²D"}
+METHOD_LABELS = {"joint": "Joint-Train", "g2d": "G²D", "umt": "UMT", "ume": "UME", "ogm_ge": "OGM-GE", "agm": "AGM",
+                 "pmr": "PMR", "mla": "MLA", "mmpareto": "MMPareto", "reconboost": "ReconBoost", "dlmg": "DLMG",
+                 "mses": "MSES", "mslr": "MSLR"}
 
 
 def summary_metrics(task: str) -> list[tuple[str, str, float]]:
