@@ -236,4 +236,4 @@ def test_resume_on_another_number_of_processes_is_refused(tmp_path):
     payload["processes"] = 2
     torch.save(payload, path)
     with pytest.raises(G2DError, match="trained on 2 process\\(es\\) and this one on 1; resume with the same number"):
-        run(load_config(CONFIG, [*overrides, "trainer.resume=true"]))
+        run(load_config(CONFIG, [*overrides, "trainer.resume=true", "trainer.epochs=3"]))  # extend: it loads the state
