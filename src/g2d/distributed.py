@@ -106,8 +106,10 @@ def local_device(device: torch.device) -> torch.device:
 
 
 def teardown() -> None:
-    """Leave the process group (at the end of a command)."""
+    """Leave the process group (at the end of a command), once every process has got there: a
+    process that closed its connections while a peer was still talking to it would abort that peer."""
     if active():
+        dist.barrier()
         dist.destroy_process_group()
 
 
