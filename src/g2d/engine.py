@@ -32,7 +32,7 @@ from g2d.fast import TrainingPath, plan_training, prepare_modules
 from g2d.io import load_weights
 from g2d.methods.base import Method, MethodContext, TeacherOutputs
 from g2d.methods.losses import teacher_confidence
-from g2d.methods.smp import Modulator
+from g2d.methods.smp import Modulator, phase_of
 from g2d.registry import Registry
 from g2d.models.pretrained import scale_learning_rates
 
@@ -198,6 +198,8 @@ def fit(
     saved = checkpoint.committed(run_dir) if config.trainer.resume else None
     if saved is not None:
         state = resume(saved, model, optimizer, scheduler, config, method)
+        if modulator is not None:
+            modulator.load_state_dict(state.get("smp", {}))
     writer = SummaryWriter(str(run_dir / "tb"))
     epochs = config.trainer.epochs
     bar = tqdm(range(state["epoch"], epochs), desc=f"{method.name} {run_dir.name}", unit="epoch",
@@ -230,6 +232,10 @@ def fit(
             state["wall"] += seconds
             record = {"epoch": epoch, "train": train_stats, "val": val, "lr": optimizer.param_groups[0]["lr"],
                       "seconds": round(seconds, 3)}
+            if modulator is not None:
+                record["smp_phase"] = phase_of(epoch, modulator.tau)
+                modulator.end_epoch(epoch, val, data.task)
+                state["smp"] = modulator.state_dict()
             state["history"].append(record)
             log_epoch(writer, record, epoch)
             if score > state["best_score"]:

@@ -13,6 +13,7 @@ import torch
 from g2d.config import ExperimentConfig
 from g2d.data.base import MultimodalData
 from g2d.errors import G2DError
+from g2d.methods.autotau import check_auto
 from g2d.methods.smp import resolve_tau
 
 logger = logging.getLogger("g2d")
@@ -45,6 +46,9 @@ def check_smp_window(config: ExperimentConfig, num_modalities: int) -> None:
     """SMP phases longer than training would keep a modality frozen for the whole run. The default
     (``tau: null``, half of training split evenly) is never refused: on runs shorter than its
     phases it gives each phase one epoch."""
+    if config.smp.tau == "auto":
+        check_auto(config.smp.auto, num_modalities - 1, config.trainer.epochs)
+        return
     tau = resolve_tau(config.smp.tau, num_modalities, config.trainer.epochs)
     if config.smp.tau is not None and sum(tau) > config.trainer.epochs:
         raise G2DError(f"config key smp.tau: {tau} adds up to {sum(tau)} epochs, more than trainer.epochs="
