@@ -101,7 +101,8 @@ def test_bad_auto_settings_name_the_key(tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
-AUTO = ["trainer.epochs=8", "smp.tau=auto", "smp.auto.patience=1", "smp.auto.max_share=0.5", "optim.lr=0.2"]
+AUTO = ["trainer.epochs=8", "teachers.epochs=2", "smp.tau=auto", "smp.auto.patience=1", "smp.auto.min_delta=0.05",
+        "smp.auto.max_share=0.5", "optim.lr=0.2"]
 
 
 def auto_config(tmp_path, name, *extra):
@@ -120,6 +121,7 @@ def test_auto_run_records_its_phases_ignores_the_test_split_and_resumes_to_the_s
     history = json.loads((tmp_path / "whole" / "history.json").read_text())
     (phase,) = smp["phases"]
     assert phase["modality"] == smp["ranking"][0] and smp["tau_chosen"] == [phase["epochs"]]
+    assert phase["ended_by"] == "plateau"  # a 5-point gain every epoch until the cap is not to be expected
     assert [r["smp_phase"] for r in history] == [0] * phase["epochs"] + [1] * (8 - phase["epochs"])
 
     # The test split, replaced by noise with shuffled labels, changes no phase and no validation number.
@@ -132,7 +134,8 @@ def test_auto_run_records_its_phases_ignores_the_test_split_and_resumes_to_the_s
     poisoned_history = json.loads((tmp_path / "poisoned" / "history.json").read_text())
     assert [(r["val"], r["smp_phase"]) for r in poisoned_history] == [(r["val"], r["smp_phase"]) for r in history]
 
-    run_interrupted(monkeypatch, auto_config(tmp_path, "split"), after_epochs=2, data=mfeat)
+    # Interrupted inside the phase: its best score so far must survive the restart.
+    run_interrupted(monkeypatch, auto_config(tmp_path, "split"), after_epochs=phase["epochs"] - 1, data=mfeat)
     resumed = run(auto_config(tmp_path, "split", "trainer.resume=true"), mfeat)
     assert resumed["smp"]["phases"] == smp["phases"]
     resumed_history = json.loads((tmp_path / "split" / "history.json").read_text())

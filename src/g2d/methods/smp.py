@@ -167,7 +167,7 @@ class Modulator:
                            "ended_by": self.auto.ended_by[index] if ended else "training ended"})
             start += length
         return {"tau_chosen": [phase["epochs"] for phase in phases], "phases": phases,
-                "patience": self.auto.patience, "max_epochs_per_phase": self.auto.cap}
+                "patience_epochs": self.auto.patience, "max_epochs_per_phase": self.auto.cap}
 
     def set_dataset_confidence(self, confidence: torch.Tensor) -> None:
         """Teachers' mean confidence over the training set, for the ranked schedule."""
