@@ -21,9 +21,10 @@ def scripted_val(scores: dict[str, float]) -> dict:
     return {"multimodal": {"accuracy": 0.0}, "per_modality": {m: {"accuracy": s} for m, s in scores.items()}}
 
 
-def modulator_for(modalities: list[str], confidence: list[float], epochs: int, **auto) -> Modulator:
+def modulator_for(modalities: list[str], confidence: list[float], epochs: int, schedule: str = "ranked",
+                  **auto) -> Modulator:
     encoders = {m: list(nn.Linear(2, 2).parameters()) for m in modalities}
-    modulator = Modulator(SMPConfig(tau="auto", auto=AutoTauConfig(**auto)), encoders, epochs)
+    modulator = Modulator(SMPConfig(schedule=schedule, tau="auto", auto=AutoTauConfig(**auto)), encoders, epochs)
     modulator.set_dataset_confidence(torch.tensor(confidence))
     return modulator
 
@@ -56,10 +57,12 @@ def test_phase_that_keeps_improving_ends_at_max_share():
     assert ended.index(True) == 9 and rule.chosen == [10] and rule.ended_by == ["max_share"]
 
 
-def test_three_modalities_give_two_boundaries_in_order_each_judged_on_its_own_modality():
-    # Ranking by teacher confidence: mor (weakest), fou, pix.
-    modulator = modulator_for(["pix", "fou", "mor"], [0.9, 0.7, 0.5], epochs=100, patience=2, min_delta=0.01,
-                              max_share=0.3)
+@pytest.mark.parametrize("schedule", ["ranked", "dynamic"])
+def test_three_modalities_give_two_boundaries_in_order_each_judged_on_its_own_modality(schedule):
+    # Ranking by teacher confidence over the training set: mor (weakest), fou, pix.
+    modulator = modulator_for(["pix", "fou", "mor"], [0.9, 0.7, 0.5], epochs=100, schedule=schedule, patience=2,
+                              min_delta=0.01, max_share=0.3)
+    assert modulator.needs_dataset_confidence
     assert modulator.tau == [30, 30] and modulator.window == 60
     phases = []
     for epoch in range(60):
@@ -72,6 +75,10 @@ def test_three_modalities_give_two_boundaries_in_order_each_judged_on_its_own_mo
     assert modulator.auto.chosen == [7, 8] and modulator.auto.ended_by == ["plateau", "plateau"]
     assert phases[:7] == [0] * 7 and phases[7:15] == [1] * 8 and set(phases[15:]) == {2}
     assert modulator.tau == [7, 8] and modulator.window == 15
+    # Per batch, the dynamic schedule still ranks by that batch's confidence within the chosen phases.
+    batch = torch.tensor([0.2, 0.6, 0.9]) if schedule == "dynamic" else torch.tensor([0.5, 0.5, 0.5])
+    expected = {"dynamic": [[1, 0, 0], [0, 1, 0]], "ranked": [[0, 0, 1], [0, 1, 0]]}[schedule]
+    assert [modulator.coefficients(epoch, batch).tolist() for epoch in (6, 7)] == expected
     report = modulator.auto_report(60)
     assert [(p["modality"], p["start"], p["epochs"]) for p in report["phases"]] == [("mor", 0, 7), ("fou", 7, 8)]
 

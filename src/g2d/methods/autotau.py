@@ -92,9 +92,11 @@ class AutoTau:
         return True
 
     def state_dict(self) -> dict[str, Any]:
+        """Plain host values (JSON-safe), committed with each checkpoint."""
         return {"chosen": list(self.chosen), "ended_by": list(self.ended_by), "best": self.best, "stale": self.stale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` saved."""
         self.chosen = [int(t) for t in state["chosen"]]
         self.ended_by = list(state["ended_by"])
         self.best = state["best"]

@@ -148,6 +148,7 @@ class Modulator:
         return {"auto": self.auto.state_dict()} if self.auto is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``'s state on resume, so the phases end where the interrupted run's would."""
         if self.auto is not None and "auto" in state:
             self.auto.load_state_dict(state["auto"])
             self.tau = self.auto.tau
