@@ -94,16 +94,32 @@ class ModelConfig:
 
 
 @dataclass
+class AutoTauConfig:
+    """The stopping rule of ``smp.tau: auto`` (``g2d.methods.autotau``, docs/smp.md).
+
+    A phase ends when its modality's validation score has not risen by more than ``min_delta``
+    for ``patience`` epochs (null: 5 % of training, at least 2), or after ``max_share`` of
+    training (null: half of training split evenly among the phases, the default tau).
+    """
+
+    patience: Optional[int] = None
+    min_delta: float = 0.0
+    max_share: Optional[float] = None
+
+
+@dataclass
 class SMPConfig:
     """Sequential Modality Prioritization and the partial alternative (see ``g2d.methods.smp``).
 
     ``enabled: null`` means the method's default (on for ``g2d``, off otherwise).
-    ``tau: null`` gives the prioritized phases the first half of training, split evenly.
+    ``tau``: a list of epochs per prioritized phase; ``null`` gives the phases the first half
+    of training, split evenly; ``auto`` ends each phase by the rule of ``auto``.
     """
 
     enabled: Optional[bool] = None
     schedule: str = "ranked"
-    tau: Optional[list[int]] = None
+    tau: Any = None
+    auto: AutoTauConfig = field(default_factory=AutoTauConfig)
     modulator: str = "complete"
     partial_alpha: float = 1.0
     suppression: str = "freeze"

@@ -32,7 +32,7 @@ from g2d.fast import TrainingPath, plan_training, prepare_modules
 from g2d.io import load_weights
 from g2d.methods.base import Method, MethodContext, TeacherOutputs
 from g2d.methods.losses import teacher_confidence
-from g2d.methods.smp import Modulator
+from g2d.methods.smp import Modulator, phase_of
 from g2d.registry import Registry
 from g2d.models.pretrained import scale_learning_rates
 
@@ -201,6 +201,8 @@ def fit(
     saved = distributed.from_main(checkpoint.committed(run_dir) if config.trainer.resume else None)
     if saved is not None:
         state = resume(saved, model, optimizer, scheduler, config, method)
+        if modulator is not None:
+            modulator.load_state_dict(state.get("smp", {}))
     main = distributed.is_main()  # rank 0 alone writes logs and checkpoints
     writer = SummaryWriter(str(run_dir / "tb")) if main else None
     epochs = config.trainer.epochs
@@ -234,6 +236,10 @@ def fit(
             state["wall"] += seconds
             record = {"epoch": epoch, "train": train_stats, "val": val, "lr": optimizer.param_groups[0]["lr"],
                       "seconds": round(seconds, 3)}
+            if modulator is not None:
+                record["smp_phase"] = phase_of(epoch, modulator.tau)
+                modulator.end_epoch(epoch, val, data.task)
+                state["smp"] = modulator.state_dict()
             state["history"].append(record)
             if score > state["best_score"]:
                 state.update(best_epoch=epoch, best_score=score, best_val=val)

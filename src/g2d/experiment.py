@@ -138,6 +138,10 @@ def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of:
     if distributed.is_main():
         claim.begin(config)
     result = fit(model, method, data, config, run_dir, teachers, modulator, device)
+    if modulator is not None:
+        smp_report["tau"] = modulator.tau
+        if modulator.auto is not None:
+            smp_report.update(modulator.auto_report(len(result.history)))
     started = time.perf_counter()
     test = evaluate(model, data, "test", device, config.trainer.eval_batch_size, method)
     wall_seconds = result.wall_seconds + time.perf_counter() - started

@@ -13,6 +13,7 @@ import torch
 from g2d.config import ExperimentConfig
 from g2d.data.base import MultimodalData
 from g2d.errors import G2DError
+from g2d.methods.autotau import check_auto
 from g2d.methods.smp import resolve_tau
 
 logger = logging.getLogger("g2d")
@@ -44,6 +45,9 @@ def warn_unseen_classes(data: MultimodalData) -> None:
 def check_smp_window(config: ExperimentConfig, num_modalities: int) -> None:
     """SMP phases longer than training would keep a modality frozen for the whole run: an explicit
     ``smp.tau`` is refused, the default one (at least an epoch per phase) gets a warning."""
+    if config.smp.tau == "auto":
+        check_auto(config.smp.auto, num_modalities - 1, config.trainer.epochs)
+        return
     tau = resolve_tau(config.smp.tau, num_modalities, config.trainer.epochs)
     if sum(tau) > config.trainer.epochs and config.smp.tau is None:
         logger.warning("warning: the default smp.tau %s (an epoch per phase at least) is longer than trainer.epochs=%d; "

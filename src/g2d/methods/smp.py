@@ -13,6 +13,10 @@ then all modalities together):
   ``epoch <= modulation_ends``: epochs 0-150 for their 150, i.e. ``tau = [151]`` here
   (``tau = [150]``, the paper's 150 epochs, covers epochs 0-149).
 
+``tau: auto`` ends each prioritized phase by a rule on the validation split instead of a
+fixed length (``g2d.methods.autotau``): the engine calls ``end_epoch`` after each epoch's
+validation, and ``tau`` and ``window`` follow the phases chosen so far.
+
 Ties: modalities with equal confidence share the ranks they span, so each of them trains in
 every phase any of those ranks owns (the authors' code raises an error instead).
 
@@ -36,6 +40,7 @@ from torch import nn
 
 from g2d.config import SMPConfig
 from g2d.errors import G2DError
+from g2d.methods.autotau import AutoTau, modality_score
 from g2d.methods.balancing import scale_gradients
 
 SCHEDULES = ("ranked", "dynamic")
@@ -46,6 +51,10 @@ SUPPRESSIONS = ("freeze", "zero_grad", "conv_grad")
 def resolve_tau(tau: list[int] | None, num_modalities: int, epochs: int) -> list[int]:
     """Epochs of each prioritized phase: ``k - 1`` entries; by default half of training, split evenly."""
     phases = num_modalities - 1
+    if tau is not None and (isinstance(tau, (str, bool)) or not isinstance(tau, (list, tuple))
+                            or not all(isinstance(t, int) and not isinstance(t, bool) for t in tau)):
+        raise G2DError(f"config key smp.tau: must be a list of epochs (one per prioritized phase), null or auto, "
+                       f"got {tau!r}")
     if tau is None:
         share = max(1, epochs // (2 * phases)) if epochs > 1 else 0
         return [share] * phases
@@ -105,7 +114,8 @@ class Modulator:
             raise G2DError("config key smp.enabled: SMP needs at least two modalities")
         self.config = config
         self.modalities = list(encoders)
-        self.tau = resolve_tau(config.tau, len(encoders), epochs)
+        self.auto = AutoTau(config.auto, len(encoders) - 1, epochs) if config.tau == "auto" else None
+        self.tau = self.auto.tau if self.auto is not None else resolve_tau(config.tau, len(encoders), epochs)
         self.window = sum(self.tau)
         self.dataset_confidence: torch.Tensor | None = None
         self.targets: list[list[nn.Parameter]] = [
@@ -120,7 +130,45 @@ class Modulator:
 
     @property
     def needs_dataset_confidence(self) -> bool:
-        return self.config.schedule == "ranked"
+        """The ranked schedule ranks by it; ``tau: auto`` picks each phase's modality by it."""
+        return self.config.schedule == "ranked" or self.auto is not None
+
+    def end_epoch(self, epoch: int, val: dict, task: str) -> None:
+        """After ``epoch``'s validation: under ``tau: auto``, let the running phase's modality decide
+        whether the phase ends; ``tau`` and ``window`` then cover the next epoch."""
+        if self.auto is None or self.auto.phase >= len(self.modalities) - 1:
+            return
+        modality = self.ranking()[self.auto.phase]
+        self.auto.observe(epoch, modality_score(val, modality, task))
+        self.tau = self.auto.tau
+        self.window = sum(self.tau)
+
+    def state_dict(self) -> dict:
+        """Host state that changes during training (only under ``tau: auto``), for checkpoints."""
+        return {"auto": self.auto.state_dict()} if self.auto is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``'s state on resume, so the phases end where the interrupted run's would."""
+        if self.auto is not None and "auto" in state:
+            self.auto.load_state_dict(state["auto"])
+            self.tau = self.auto.tau
+            self.window = sum(self.tau)
+
+    def auto_report(self, epochs_trained: int) -> dict:
+        """For metrics.json under ``tau: auto``: each phase's modality, first epoch, length and why it
+        ended (``plateau``, ``max_share``, or ``training ended`` when the run stopped inside it)."""
+        assert self.auto is not None
+        phases, start = [], 0
+        for index, modality in enumerate(self.ranking()[: len(self.modalities) - 1]):
+            if start >= epochs_trained:
+                break
+            ended = index < len(self.auto.chosen)
+            length = self.auto.chosen[index] if ended else min(self.auto.cap, epochs_trained - start)
+            phases.append({"modality": modality, "start": start, "epochs": length,
+                           "ended_by": self.auto.ended_by[index] if ended else "training ended"})
+            start += length
+        return {"tau_chosen": [phase["epochs"] for phase in phases], "phases": phases,
+                "patience_epochs": self.auto.patience, "max_epochs_per_phase": self.auto.cap}
 
     def set_dataset_confidence(self, confidence: torch.Tensor) -> None:
         """Teachers' mean confidence over the training set, for the ranked schedule."""
