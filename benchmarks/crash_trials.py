@@ -82,6 +82,8 @@ def trial(out: Path, teachers: Path, reference: dict, point: str | None, delay: 
 def run_trials(folder: Path, random_trials: int, seed: int, named: bool = True) -> dict:
     teachers = folder / "teachers"
     assert main(arguments(folder / "reference", teachers)) == 0  # trains the teachers too, once
+    warm = start(["--help"])  # the forkserver's own start-up (importing torch) is not a child's run time
+    warm.join()
     started = time.perf_counter()
     timed = start(arguments(folder / "timed", teachers))
     timed.join()

@@ -139,7 +139,6 @@ def finished_copy(tmp_path, finished):
     (["trainer.resume=true", "trainer.overwrite=true"], ["trainer.resume", "trainer.overwrite"]),
     (["model.encoders.pixx.hidden=[8]"], ["model.encoders.pixx"]),
     (["dataset.modalities=[pix,pix]"], ["dataset.modalities", "pix"]),
-    (["smp.enabled=true", "smp.tau=[10]"], ["smp.tau", "trainer.epochs=2"]),
 ])
 def test_bad_input_leaves_a_finished_run_unchanged(tmp_path, finished_copy, capsys, extra, fragments):
     before = snapshot(finished_copy)
@@ -249,6 +248,11 @@ def test_class_missing_from_training_is_a_visible_warning(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="g2d"):
         run(config, data)
     assert any("class(es) 3" in r.getMessage() and "test split" in r.getMessage() for r in caplog.records)
+
+
+def test_smp_window_longer_than_training_is_a_visible_warning(tmp_path, capsys):
+    assert train(tmp_path, "run", "method.name=umt", "smp.enabled=true", "smp.tau=[10]", "trainer.epochs=1") == 0
+    assert "smp.tau [10] adds up to 10 epochs, more than trainer.epochs=1" in capsys.readouterr().err
 
 
 def test_progress_is_one_line_per_epoch_when_output_is_not_a_terminal(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Checks of a config against its data, made before anything is trained or written.
 
 Each turns a setting that would be silently ignored or would silently cripple a run into a
-refusal naming the key, or, where the run is still meaningful, into a visible warning.
+refusal naming the key, or, where a run is still meaningful (a short smoke run), a visible warning.
 """
 
 from __future__ import annotations
@@ -43,18 +43,15 @@ def warn_unseen_classes(data: MultimodalData) -> None:
 
 
 def check_smp_window(config: ExperimentConfig, num_modalities: int) -> None:
-    """SMP phases longer than training would keep a modality frozen for the whole run: an explicit
-    ``smp.tau`` is refused, the default one (at least an epoch per phase) gets a warning."""
+    """SMP phases as long as training or longer keep a modality from training jointly (or at all): a
+    warning, not a refusal, so a one-epoch smoke run of a paper config (``smp.tau: [150]``) still runs."""
     if config.smp.tau == "auto":
         check_auto(config.smp.auto, num_modalities - 1, config.trainer.epochs)
         return
     tau = resolve_tau(config.smp.tau, num_modalities, config.trainer.epochs)
-    if sum(tau) > config.trainer.epochs and config.smp.tau is None:
-        logger.warning("warning: the default smp.tau %s (an epoch per phase at least) is longer than trainer.epochs=%d; "
-                       "some modality never trains", tau, config.trainer.epochs)
-    elif sum(tau) > config.trainer.epochs:
-        raise G2DError(f"config key smp.tau: {tau} adds up to {sum(tau)} epochs, more than trainer.epochs="
-                       f"{config.trainer.epochs}; a modality would never train jointly (or at all)")
-    elif sum(tau) == config.trainer.epochs and config.smp.schedule == "ranked" and config.smp.modulator == "complete":
-        logger.warning("warning: smp.tau %s fills all %d epochs: no epoch trains the modalities jointly",
-                       tau, config.trainer.epochs)
+    epochs = config.trainer.epochs
+    if sum(tau) > epochs:
+        logger.warning("warning: smp.tau %s adds up to %d epochs, more than trainer.epochs=%d: the last prioritized "
+                       "modalities never train", tau, sum(tau), epochs)
+    elif sum(tau) == epochs and config.smp.schedule == "ranked" and config.smp.modulator == "complete":
+        logger.warning("warning: smp.tau %s fills all %d epochs: no epoch trains the modalities jointly", tau, epochs)
