@@ -42,8 +42,8 @@ from torch import nn
 
 from g2d.errors import G2DError
 from g2d.methods.balancing import in_window, scale_gradients
-from g2d.methods.base import Method, MethodContext, TeacherOutputs
-from g2d.methods.losses import task_loss
+from g2d.methods.base import MethodContext
+from g2d.methods.joint import JointTrain
 from g2d.models.multimodal import ModelOutput
 
 
@@ -116,8 +116,8 @@ def agm_coefficients(scores: torch.Tensor, running: torch.Tensor, alpha: float, 
     return torch.exp(alpha * gap.clamp(max=clip))
 
 
-class AGM(Method):
-    """Joint training with each encoder's gradients scaled by AGM's adaptive coefficient."""
+class AGM(JointTrain):
+    """Joint training (its task loss) with each encoder's gradients scaled by AGM's adaptive coefficient."""
 
     name = "agm"
     data_parallel = (
@@ -175,12 +175,6 @@ class AGM(Method):
 
     def on_epoch_start(self, epoch: int) -> None:
         self.modulating = in_window(epoch, self.params.modulation_starts, self.params.modulation_ends)
-
-    def loss(
-        self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = task_loss(output.logits, batch["label"], self.task)
-        return loss, {"task": loss.detach()}
 
     def modulate_gradients(self, output: ModelOutput, batch: dict[str, torch.Tensor],
                            terms: dict[str, torch.Tensor]) -> torch.Tensor:

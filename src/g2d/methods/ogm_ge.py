@@ -33,8 +33,9 @@ from torch import nn
 
 from g2d.errors import G2DError
 from g2d.methods.balancing import in_window
-from g2d.methods.base import Method, MethodContext, TeacherOutputs
-from g2d.methods.losses import task_loss, teacher_confidence
+from g2d.methods.base import MethodContext
+from g2d.methods.joint import JointTrain
+from g2d.methods.losses import teacher_confidence
 from g2d.methods.smp import partial_coefficients
 from g2d.models.multimodal import ModelOutput
 
@@ -76,7 +77,7 @@ def modulate_gradients(parameters: list[list[nn.Parameter]], coefficients: torch
                 grad.add_(torch.randn_like(grad) * std)
 
 
-class OGMGE(Method):
+class OGMGE(JointTrain):
     """Joint training whose dominant encoders' gradients are damped by OGM's coefficient, plus GE noise."""
 
     name = "ogm_ge"
@@ -100,12 +101,6 @@ class OGMGE(Method):
 
     def on_epoch_start(self, epoch: int) -> None:
         self.modulating = in_window(epoch, self.params.modulation_starts, self.params.modulation_ends)
-
-    def loss(
-        self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = task_loss(output.logits, batch["label"], self.task)
-        return loss, {"task": loss.detach()}
 
     def modulate_gradients(self, output: ModelOutput, batch: dict[str, torch.Tensor],
                            terms: dict[str, torch.Tensor]) -> torch.Tensor:
