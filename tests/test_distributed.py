@@ -6,6 +6,7 @@ all-reduced confidence. The tolerance is float32 summation order: measured diffe
 about 2e-7 on weights of magnitude ~1; we allow 1e-5.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -36,6 +37,9 @@ QUICK = [*TINY, "trainer.epochs=2", "trainer.drop_last=true"]
 G2D_SMP = ["method.name=g2d", "smp.enabled=true", "smp.schedule=dynamic", "smp.modulator=partial", "smp.tau=[1]"]
 # Generous bounds against a hang; nothing here asserts how fast anything runs.
 LAUNCH_TIMEOUT = 300
+# The nodes of one launch wait up to 300 s for each other at torchrun's exit barrier (torch's
+# exit_barrier_timeout) before they end anyway; a hang beyond that is ours.
+NODES_TIMEOUT = 420
 
 
 def torchrun(*args: str) -> list[str]:
@@ -149,6 +153,45 @@ def test_two_processes_match_one_process_for_g2d_with_smp(tmp_path):
     assert history[0]["train"]["kappa/pix"] < 1.0  # partial modulation acted on the confident modality
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (read from /proc; empty where there is none)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split() if (task / "children").exists() else []:
+            found += [int(child), *descendants(int(child))]
+    return found
+
+
+def launch_nodes(args: list[str], count: int, logs: Path) -> list[tuple[int, str]]:
+    """Start ``count`` copies of one torchrun command (the nodes of a multi-node launch) and wait for all
+    under one deadline; returns each node's ``(returncode, output)``.
+
+    Each node writes to its own file: a node writing into a pipe nobody drains would block, and hold up
+    the other at torchrun's exit barrier. On a hang every Python process of the launch prints its stack
+    (faulthandler, on SIGABRT) into its node's log, which the failure shows.
+    """
+    env = {**worker_env(), "PYTHONFAULTHANDLER": "1"}
+    files = [logs / f"node{n}.log" for n in range(count)]
+    with contextlib.ExitStack() as stack:
+        nodes = [subprocess.Popen(args, stdout=stack.enter_context(file.open("w")), stderr=subprocess.STDOUT, env=env)
+                 for file in files]
+    deadline = time.monotonic() + NODES_TIMEOUT
+    while any(node.poll() is None for node in nodes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    hung = [n for n, node in enumerate(nodes) if node.poll() is None]
+    for node in nodes:
+        if node.poll() is None:
+            for pid in [*descendants(node.pid), node.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGABRT)
+            time.sleep(2)
+            node.kill()
+        node.wait()
+    outputs = [file.read_text() for file in files]
+    assert not hung, f"nodes {hung} still running after {NODES_TIMEOUT} s:\n" + "\n".join(o[-6000:] for o in outputs)
+    return [(node.returncode, output) for node, output in zip(nodes, outputs)]
+
+
 @pytest.mark.slow
 def test_two_nodes_through_c10d_rendezvous_train_teachers_and_use_the_teacher_cache(tmp_path):
     """Two torchrun launches (``--nnodes 2``) meet at a c10d rendezvous on localhost; teachers are
@@ -162,10 +205,9 @@ def test_two_nodes_through_c10d_rendezvous_train_teachers_and_use_the_teacher_ca
                     "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "g2d-test",
                     *train_command(["method.name=g2d", "trainer.fast=true", "trainer.batch_size=32",
                                     f"out={tmp_path / 'two' / 'g2d'}"]))
-    nodes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env())
-             for _ in range(2)]
-    outputs = [node.communicate(timeout=LAUNCH_TIMEOUT) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    nodes = launch_nodes(args, 2, tmp_path)
+    assert [code for code, _ in nodes] == [0, 0], "\n".join(output[-3000:] for _, output in nodes)
+    assert sum(output.count("run folder:") for _, output in nodes) == 1  # rank 0 alone reports
     run(load_config(CONFIG, [*QUICK, "method.name=g2d", "trainer.fast=true", "trainer.batch_size=64",
                              f"out={tmp_path / 'one' / 'g2d'}"]))
     for modality in ("pix", "mor"):
