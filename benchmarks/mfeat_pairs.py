@@ -14,6 +14,7 @@ import itertools
 from pathlib import Path
 
 from g2d.config import load_config
+from g2d.data import load_dataset
 from g2d.data.mfeat import VIEWS
 from g2d.demo import DEMO_SETTINGS
 from g2d.experiment import run
@@ -31,8 +32,6 @@ def main() -> None:
         config = load_config(None, [*settings, f"dataset.modalities=[{a},{b}]", "method.name=joint",
                                     f"seed={args.seed}", f"out={args.out / f'{a}_{b}'}",
                                     f"teachers.root={args.out / 'teachers'}", "trainer.progress=false"])
-        from g2d.data import load_dataset
-
         data = load_dataset(config.dataset)
         ensure_teachers(config, data, lambda cfg, m: run(cfg, data.select([m]), teacher_of=m))
         metrics = run(config, data)

@@ -16,7 +16,6 @@ from g2d.cli import main
 from g2d.config import load_config
 from g2d.data.base import Batches, ModalitySpec, MultimodalData
 from g2d.data.feed import INDEX_KEY, DeviceFeed, HostFeed
-import g2d.engine as engine
 from g2d.engine import TeacherEnsemble, prepare_training
 from g2d.errors import G2DError
 from g2d.experiment import run

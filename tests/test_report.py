@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from g2d.cli import main
-from g2d.report import RunRecord, group_runs, table1_rows, write_report
+from g2d.report import RunRecord, group_runs, table1_rows
 
 CHROMIUM = shutil.which("chromium")
 FIGURES = {"curves", "teacher_confidence", "confidence_ratio", "alignment", "probe", "shapley", "missing", "noise", "gap"}

@@ -177,8 +177,6 @@ def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of:
     return metrics
 
 
-
-
 def finished_run(config: ExperimentConfig, data: MultimodalData, teacher_of: str | None) -> dict:
     """Resuming a run that already trained all its epochs changes nothing; a teacher whose run finished
     but whose artifact was not yet written (a crash in between) gets it from the best checkpoint."""
@@ -194,6 +192,8 @@ def finished_run(config: ExperimentConfig, data: MultimodalData, teacher_of: str
     logger.info("%s: finished at %s epochs already; nothing to resume (a larger trainer.epochs extends it)",
                 run_dir, metrics.get("epochs"))
     return metrics
+
+
 def check_pretrained_encoders(config: ExperimentConfig, data: MultimodalData) -> None:
     """Build the model once when an encoder starts from a weights file or a model folder, so a file
     that does not fit is refused before any folder is written; the global RNG is left untouched."""

@@ -42,6 +42,11 @@ def modalities_of(groups: dict) -> list[str]:
     return list(next(iter(groups.values()))[0].metrics["modalities"])
 
 
+def analysed(groups: dict) -> list[str]:
+    """The groups (model labels) with at least one analysed run (``g2d analyze`` was run on it)."""
+    return [label for label, runs in groups.items() if any(r.analysis for r in runs)]
+
+
 def save(fig: Any, folder: Path, name: str, caption: str) -> Figure:
     """Write ``fig`` as ``folder/name.png`` at a small resolution and free it."""
     fig.tight_layout()
@@ -139,7 +144,7 @@ def grouped_bars(groups: dict, folder: Path, name: str, value: Any, ylabel: str,
                  reference: float | None = None) -> Figure | None:
     """One bar per model and modality, mean over analysed seeds with the standard deviation as error bar."""
     modalities = modalities_of(groups)
-    labels = [label for label, runs in groups.items() if any(r.analysis for r in runs)]
+    labels = analysed(groups)
     if not labels:
         return None
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(labels) * len(modalities) / 2 + 2), 3.6))
@@ -170,7 +175,7 @@ def probe(groups: dict, folder: Path) -> Figure | None:
     """Inside-the-model score beside the linear probe's, per modality and model."""
     modalities = modalities_of(groups)
     key, title, factor = metric(groups)
-    labels = [label for label, runs in groups.items() if any(r.analysis for r in runs)]
+    labels = analysed(groups)
     if not labels:
         return None
     fig, axes = plt.subplots(1, len(modalities), figsize=(4.4 * len(modalities), 3.6), squeeze=False)
@@ -197,7 +202,7 @@ def probe(groups: dict, folder: Path) -> Figure | None:
 def missing(groups: dict, folder: Path) -> Figure | None:
     """Score with each subset of modalities present, one bar group per subset."""
     key, title, factor = metric(groups)
-    labels = [label for label, runs in groups.items() if any(r.analysis for r in runs)]
+    labels = analysed(groups)
     if not labels:
         return None
     first = next(r.analysis for r in groups[labels[0]] if r.analysis)
@@ -224,7 +229,7 @@ def noise(groups: dict, folder: Path) -> Figure | None:
     """Score against the level of Gaussian noise on one modality's input, one panel per modality."""
     modalities = modalities_of(groups)
     key, title, factor = metric(groups)
-    labels = [label for label, runs in groups.items() if any(r.analysis for r in runs)]
+    labels = analysed(groups)
     if not labels:
         return None
     fig, axes = plt.subplots(1, len(modalities), figsize=(4.2 * len(modalities), 3.4), squeeze=False)
