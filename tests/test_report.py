@@ -111,3 +111,12 @@ def test_report_page_in_a_headless_browser(report) -> None:
         assert image["complete"] and image["width"] > 0 and image["std"] > 5.0, image
     assert "Results in the layout of the paper's Table 1" in headings
     assert "pix alone (teacher)" in table_text
+
+
+def test_fifteen_models_get_fifteen_colours():
+    """A Table 1 report holds 15 models: past tab10's ten, a repeated colour would merge two models' curves."""
+    from g2d.figures import model_colours
+
+    colours = model_colours({f"model {i}": [] for i in range(15)})
+    assert len(set(colours.values())) == 15
+    assert len(set(model_colours({"a": [], "b": [], "c": []}).values())) == 3

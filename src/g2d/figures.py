@@ -47,10 +47,21 @@ def analysed(groups: dict) -> list[str]:
     return [label for label, runs in groups.items() if any(r.analysis for r in runs)]
 
 
+def model_colours(groups: dict) -> dict[str, Any]:
+    """One colour per model, the same in every figure (tab10, or tab20 beyond ten models, so none repeats)."""
+    palette = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    return {label: palette(i % palette.N) for i, label in enumerate(groups)}
+
+
+def legend_beside(ax: Any) -> None:
+    """The models' legend to the right of ``ax``, where a long list of models hides no curve."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
 def save(fig: Any, folder: Path, name: str, caption: str) -> Figure:
     """Write ``fig`` as ``folder/name.png`` at a small resolution and free it."""
     fig.tight_layout()
-    fig.savefig(folder / f"{name}.png", dpi=DPI)
+    fig.savefig(folder / f"{name}.png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return Figure(name, f"{name}.png", caption)
 
@@ -85,6 +96,7 @@ def curves(groups: dict, folder: Path) -> Figure | None:
     modalities = modalities_of(groups)
     key, title, factor = metric(groups)
     fig, axes = plt.subplots(2, len(modalities), figsize=(4.8 * len(modalities), 6), squeeze=False)
+    colours = model_colours(groups)
     drawn = False
     for column, m in enumerate(modalities):
         for row, (field, name, scale) in enumerate(((f"val_{key}", title, factor), ("val_confidence", "confidence", 1.0))):
@@ -93,15 +105,16 @@ def curves(groups: dict, folder: Path) -> Figure | None:
                 epochs, values = mean_curve(runs, m, field)
                 if epochs:
                     drawn = True
-                    line, = ax.plot(epochs, [scale * v for v in values], label=label)
+                    ax.plot(epochs, [scale * v for v in values], label=label, color=colours[label])
                     window = smp_window(runs)
                     if window:
-                        ax.axvspan(window[0] - 0.5, window[1] - 0.5, color=line.get_color(), alpha=0.08)
+                        ax.axvspan(window[0] - 0.5, window[1] - 0.5, color=colours[label], alpha=0.08)
             if row == 1:
                 levels = {r["teacher_val_confidence"] for runs in groups.values() for run in runs for r in run.epochs
                           if r["modality"] == m and isinstance(r.get("teacher_val_confidence"), float)}
                 if levels:
-                    ax.axhline(statistics.mean(levels), color="black", linestyle="--", label=f"{m} teacher")
+                    teacher = ax.axhline(statistics.mean(levels), color="black", linestyle="--", label=f"{m} teacher")
+                    ax.legend(handles=[teacher], fontsize=8, loc="lower right")
             ax.set_title(f"{m} inside the model: validation {name}")
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -109,8 +122,7 @@ def curves(groups: dict, folder: Path) -> Figure | None:
     if not drawn:
         plt.close(fig)
         return None
-    axes[0][0].legend(fontsize=8)
-    axes[1][0].legend(fontsize=8)
+    legend_beside(axes[0][-1])
     return save(fig, folder, "curves", "Per-modality validation score (top) and confidence (bottom) of each "
                 "model over training, mean over seeds. Shaded: SMP's prioritized phase, in the colour of the "
                 "model it applies to, when only the weakest modality's encoder learns; dashed: the teacher's "
@@ -209,18 +221,20 @@ def missing(groups: dict, folder: Path) -> Figure | None:
     subsets = [tuple(row["present"]) for row in first["subsets"]]
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(subsets) + 2), 3.6))
     width = 0.8 / len(labels)
+    colours = model_colours(groups)
     for j, label in enumerate(labels):
         values = []
         for subset in subsets:
             found = [factor * row[key] for r in groups[label] if r.analysis
                      for row in r.analysis["subsets"] if tuple(row["present"]) == subset]
             values.append(statistics.mean(found) if found else 0.0)
-        ax.bar([i + (j - (len(labels) - 1) / 2) * width for i in range(len(subsets))], values, width, label=label)
+        ax.bar([i + (j - (len(labels) - 1) / 2) * width for i in range(len(subsets))], values, width, label=label,
+               color=colours[label])
     ax.set_xticks(range(len(subsets)), [" + ".join(s) if s else "none (label prior)" for s in subsets], fontsize=8)
     ax.set_xlabel("modalities present at test time")
     ax.set_ylabel(f"test {title}")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_beside(ax)
     return save(fig, folder, "missing", "Test score with only some modalities present (the others absent), mean "
                 "over seeds.")
 
@@ -233,6 +247,7 @@ def noise(groups: dict, folder: Path) -> Figure | None:
     if not labels:
         return None
     fig, axes = plt.subplots(1, len(modalities), figsize=(4.2 * len(modalities), 3.4), squeeze=False)
+    colours = model_colours(groups)
     for ax, m in zip(axes[0], modalities):
         for label in labels:
             by_sigma: dict[float, list[float]] = {}
@@ -241,12 +256,13 @@ def noise(groups: dict, folder: Path) -> Figure | None:
                     if row["modality"] == m:
                         by_sigma.setdefault(row["sigma"], []).append(factor * row[key])
             sigmas = sorted(by_sigma)
-            ax.plot(sigmas, [statistics.mean(by_sigma[s]) for s in sigmas], marker="o", label=label)
+            ax.plot(sigmas, [statistics.mean(by_sigma[s]) for s in sigmas], marker="o", label=label,
+                    color=colours[label])
         ax.set_title(f"noise on {m}")
         ax.set_xlabel("noise std (units of the input's std)")
         ax.set_ylabel(f"multimodal test {title}")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    legend_beside(axes[0][-1])
     return save(fig, folder, "noise", "Multimodal test score as Gaussian noise of growing strength corrupts one "
                 "modality's input, mean over seeds.")
 
