@@ -175,6 +175,28 @@ def test_a_modality_without_information_has_zero_shapley_and_its_absence_costs_n
     assert noisy_pix[1] < noisy_pix[0]
 
 
+def test_alignment_before_training_shows_an_encoder_that_starts_from_its_teachers_weights(tiny_runs) -> None:
+    """Against untrained teachers (each built under the run's seed, as a teacher is), the first-built
+    encoder of the untrained student has exactly its teacher's weights: alignment 1; the second one not."""
+    from g2d.experiment import seed_everything
+    from g2d.models.multimodal import MultimodalModel
+    from g2d.teachers import output_size
+
+    loaded = analysis.load_run(tiny_runs["g2d"])
+    for m in ("pix", "mor"):
+        seed_everything(loaded.config.seed)
+        single = loaded.data.select([m])
+        loaded.teachers[m] = MultimodalModel(single.modalities, loaded.config.model, output_size(single))
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    result, _ = analysis.analyze(loaded, torch.device("cpu"), noise_levels=(0.0,))
+    assert result["per_modality"]["pix"]["alignment_at_start"] == pytest.approx(1.0, abs=1e-6)
+    assert result["per_modality"]["mor"]["alignment_at_start"] < 0.99
+    assert result["per_modality"]["pix"]["alignment"] < 0.99  # the trained student moved away from it
+    assert torch.equal(torch.rand(1), before)  # rebuilding the untrained student left the global RNG as it was
+
+
 def test_analyze_cli_refuses_bad_input_and_keeps_an_existing_analysis(tiny_runs, tmp_path, capsys) -> None:
     assert main(["analyze", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.strip() == f"g2d: error: run folder not found: {tmp_path / 'missing'}"

@@ -6,7 +6,8 @@ computes them all on the test split and writes ``RUN_DIR/analysis/``:
 
 - confidence ratio per modality: the student's confidence (Eq. 5) in that modality over its
   teacher's (Fig. 6);
-- feature alignment per modality: mean cosine between student and teacher features (Fig. 5);
+- feature alignment per modality: mean cosine between student and teacher features (Fig. 5), and the
+  same for the untrained student (what alignment owes to a shared initialization);
 - modality gap: distance between the centroids of the L2-normalized features of two modalities,
   and a 2-D PCA and t-SNE of them (Fig. 4);
 - a linear probe per modality: a linear model fit on the frozen student encoder's training-split
@@ -31,10 +32,12 @@ import io
 import itertools
 import json
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -338,6 +341,23 @@ def load_run(run_dir: Path) -> LoadedRun:
     return LoadedRun(run_dir, config, data, model, teachers, metrics)
 
 
+def initial_model(loaded: LoadedRun) -> MultimodalModel:
+    """The student as it was before its first step: built under the run's seed as ``g2d.experiment.run``
+    builds it. Its first-built encoder then holds the same weights its teacher started from (a teacher
+    shares the run's seed), which is what ``alignment_at_start`` makes visible. Global random state is kept."""
+    from g2d.experiment import seed_everything
+    from g2d.teachers import output_size
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            seed_everything(loaded.config.seed)
+            return MultimodalModel(loaded.data.modalities, loaded.config.model, output_size(loaded.data))
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def analyze(loaded: LoadedRun, device: torch.device, batch_size: int = 256, seed: int = 0,
             noise_levels: tuple[float, ...] = NOISE_LEVELS) -> tuple[dict, list[dict]]:
     """All analyses of a loaded run on its test split: ``(analysis.json content, embedding rows)``."""
@@ -345,6 +365,7 @@ def analyze(loaded: LoadedRun, device: torch.device, batch_size: int = 256, seed
     task, k = data.task, data.num_classes
     test = collect(model, data, "test", device, batch_size, teachers)
     train = collect(model, data, "train", device, batch_size)
+    start = collect(initial_model(loaded), data, "test", device, batch_size) if teachers else None
     prior = label_prior(data)
     per_modality = {}
     for m in model.modalities:
@@ -358,6 +379,7 @@ def analyze(loaded: LoadedRun, device: torch.device, batch_size: int = 256, seed
             entry["teacher"] = {**scores(test.teacher_logits[m], test.labels, task, k), "confidence": teacher_confidence}
             entry["confidence_ratio"] = entry["inside"]["confidence"] / teacher_confidence
             entry["alignment"] = mean_cosine(test.features[m], test.teacher_features[m])
+            entry["alignment_at_start"] = mean_cosine(start.features[m], test.teacher_features[m])
         per_modality[m] = entry
     subsets = subset_table(model, test, prior, task, k)
     by_present = {frozenset(row["present"]): value_of(row) for row in subsets}

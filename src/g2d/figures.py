@@ -153,8 +153,9 @@ def teacher_confidence(groups: dict, folder: Path) -> Figure | None:
 
 
 def grouped_bars(groups: dict, folder: Path, name: str, value: Any, ylabel: str, caption: str,
-                 reference: float | None = None) -> Figure | None:
-    """One bar per model and modality, mean over analysed seeds with the standard deviation as error bar."""
+                 reference: float | None = None, marker: tuple[Any, str] | None = None) -> Figure | None:
+    """One bar per model and modality, mean over analysed seeds with the standard deviation as error bar;
+    ``marker`` = (value function, legend text) draws a second mean per bar as a black tick."""
     modalities = modalities_of(groups)
     labels = analysed(groups)
     if not labels:
@@ -169,8 +170,14 @@ def grouped_bars(groups: dict, folder: Path, name: str, value: Any, ylabel: str,
             means.append(statistics.mean(values) if values else 0.0)
             errors.append(statistics.stdev(values) if len(values) > 1 else 0.0)
             drawn = drawn or bool(values)
-        ax.bar([i + (j - (len(modalities) - 1) / 2) * width for i in range(len(labels))], means, width,
-               yerr=errors, color=colour, label=m, capsize=2)
+        positions = [i + (j - (len(modalities) - 1) / 2) * width for i in range(len(labels))]
+        ax.bar(positions, means, width, yerr=errors, color=colour, label=m, capsize=2)
+        if marker is not None:
+            ticks = [[v for r in groups[label] if r.analysis for v in [marker[0](r.analysis, m)] if v is not None]
+                     for label in labels]
+            shown = [(x, statistics.mean(t)) for x, t in zip(positions, ticks) if t]
+            ax.scatter([x for x, _ in shown], [y for _, y in shown], marker="_", s=400 * width, color="black",
+                       linewidths=2, zorder=3, label=marker[1] if j == 0 else None)
     if not drawn:
         plt.close(fig)
         return None
@@ -303,7 +310,11 @@ def report_figures(groups: dict, folder: Path) -> list[Figure]:
                      "on the test split; 1 means as confident as the modality alone.", reference=1.0),
         grouped_bars(groups, folder, "alignment", lambda a, m: a["per_modality"][m].get("alignment"),
                      "mean cosine(student, teacher)", "Feature alignment (paper Fig. 5): mean cosine similarity "
-                     "between the student's and the teacher's encoder features of the same test input."),
+                     "between the student's and the teacher's encoder features of the same test input. Black "
+                     "ticks: the same for the untrained student; a high tick means the student's encoder started "
+                     "from its teacher's initial weights (same seed), so the bar above it says little about "
+                     "distillation.",
+                     marker=(lambda a, m: a["per_modality"][m].get("alignment_at_start"), "before training")),
         probe(groups, folder),
         grouped_bars(groups, folder, "shapley", lambda a, m: factor * a["shapley"][m], f"Shapley value ({title})",
                      "Shapley value of each modality: its average contribution to the multimodal test score, "

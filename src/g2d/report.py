@@ -259,6 +259,7 @@ def analysis_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list[l
     classification = first["task"] == "classification"
     header = ["model", "modality", f"inside {title}", f"linear probe {title}",
               *(["inside macro-F1 (%)"] if classification else []), "confidence ratio", "alignment (cos)",
+              "alignment before training (cos)",
               "Shapley (accuracy points)" if classification else "Shapley (minus MSE)"]
     rows = []
     for label, runs in groups.items():
@@ -273,6 +274,7 @@ def analysis_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list[l
                 *([cell([e["inside"]["macro_f1"] for e in entries], 100.0)] if classification else []),
                 cell([e["confidence_ratio"] for e in entries if "confidence_ratio" in e], 1.0),
                 cell([e["alignment"] for e in entries if "alignment" in e], 1.0),
+                cell([e["alignment_at_start"] for e in entries if "alignment_at_start" in e], 1.0),
                 cell([a["shapley"][m] for a in analysed], factor),
             ])
     return header, rows
@@ -351,7 +353,10 @@ def report_sections(groups: dict[str, list[RunRecord]], figures: list) -> list[d
                      "'inside', the encoder knows more than the model's head uses. 'Confidence ratio': the "
                      "modality's confidence inside the model divided by its teacher's (paper Fig. 6; 1 = as "
                      "confident as alone). 'Alignment': mean cosine between the student's and the teacher's "
-                     "features of the same input (paper Fig. 5). 'Shapley': the modality's average contribution "
+                     "features of the same input (paper Fig. 5); 'before training' is the same for the untrained "
+                     "student: a student's encoder built first under the teacher's seed starts from the "
+                     "teacher's own initial weights, and then shares some alignment with it whatever the "
+                     "method. 'Shapley': the modality's average contribution "
                      f"to the multimodal {title} over the orders of adding modalities, starting from a "
                      "prediction without any modality (the training label prior)."),
             "table": (header, rows),
