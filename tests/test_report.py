@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from g2d.cli import main
-from g2d.report import RunRecord, group_runs, table1_rows
+from g2d.report import RunRecord, gap_rows, group_runs, robustness_rows, table1_rows
 
 CHROMIUM = shutil.which("chromium")
 FIGURES = {"curves", "teacher_confidence", "confidence_ratio", "alignment", "probe", "shapley", "missing", "noise", "gap"}
@@ -111,6 +111,24 @@ def test_report_page_in_a_headless_browser(report) -> None:
         assert image["complete"] and image["width"] > 0 and image["std"] > 5.0, image
     assert "Results in the layout of the paper's Table 1" in headings
     assert "pix alone (teacher)" in table_text
+
+
+def test_robustness_and_gap_tables_average_the_seeds_analyses() -> None:
+    def analysed(seed: int, both: float, alone: float, noisy: float, gap: float) -> RunRecord:
+        run = record("joint", seed, both, alone, 0.95, False)
+        run.analysis = {"subsets": [{"present": ["pix"], "accuracy": both}, {"present": [], "accuracy": 0.1}],
+                        "noise": [{"modality": "pix", "sigma": 0.0, "accuracy": both},
+                                  {"modality": "pix", "sigma": 2.0, "accuracy": noisy}],
+                        "modality_gap": {"pix|mor": gap}}
+        return run
+
+    groups = group_runs([analysed(0, 0.90, 0.8, 0.50, 0.30), analysed(1, 0.92, 0.8, 0.60, 0.40),
+                         record("g2d", 0, 0.9, 0.9, 0.95, True)])  # G²D was not analysed: no row
+    header, rows = robustness_rows(groups)
+    assert header == ["model", "all present", "none (label prior)", "noise 2 std on pix"]
+    assert rows == [["Joint-Train", "91.0 ± 1.4", "10.0 ± 0.0", "55.0 ± 7.1"]]
+    header, rows = gap_rows(groups)
+    assert header == ["model", "gap pix / mor"] and rows == [["Joint-Train", "0.350 ± 0.071"]]
 
 
 def test_fifteen_models_get_fifteen_colours():

@@ -280,6 +280,44 @@ def analysis_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list[l
     return header, rows
 
 
+def robustness_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list[list[str]]]:
+    """Per method: the score with each subset of modalities present, then with noise of each level on
+    each modality (test split, mean ± std over analysed seeds), the numbers behind the robustness figures."""
+    first = next(iter(groups.values()))[0].metrics
+    key, title, factor = main_metric(first["task"])
+    analysed = {label: [r.analysis for r in runs if r.analysis] for label, runs in groups.items()}
+    analysed = {label: runs for label, runs in analysed.items() if runs}
+    if not analysed:
+        return [], []
+    sample = next(iter(analysed.values()))[0]
+    subsets = [tuple(row["present"]) for row in sample["subsets"]]
+    noises = [(row["modality"], row["sigma"]) for row in sample["noise"] if row["sigma"]]
+    header = ["model", *(("only " + " + ".join(s) if len(s) < len(first["modalities"]) else "all present")
+                         if s else "none (label prior)" for s in subsets),
+              *(f"noise {sigma:g} std on {m}" for m, sigma in noises)]
+    rows = []
+    for label, runs in analysed.items():
+        by_subset = [cell([row[key] for a in runs for row in a["subsets"] if tuple(row["present"]) == s], factor)
+                     for s in subsets]
+        by_noise = [cell([row[key] for a in runs for row in a["noise"] if (row["modality"], row["sigma"]) == n],
+                         factor) for n in noises]
+        rows.append([label, *by_subset, *by_noise])
+    return header, rows
+
+
+def gap_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list[list[str]]]:
+    """Per method: the distance between each pair of modalities' feature centroids (mean ± std over seeds)."""
+    analysed = {label: [r.analysis for r in runs if r.analysis and r.analysis.get("modality_gap")]
+                for label, runs in groups.items()}
+    analysed = {label: runs for label, runs in analysed.items() if runs}
+    if not analysed:
+        return [], []
+    pairs = list(next(iter(analysed.values()))[0]["modality_gap"])
+    header = ["model", *(f"gap {pair.replace('|', ' / ')}" for pair in pairs)]
+    return header, [[label, *(cell([a["modality_gap"][pair] for a in runs], 1.0) for pair in pairs)]
+                    for label, runs in analysed.items()]
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub-style Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -363,21 +401,26 @@ def report_sections(groups: dict[str, list[RunRecord]], figures: list) -> list[d
             "figures": [by_name[n] for n in ("confidence_ratio", "alignment", "probe", "shapley") if n in by_name],
         })
     if "missing" in by_name or "noise" in by_name:
+        robustness = robustness_rows(groups)
         sections.append({
             "title": "Robustness: missing and noisy modalities",
             "text": ("Left out at test time, a modality is absent: late and sum fusion average (or add) only the "
                      "present modalities' heads; concat, FiLM, gated and cross-attention fusion receive zeros in "
                      "place of its features. Noise: Gaussian noise added to one modality's input, its standard "
-                     "deviation in units of that input's own standard deviation on the training split."),
-            "table": None, "figures": [by_name[n] for n in ("missing", "noise") if n in by_name],
+                     "deviation in units of that input's own standard deviation on the training split. "
+                     f"Table: test {title}, mean ± std over the analysed seeds."),
+            "table": robustness if robustness[1] else None,
+            "figures": [by_name[n] for n in ("missing", "noise") if n in by_name],
         })
     if "gap" in by_name:
+        gaps = gap_rows(groups)
         sections.append({
             "title": "Modality gap in embedding space (paper Fig. 4)",
             "text": ("The L2-normalized encoder features of the same test inputs, one colour per modality, "
                      "projected to 2-D by PCA and by t-SNE (one seed per model). The number in each title is "
-                     "the distance between the two modalities' centroids: the paper reports a larger gap for G²D."),
-            "table": None, "figures": [by_name["gap"]],
+                     "the distance between the two modalities' centroids: the paper reports a larger gap for G²D. "
+                     "Table: that distance, mean ± std over the analysed seeds."),
+            "table": gaps if gaps[1] else None, "figures": [by_name["gap"]],
         })
     return sections
 
