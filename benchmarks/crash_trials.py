@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from g2d.cli import main
+from g2d.faults import run_outcome
 
 CONTEXT = multiprocessing.get_context("forkserver")
 CONTEXT.set_forkserver_preload(["g2d.cli", "g2d.experiment"])
@@ -38,16 +39,6 @@ PHASES = ["checkpoint.begin", "checkpoint.after_weights", "checkpoint.after_best
 
 def arguments(out: Path, teachers: Path, *extra: str) -> list[str]:
     return ["train", CONFIG, *SETTINGS, f"out={out}", f"teachers.root={teachers}", *extra]
-
-
-def outcome(folder: Path) -> dict:
-    metrics = json.loads((folder / "metrics.json").read_text())
-    metrics.pop("wall_seconds")
-    history = json.loads((folder / "history.json").read_text())
-    for record in history:
-        record.pop("seconds")
-    weights = {n: (folder / "checkpoints" / n).read_bytes().hex() for n in ("last.safetensors", "best.safetensors")}
-    return {"metrics": metrics, "history": history, "weights": weights}
 
 
 def child(args: list[str], point: str | None) -> None:
@@ -74,7 +65,7 @@ def trial(out: Path, teachers: Path, reference: dict, point: str | None, delay: 
     killed = process.exitcode == -signal.SIGKILL
     code = main(arguments(out, teachers, "trainer.resume=true"))
     leftovers = [p.name for p in out.rglob("*") if p.name.endswith((".tmp", ".new"))]
-    same = code == 0 and outcome(out) == reference
+    same = code == 0 and run_outcome(out) == reference
     return {"point": point, "delay": delay, "killed": killed, "resume_exit": code, "identical": same,
             "leftovers": leftovers}
 
@@ -89,7 +80,7 @@ def run_trials(folder: Path, random_trials: int, seed: int, named: bool = True) 
     timed.join()
     assert timed.exitcode == 0
     duration = time.perf_counter() - started  # one child's whole life, from the fork to its exit
-    reference = outcome(folder / "reference")
+    reference = run_outcome(folder / "reference")
     plan: list[tuple[str | None, float | None]] = [
         (f"{phase}:{epoch}", None) for phase in PHASES for epoch in range(1, EPOCHS + 1)
     ] + [(f"atomic_write:{n}", None) for n in (1, 2, 3)] if named else []

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from g2d.cli import main
+from g2d.faults import run_outcome
 from g2d.runfolder import FolderLock
 from conftest import ROOT, TINY
 
@@ -42,22 +43,11 @@ def snapshot(folder: Path) -> dict:
     return entries
 
 
-def outcome(folder: Path) -> dict:
-    """What a run produced, without wall-clock times: weights, metrics and history."""
-    metrics = json.loads((folder / "metrics.json").read_text())
-    metrics.pop("wall_seconds")
-    history = json.loads((folder / "history.json").read_text())
-    for record in history:
-        record.pop("seconds")
-    weights = {n: (folder / "checkpoints" / n).read_bytes() for n in ("last.safetensors", "best.safetensors")}
-    return {"metrics": metrics, "history": history, "weights": weights}
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("whole")
     assert train(folder, "run") == 0
-    return outcome(folder / "run")
+    return run_outcome(folder / "run")
 
 
 @pytest.mark.parametrize("point", [
@@ -71,7 +61,7 @@ def test_killed_run_resumes_bit_identical(tmp_path, uninterrupted, point):
     killed = train_process(tmp_path, "run", env={"G2D_TEST_KILL_AT": point})
     assert killed.returncode == -9, killed.stderr
     assert train(tmp_path, "run", "trainer.resume=true") == 0
-    assert outcome(tmp_path / "run") == uninterrupted
+    assert run_outcome(tmp_path / "run") == uninterrupted
     leftovers = [p.name for p in (tmp_path / "run").rglob("*") if p.name.endswith((".tmp", ".new"))]
     assert leftovers == [] and len(list((tmp_path / "run" / ".checkpoints").iterdir())) == 1
 
@@ -79,7 +69,7 @@ def test_killed_run_resumes_bit_identical(tmp_path, uninterrupted, point):
 def test_finished_run_is_extended_to_the_same_result_as_a_longer_run(tmp_path, uninterrupted):
     assert train(tmp_path, "run", "trainer.epochs=2") == 0
     assert train(tmp_path, "run", "trainer.resume=true") == 0
-    assert outcome(tmp_path / "run") == uninterrupted
+    assert run_outcome(tmp_path / "run") == uninterrupted
 
 
 def test_resume_accepts_a_relative_path_and_a_moved_folder(tmp_path, monkeypatch, uninterrupted):
@@ -88,7 +78,7 @@ def test_resume_accepts_a_relative_path_and_a_moved_folder(tmp_path, monkeypatch
     (tmp_path / "run").rename(tmp_path / "moved")
     monkeypatch.chdir(tmp_path)
     assert main(["train", CONFIG, *JOINT, "out=moved", "teachers.root=teachers", "trainer.resume=true"]) == 0
-    assert outcome(tmp_path / "moved") == uninterrupted
+    assert run_outcome(tmp_path / "moved") == uninterrupted
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path):

@@ -9,6 +9,7 @@ one environment lookup; points are reached a few times per epoch, never per step
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 from pathlib import Path
@@ -33,3 +34,16 @@ def point(name: str, path: Path | None = None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if _armed("G2D_TEST_FAIL_AT", name):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path) if path else None)
+
+
+def run_outcome(folder: Path) -> dict:
+    """What a finished run produced, without its wall-clock times: weights (bytes), metrics and history.
+    Two runs with equal outcomes trained bit for bit alike; the crash harness compares a killed and
+    resumed run with an uninterrupted one this way."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics.pop("wall_seconds")
+    history = json.loads((folder / "history.json").read_text())
+    for record in history:
+        record.pop("seconds")
+    weights = {n: (folder / "checkpoints" / n).read_bytes() for n in ("last.safetensors", "best.safetensors")}
+    return {"metrics": metrics, "history": history, "weights": weights}
