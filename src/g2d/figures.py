@@ -152,6 +152,11 @@ def teacher_confidence(groups: dict, folder: Path) -> Figure | None:
                 "modality with the lower curve is the one SMP prioritizes.")
 
 
+def analysis_values(runs: list, value: Any, modality: str) -> list[float]:
+    """``value(analysis, modality)`` of each analysed run, where it is not None."""
+    return [v for r in runs if r.analysis for v in [value(r.analysis, modality)] if v is not None]
+
+
 def grouped_bars(groups: dict, folder: Path, name: str, value: Any, ylabel: str, caption: str,
                  reference: float | None = None, marker: tuple[Any, str] | None = None) -> Figure | None:
     """One bar per model and modality, mean over analysed seeds with the standard deviation as error bar;
@@ -166,15 +171,14 @@ def grouped_bars(groups: dict, folder: Path, name: str, value: Any, ylabel: str,
     for j, (m, colour) in enumerate(zip(modalities, MODALITY_COLOURS)):
         means, errors = [], []
         for label in labels:
-            values = [v for r in groups[label] if r.analysis for v in [value(r.analysis, m)] if v is not None]
+            values = analysis_values(groups[label], value, m)
             means.append(statistics.mean(values) if values else 0.0)
             errors.append(statistics.stdev(values) if len(values) > 1 else 0.0)
             drawn = drawn or bool(values)
         positions = [i + (j - (len(modalities) - 1) / 2) * width for i in range(len(labels))]
         ax.bar(positions, means, width, yerr=errors, color=colour, label=m, capsize=2)
         if marker is not None:
-            ticks = [[v for r in groups[label] if r.analysis for v in [marker[0](r.analysis, m)] if v is not None]
-                     for label in labels]
+            ticks = [analysis_values(groups[label], marker[0], m) for label in labels]
             shown = [(x, statistics.mean(t)) for x, t in zip(positions, ticks) if t]
             ax.scatter([x for x, _ in shown], [y for _, y in shown], marker="_", s=400 * width, color="black",
                        linewidths=2, zorder=3, label=marker[1] if j == 0 else None)

@@ -12,7 +12,7 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from g2d.errors import G2DError
 from g2d.io import atomic_write
@@ -251,6 +251,13 @@ def table1_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list[lis
     return header, rows
 
 
+def group_analyses(groups: dict[str, list[RunRecord]],
+                    keep: Callable[[dict], bool] = lambda a: True) -> dict[str, list[dict]]:
+    """Each group's analyses (``g2d analyze`` results) that ``keep`` accepts; groups with none are left out."""
+    found = {label: [r.analysis for r in runs if r.analysis and keep(r.analysis)] for label, runs in groups.items()}
+    return {label: analyses for label, analyses in found.items() if analyses}
+
+
 def analysis_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list[list[str]]]:
     """Per method and modality: inside-the-model score, linear probe, macro-F1, confidence ratio,
     alignment and Shapley value (test split, mean ± std over analysed seeds)."""
@@ -262,10 +269,7 @@ def analysis_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list[l
               "alignment before training (cos)",
               "Shapley (accuracy points)" if classification else "Shapley (minus MSE)"]
     rows = []
-    for label, runs in groups.items():
-        analysed = [r.analysis for r in runs if r.analysis]
-        if not analysed:
-            continue
+    for label, analysed in group_analyses(groups).items():
         for m in first["modalities"]:
             entries = [a["per_modality"][m] for a in analysed]
             rows.append([
@@ -285,8 +289,7 @@ def robustness_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list
     each modality (test split, mean ± std over analysed seeds), the numbers behind the robustness figures."""
     first = next(iter(groups.values()))[0].metrics
     key, title, factor = main_metric(first["task"])
-    analysed = {label: [r.analysis for r in runs if r.analysis] for label, runs in groups.items()}
-    analysed = {label: runs for label, runs in analysed.items() if runs}
+    analysed = group_analyses(groups)
     if not analysed:
         return [], []
     sample = next(iter(analysed.values()))[0]
@@ -307,9 +310,7 @@ def robustness_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list
 
 def gap_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list[list[str]]]:
     """Per method: the distance between each pair of modalities' feature centroids (mean ± std over seeds)."""
-    analysed = {label: [r.analysis for r in runs if r.analysis and r.analysis.get("modality_gap")]
-                for label, runs in groups.items()}
-    analysed = {label: runs for label, runs in analysed.items() if runs}
+    analysed = group_analyses(groups, lambda a: bool(a.get("modality_gap")))
     if not analysed:
         return [], []
     pairs = list(next(iter(analysed.values()))[0]["modality_gap"])
