@@ -153,13 +153,15 @@ def test_two_processes_match_one_process_for_g2d_with_smp(tmp_path):
     assert history[0]["train"]["kappa/pix"] < 1.0  # partial modulation acted on the confident modality
 
 
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (read from /proc; empty where there is none)."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").glob("*") if (task / "children").exists()
+            for child in (task / "children").read_text().split()]
+
+
 def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (read from /proc; empty where there is none)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        for child in (task / "children").read_text().split() if (task / "children").exists() else []:
-            found += [int(child), *descendants(int(child))]
-    return found
+    """Every process below ``pid``."""
+    return [found for child in children(pid) for found in (child, *descendants(child))]
 
 
 def running_workers(launcher: int) -> list[int]:
@@ -239,12 +241,11 @@ def test_two_nodes_through_c10d_rendezvous_train_teachers_and_use_the_teacher_ca
 def worker_pids(launcher: int) -> dict[int, int]:
     """``{rank: pid}`` of the processes torchrun started (read from /proc)."""
     found = {}
-    for task in Path(f"/proc/{launcher}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            ranks = [item[5:] for item in environ if item.startswith(b"RANK=")]
-            if ranks:
-                found[int(ranks[0])] = int(pid)
+    for pid in children(launcher):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        ranks = [item[5:] for item in environ if item.startswith(b"RANK=")]
+        if ranks:
+            found[int(ranks[0])] = pid
     return found
 
 
