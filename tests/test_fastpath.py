@@ -212,10 +212,20 @@ def test_reference_is_plain_and_overrides_fast(caplog):
     assert INDEX_KEY not in batch and set(batch) == {"img", "vec", "label"}
 
 
-def test_fast_is_off_by_default_on_cpu_and_on_for_cuda(monkeypatch):
+def test_fast_auto_is_the_reference_path_on_cuda_until_the_gpu_check_passed(monkeypatch, caplog):
+    """Issue 20: auto must not put a first GPU run on a path no GPU has run; true opts in."""
+    import g2d.fast as fast
+
     data, method = tiny_data(), G2D(G2D.Params(), "classification", ["img", "vec"])
     assert not plan_training(tiny_config(), CPU, method, data, teachers=object()).fast
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert fast.FAST_PATH_VERIFIED_ON_GPU is False
+    plan = plan_training(tiny_config(), torch.device("cuda"), method, data, teachers=object())
+    assert not plan.fast and plan.dtype is None and not plan.cuda_graph and not plan.teacher_cache
+    assert plan.notes == [fast.UNVERIFIED_NOTE] and "trainer.fast=true" in fast.UNVERIFIED_NOTE
+    opted = plan_training(tiny_config("trainer.fast=true"), torch.device("cuda"), method, data, teachers=object())
+    assert opted.fast and opted.dtype == torch.bfloat16 and opted.cuda_graph and opted.notes == []
+    monkeypatch.setattr(fast, "FAST_PATH_VERIFIED_ON_GPU", True)
     plan = plan_training(tiny_config(), torch.device("cuda"), method, data, teachers=object())
     assert plan.fast and plan.dtype == torch.bfloat16 and plan.channels_last and plan.cuda_graph and plan.teacher_cache
     assert plan.optimizer_options() == {"fused": True, "capturable": True} and plan.notes == []
@@ -231,12 +241,13 @@ def test_capture_is_opt_in(monkeypatch):
     captured = {name for name, cls in METHODS.items() if cls.capturable}
     assert captured == {"joint", "g2d", "umt", "ume", "ogm_ge", "agm", "pmr", "dlmg", "mses", "mslr"}
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    plan = plan_training(tiny_config(), torch.device("cuda"), Plain(None, "classification", ["a", "b"]), tiny_data(), None)
+    cuda_fast = tiny_config("trainer.fast=true")
+    plan = plan_training(cuda_fast, torch.device("cuda"), Plain(None, "classification", ["a", "b"]), tiny_data(), None)
     assert plan.fast and not plan.cuda_graph
     assert plan.notes == ["method 'plain' does not declare its step capturable (several backward passes or "
                           "alternating updates); its steps run eagerly (no CUDA graph)"]
     mla = build_method({"name": "mla"}, "classification", ["img", "vec"])
-    assert not plan_training(tiny_config(), torch.device("cuda"), mla, tiny_data(), None).cuda_graph
+    assert not plan_training(cuda_fast, torch.device("cuda"), mla, tiny_data(), None).cuda_graph
 
 
 def test_bad_switch_values_name_the_key():

@@ -141,8 +141,8 @@ class OptimConfig:
 class TrainerConfig:
     """The training loop's settings.
 
-    ``fast`` (``auto``, ``true``, ``false``; auto = on for CUDA) selects the fast training
-    path of ``g2d.fast``; ``reference`` forces the fp32, eager, uncached path it is checked
+    ``fast`` (``auto``, ``true``, ``false``) selects the fast training path of ``g2d.fast``;
+    auto = on for CUDA once that path has passed its GPU check, the reference path until then; ``reference`` forces the fp32, eager, uncached path it is checked
     against (``g2d train --reference``). ``precision`` (``auto``, ``bf16``, ``fp32``; auto =
     bf16 on CUDA) is the fast path's autocast type, ``cuda_graph`` lets it capture whole steps,
     and ``loader_workers`` threads gather batches when the training split is not held on the GPU.

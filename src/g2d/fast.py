@@ -2,7 +2,7 @@
 
 ``fit`` runs every step through a ``TrainingPath``. The reference path is the plain one:
 batches gathered on the host, fp32, eager, teachers run on every batch. The fast path (on by
-default on CUDA, ``trainer.fast``) changes how a step runs, never what it computes:
+default on CUDA once verified there, ``trainer.fast``; until then opt in with ``trainer.fast=true``) changes how a step runs, never what it computes:
 
 - bf16 autocast around the step (``trainer.precision``); weights, optimizer state and loss
   reductions stay fp32 (``g2d.methods.losses`` upcasts), so no loss scaling is needed;
@@ -48,6 +48,15 @@ from g2d.teacher_cache import FrozenTeachers, TeacherCache, autocast_context
 log = logging.getLogger("g2d.fast")
 
 FAST_CHOICES = ("auto", "true", "false")
+# Whether the CUDA suite has passed on a real GPU (docs/results/gpu.md). Until it has,
+# ``trainer.fast=auto`` keeps CUDA runs on the verified reference path; the commit that records
+# a passing GPU check sets this to True.
+FAST_PATH_VERIFIED_ON_GPU = False
+UNVERIFIED_NOTE = (
+    "trainer.fast=auto runs the reference path (fp32, eager) on CUDA: the fast path (bf16, CUDA graphs, "
+    "teacher cache) has not yet passed its check on a real GPU (docs/results/gpu.md); "
+    "opt in with trainer.fast=true"
+)
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
 # Shares of the GPU's free memory that the resident training split and the teacher cache may
 # take; the rest is left to activations, which a captured step keeps in its own pool.
@@ -107,6 +116,8 @@ def plan_training(
     cuda = device.type == "cuda"
     if mode == "false" or (mode == "auto" and not cuda):
         return TrainingPlan(fast=False, device=device)
+    if mode == "auto" and not FAST_PATH_VERIFIED_ON_GPU:
+        return TrainingPlan(fast=False, device=device, notes=[UNVERIFIED_NOTE])
     plan = TrainingPlan(fast=True, device=device, channels_last=cuda, fused_optimizer=cuda)
     if precision == "auto":
         precision = "bf16" if cuda else "fp32"
