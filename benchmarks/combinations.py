@@ -1,7 +1,7 @@
 """The paper's Table 2 layout for any k-modality config: every combination of two or more modalities,
 Joint-Train against G²D, multimodal and per-modality (inside the model) test accuracy, over seeds.
 
-The runs are a ``g2d.sweep`` (``OUT/<combination>_<method>/seed<s>``, finished runs skipped).
+The runs are a ``g2d.runs.sweep`` (``OUT/<combination>_<method>/seed<s>``, finished runs skipped).
 Teachers are trained once per seed and shared by every combination (a teacher sees one
 modality, and the split does not depend on which modalities are chosen; the data fingerprint
 in each teacher checks this). Writes ``OUT/summary.md`` and ``OUT/results.json``.
@@ -18,8 +18,8 @@ from pathlib import Path
 from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.methods import METHODS
-from g2d.report import METHOD_LABELS, mean_std, write_summary
-from g2d.sweep import Point, run_sweep
+from g2d.results.tables import METHOD_LABELS, mean_std, write_summary
+from g2d.runs.sweep import Point, run_sweep
 
 
 def main() -> None:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import signal
-import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -25,7 +25,7 @@ from g2d.cli import main
 from g2d.faults import run_outcome
 
 CONTEXT = multiprocessing.get_context("forkserver")
-CONTEXT.set_forkserver_preload(["g2d.cli", "g2d.experiment"])
+CONTEXT.set_forkserver_preload(["g2d.cli", "g2d.runs.experiment"])
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "mfeat.yaml")

@@ -21,8 +21,8 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from g2d.config import load_config
-from g2d.experiment import run
-from g2d.sweep import train_teachers
+from g2d.runs.experiment import run
+from g2d.runs.sweep import train_teachers
 
 SETTINGS = {
     "Joint-Train": ["method.name=joint"],

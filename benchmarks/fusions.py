@@ -2,7 +2,7 @@
 
 Prints a markdown table of test accuracy (mean ± std over seeds) for the multimodal model and
 each modality inside it (A.5's per-modality rule of each fusion, see docs/models.md), and
-writes it to ``OUT/summary.md``. The runs are a ``g2d.sweep`` (``OUT/<method>_<fusion>/seed<s>``):
+writes it to ``OUT/summary.md``. The runs are a ``g2d.runs.sweep`` (``OUT/<method>_<fusion>/seed<s>``):
 teachers do not depend on the fusion, so each seed trains them once and every fusion and method
 of that seed uses them; finished runs are skipped.
 
@@ -16,8 +16,8 @@ import statistics
 from pathlib import Path
 
 from g2d.models import FUSIONS
-from g2d.report import percent_cell, write_summary
-from g2d.sweep import Point, run_sweep
+from g2d.results.tables import percent_cell, write_summary
+from g2d.runs.sweep import Point, run_sweep
 
 # The paper's Table 5 order; late fusion, its default, last.
 ORDER = ["sum", "concat", "film", "gated", "cross_attention", "late"]

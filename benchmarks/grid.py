@@ -2,7 +2,7 @@
 
 Prints a markdown table of test accuracy (mean ± std over seeds) for the multimodal model
 and each modality inside it, plus the teachers, and writes it to ``OUT/summary.md``. The runs
-are a ``g2d.sweep`` (``OUT/<variant>/seed<s>``, teachers shared per seed, finished runs skipped).
+are a ``g2d.runs.sweep`` (``OUT/<variant>/seed<s>``, teachers shared per seed, finished runs skipped).
 
     python benchmarks/grid.py configs/mfeat.yaml --seeds 0 1 2 --out runs/grid_mfeat
     python benchmarks/grid.py configs/avdigits_cpu.yaml --seeds 0 --out runs/grid_av dataset.root=DIR
@@ -14,8 +14,8 @@ import argparse
 import statistics
 from pathlib import Path
 
-from g2d.report import percent_cell, write_summary
-from g2d.sweep import Point, run_sweep
+from g2d.results.tables import percent_cell, write_summary
+from g2d.runs.sweep import Point, run_sweep
 
 VARIANTS = {
     "Joint-Train": ["method.name=joint", "smp.enabled=false"],

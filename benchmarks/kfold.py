@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from g2d.crossval import run_folds
 from g2d.errors import G2DError
 from g2d.methods import METHODS
-from g2d.report import fold_table, write_summary
+from g2d.results.tables import fold_table, write_summary
+from g2d.runs.crossval import run_folds
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Run several methods over seeds on one config and tabulate test accuracy (mean ± std).
 
 Each method is ``name`` or ``label=override,override`` (e.g. ``"DLMG learned=method.name=dlmg,
-method.dlmg.strategy=learned"``). The runs are a ``g2d.sweep`` (``OUT/<label>/seed<s>``): each
+method.dlmg.strategy=learned"``). The runs are a ``g2d.runs.sweep`` (``OUT/<label>/seed<s>``): each
 seed's teachers are trained once, before the runs, and shared by every method; finished runs
 are skipped. Writes ``OUT/summary.md`` and ``OUT/results.json``.
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from g2d.report import percent_cell, write_summary
-from g2d.sweep import Point, run_sweep
+from g2d.results.tables import percent_cell, write_summary
+from g2d.runs.sweep import Point, run_sweep
 
 
 def parse_method(spec: str) -> tuple[str, list[str]]:

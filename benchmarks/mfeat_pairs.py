@@ -16,9 +16,9 @@ from pathlib import Path
 from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.data.mfeat import VIEWS
-from g2d.demo import DEMO_SETTINGS
-from g2d.experiment import run
-from g2d.teachers import ensure_teachers
+from g2d.runs.demo import DEMO_SETTINGS
+from g2d.runs.experiment import run
+from g2d.training.teachers import ensure_teachers
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from g2d.parity import build_step, load_fixture, observed, run_one_step
+from g2d.runs.parity import build_step, load_fixture, observed, run_one_step
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, list[tuple[str, list[str]]]] = {

@@ -29,8 +29,8 @@ from PIL import Image
 
 from g2d.config import load_config
 from g2d.data import load_dataset
-from g2d.experiment import run
-from g2d.report import mean_std, percent_cell, write_summary
+from g2d.results.tables import mean_std, percent_cell, write_summary
+from g2d.runs.experiment import run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mfeat.yaml"

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import g2d.engine as engine
-from g2d.experiment import run
+import g2d.training.engine as engine
+from g2d.runs.experiment import run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -61,8 +61,8 @@ def count_host_reads(monkeypatch, config):
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory):
     """A G²D run (ranked SMP, tau 1) and a Joint-Train run sharing teachers, both analysed (g2d analyze)."""
-    from g2d.analysis import analyze_run
     from g2d.config import load_config
+    from g2d.results.analysis import analyze_run
 
     root = tmp_path_factory.mktemp("analysed")
     dirs = {}

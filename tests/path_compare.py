@@ -1,6 +1,6 @@
 """Lock-step comparison of two training paths (the fast one against the reference) on the same batches.
 
-Both sides are built like ``g2d.experiment.run`` builds a run (same seeds, so the same initial
+Both sides are built like ``g2d.runs.experiment.run`` builds a run (same seeds, so the same initial
 weights), through the public ``prepare_training``, and are driven like ``fit`` drives one: epoch
 hooks, ``path.batches``/``path.step``, a StepLR scheduler, validation for ``on_epoch_end``.
 Before every step the fast side's weights and buffers are set to the reference side's, so each
@@ -21,17 +21,16 @@ from dataclasses import dataclass, field
 import torch
 
 from g2d.config import ExperimentConfig, load_config
+from g2d.core.smp import Modulator
 from g2d.data.base import Batches, ModalitySpec, MultimodalData
 from g2d.data.feed import INDEX_KEY
-from g2d.engine import TeacherEnsemble, prepare_training
-from g2d.evaluate import evaluate
-from g2d.experiment import seed_everything
-from g2d.fast import TrainingPath
 from g2d.methods import build_method
 from g2d.methods.base import Method
-from g2d.methods.smp import Modulator
 from g2d.models.multimodal import MultimodalModel
-from g2d.teachers import teacher_model_config
+from g2d.training.engine import TeacherEnsemble, prepare_training, seed_everything
+from g2d.training.evaluate import evaluate
+from g2d.training.fast import TrainingPath
+from g2d.training.teachers import teacher_model_config
 
 CLASSES = 10
 BATCH = 16
@@ -298,7 +297,7 @@ def capture_problems(side: Side, steps: int, replays: int) -> list[str]:
     """What is wrong with a fast run's CUDA graph use after ``steps`` steps and ``replays`` replays.
 
     A capturable method must have been captured at least once per capture key (every epoch is
-    one, see ``g2d.fast.capture_key``), without failure, and replayed for every step but the
+    one, see ``g2d.training.fast.capture_key``), without failure, and replayed for every step but the
     warm-up and capture ones; any other method never captured, with the reason logged in the
     plan's notes naming the method.
     """

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from media_fixtures import ROOT
 
 from g2d.cli import main
 from g2d.config import load_config
@@ -17,7 +18,6 @@ from g2d.data import load_dataset
 from g2d.data.affect import prepare_affect
 from g2d.errors import G2DError
 from g2d.models.encoders import ENCODER_NAMES
-from media_fixtures import ROOT
 
 DIMS = {"text": 5, "audio": 3, "vision": 4}
 STEPS = 6

@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from g2d import analysis
-from g2d.analysis import (
+from g2d.cli import main
+from g2d.models.fusion import build_fusion
+from g2d.results import analysis
+from g2d.results.analysis import (
     centroid_gap,
     fused_logits,
     linear_probe,
@@ -17,9 +19,7 @@ from g2d.analysis import (
     pca_2d,
     shapley_values,
 )
-from g2d.cli import main
-from g2d.evaluate import classification_metrics, regression_metrics
-from g2d.models.fusion import build_fusion
+from g2d.training.evaluate import classification_metrics, regression_metrics
 
 
 def test_alignment_of_identical_features_is_one_and_of_opposite_minus_one() -> None:
@@ -178,9 +178,9 @@ def test_a_modality_without_information_has_zero_shapley_and_its_absence_costs_n
 def test_alignment_before_training_shows_an_encoder_that_starts_from_its_teachers_weights(tiny_runs) -> None:
     """Against untrained teachers (each built under the run's seed, as a teacher is), the first-built
     encoder of the untrained student has exactly its teacher's weights: alignment 1; the second one not."""
-    from g2d.experiment import seed_everything
     from g2d.models.multimodal import MultimodalModel
-    from g2d.teachers import output_size
+    from g2d.training.engine import seed_everything
+    from g2d.training.teachers import output_size
 
     loaded = analysis.load_run(tiny_runs["g2d"])
     for m in ("pix", "mor"):

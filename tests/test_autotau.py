@@ -6,15 +6,15 @@ import json
 
 import pytest
 import torch
+from conftest import TINY, run_interrupted
 from torch import nn
 
 from g2d.config import AutoTauConfig, SMPConfig, load_config
+from g2d.core.autotau import AutoTau
+from g2d.core.smp import Modulator, phase_of
 from g2d.data import load_dataset
 from g2d.errors import G2DError
-from g2d.experiment import run
-from g2d.methods.autotau import AutoTau
-from g2d.methods.smp import Modulator, phase_of
-from conftest import TINY, run_interrupted
+from g2d.runs.experiment import run
 
 
 def scripted_val(scores: dict[str, float]) -> dict:

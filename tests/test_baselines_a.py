@@ -6,24 +6,32 @@ import math
 
 import pytest
 import torch
+from conftest import TINY, count_host_reads, run_interrupted
 from safetensors.torch import load_file
 
-import g2d.engine as engine
+import g2d.training.engine as engine
 from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.data.base import Batches, to_device
 from g2d.errors import G2DError
-from g2d.experiment import run, seed_everything
 from g2d.methods import build_method
-from g2d.methods.agm import AGM, AGMParams, agm_coefficients, clip_large_gradients, mono_scores, shapley_weights
+from g2d.methods.agm import (
+    AGM,
+    AGMParams,
+    agm_coefficients,
+    clip_large_gradients,
+    mono_scores,
+    shapley_weights,
+)
 from g2d.methods.base import MethodContext
 from g2d.methods.mses import MSES, MSESParams
 from g2d.methods.mslr import MSLR, MSLRParams
-from g2d.methods.ogm_ge import ogm_coefficients, modulate_gradients
+from g2d.methods.ogm_ge import modulate_gradients, ogm_coefficients
 from g2d.methods.pmr import PMR, PMRParams
 from g2d.models.multimodal import ModelOutput, MultimodalModel
-from g2d.teachers import output_size
-from conftest import TINY, count_host_reads, run_interrupted
+from g2d.runs.experiment import run
+from g2d.training.engine import seed_everything
+from g2d.training.teachers import output_size
 
 METHODS = ["ogm_ge", "agm", "pmr", "mses", "mslr"]
 

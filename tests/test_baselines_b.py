@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY, count_host_reads, run_interrupted
 
-import g2d.engine as engine
+import g2d.training.engine as engine
 from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.data.base import Batches, to_device
 from g2d.errors import G2DError
-from g2d.experiment import run
 from g2d.methods import build_method
 from g2d.methods.base import MethodContext
 from g2d.methods.dlmg import heuristic_weight, js_divergence
@@ -20,7 +20,7 @@ from g2d.methods.mla import entropy_gated, owm_projector_update
 from g2d.methods.mmpareto import min_norm_weight, pareto_integrate
 from g2d.methods.reconboost import reconcilement_loss, stage_plan
 from g2d.models.multimodal import ModelOutput, MultimodalModel
-from conftest import TINY, count_host_reads, run_interrupted
+from g2d.runs.experiment import run
 
 METHODS_B = ("mla", "mmpareto", "reconboost", "dlmg", "ume")
 

@@ -20,17 +20,17 @@ from typing import Any
 import pytest
 import torch
 
-import g2d.engine as engine
-import g2d.fast as fast
+import g2d.training.engine as engine
+import g2d.training.fast as fast
 from g2d.config import load_config
+from g2d.core.losses import task_loss
+from g2d.core.smp import Modulator
 from g2d.data.base import ModalitySpec, MultimodalData
-from g2d.engine import TeacherEnsemble, fit
 from g2d.methods import METHODS, build_method
 from g2d.methods.base import Method, TeacherOutputs
-from g2d.methods.losses import task_loss
-from g2d.methods.smp import Modulator
 from g2d.models.multimodal import ModelOutput, MultimodalModel
-from g2d.teachers import teacher_model_config
+from g2d.training.engine import TeacherEnsemble, fit
+from g2d.training.teachers import teacher_model_config
 
 CPU = torch.device("cpu")
 CLASSES = 3

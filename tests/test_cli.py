@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from conftest import ROOT
 from safetensors.torch import load_file
 
 from g2d.cli import main
-from conftest import ROOT
 
 CONFIG = str(ROOT / "configs" / "mfeat.yaml")
 
@@ -96,7 +96,7 @@ def test_missing_config_file(capsys, tmp_path):
 
 
 def test_results_table_lists_methods_modalities_and_teachers():
-    from g2d.report import results_table
+    from g2d.results.tables import results_table
 
     metrics = {"dataset": "mfeat", "task": "classification", "modalities": ["pix", "mor"],
                "test": {"multimodal": {"accuracy": 0.9825}, "per_modality": {"pix": {"accuracy": 0.95},

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from media_fixtures import GRAY_STEP, ROOT, copy_wav, fsdd_recordings, write_video
 
 from g2d.cli import main
 from g2d.config import load_config
@@ -16,7 +17,6 @@ from g2d.data import load_dataset
 from g2d.data.audio import resample
 from g2d.data.cremad import EMOTIONS, prepare_cremad
 from g2d.errors import G2DError
-from media_fixtures import GRAY_STEP, ROOT, copy_wav, fsdd_recordings, write_video
 
 pytest.importorskip("av")
 

@@ -19,13 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from g2d.config import load_config
-from g2d.data.base import to_device
-from g2d.data.feed import INDEX_KEY
-from g2d.experiment import run
-from g2d.methods import METHODS
 from conftest import run_interrupted
 from path_compare import (
     EPOCHS,
@@ -39,6 +32,13 @@ from path_compare import (
     random_teachers,
     synthetic_data,
 )
+from safetensors.torch import load_file
+
+from g2d.config import load_config
+from g2d.data.base import to_device
+from g2d.data.feed import INDEX_KEY
+from g2d.methods import METHODS
+from g2d.runs.experiment import run
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import ROOT
 from PIL import Image
 
 from g2d.cli import main
 from g2d.config import DatasetConfig
 from g2d.data import load_dataset
 from g2d.data.base import kfold_partition, mask_key, split_indices, stratified_split
-from g2d.data.mfeat import read_view, EMBEDDED
+from g2d.data.mfeat import EMBEDDED, read_view
 from g2d.errors import G2DError
-from conftest import ROOT
 
 DATA_ROOT = Path(os.environ.get("G2D_DATA_ROOT", ROOT.parent / "shared" / "data"))
 HOUSES = DATA_ROOT / "houses"

@@ -18,18 +18,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, TINY
 from safetensors.torch import load_file
 
-from g2d import distributed
 from g2d.config import load_config
 from g2d.data.base import Batches
 from g2d.errors import G2DError
-from g2d.experiment import run
-from g2d.fast import TrainingPlan
 from g2d.io import load_weights
 from g2d.methods import build_method
 from g2d.models.multimodal import MultimodalModel
-from conftest import ROOT, TINY
+from g2d.runs.experiment import run
+from g2d.training import distributed
+from g2d.training.fast import TrainingPlan
 
 WEIGHT_TOLERANCE = 1e-5
 CONFIG = ROOT / "configs" / "mfeat.yaml"
@@ -282,7 +282,7 @@ def test_a_killed_rank_stops_the_run_with_a_readable_error_and_a_loadable_checkp
     assert payload["state"]["epoch"] >= 1 and payload["processes"] == 2
     config = load_config(CONFIG, TINY)
     from g2d.data import load_dataset
-    from g2d.teachers import output_size
+    from g2d.training.teachers import output_size
 
     data = load_dataset(config.dataset).select(["pix", "mor"])
     load_weights(out / "checkpoints" / "last.safetensors", MultimodalModel(data.modalities, config.model, output_size(data)))

@@ -12,9 +12,14 @@ from torch import nn
 from g2d.config import EncoderConfig, load_config
 from g2d.data.base import ModalitySpec, MultimodalData, mask_key
 from g2d.errors import G2DError
-from g2d.experiment import run
-from g2d.models import MobileNetV2Encoder, ResNet18Encoder, SequenceTransformer, build_encoder
+from g2d.models import (
+    MobileNetV2Encoder,
+    ResNet18Encoder,
+    SequenceTransformer,
+    build_encoder,
+)
 from g2d.models.encoders import InvertedResidual
+from g2d.runs.experiment import run
 
 KEY = "model.encoders.text.name"
 

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from conftest import TINY, count_host_reads, run_interrupted
 
 from g2d.config import load_config
 from g2d.errors import G2DError
-from g2d.experiment import run
-from conftest import TINY, count_host_reads, run_interrupted
+from g2d.runs.experiment import run
 
 
 def config_for(tmp_path, name, *extra):
@@ -68,8 +68,8 @@ def test_training_step_makes_no_host_synchronization(tmp_path, monkeypatch, sche
 
 
 def test_teacher_fingerprint_sees_sequence_masks_and_samples_large_splits(monkeypatch):
+    import g2d.training.teachers as teachers
     from g2d.data.base import ModalitySpec, MultimodalData, mask_key
-    import g2d.teachers as teachers
 
     def dataset(rows, mask_row0):
         mask = torch.ones(rows, 3, dtype=torch.bool)

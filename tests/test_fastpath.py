@@ -11,22 +11,22 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, TINY, count_host_reads
 
 from g2d.cli import main
 from g2d.config import load_config
+from g2d.core.smp import Modulator
 from g2d.data.base import Batches, ModalitySpec, MultimodalData
 from g2d.data.feed import INDEX_KEY, DeviceFeed, HostFeed
-from g2d.engine import TeacherEnsemble, prepare_training
 from g2d.errors import G2DError
-from g2d.experiment import run
-from g2d.fast import capture_key, plan_training
 from g2d.methods import METHODS, build_method
 from g2d.methods.base import Method
 from g2d.methods.g2d import G2D
-from g2d.methods.smp import Modulator
 from g2d.models.multimodal import MultimodalModel
-from g2d.teachers import teacher_model_config
-from conftest import ROOT, TINY, count_host_reads
+from g2d.runs.experiment import run
+from g2d.training.engine import TeacherEnsemble, prepare_training
+from g2d.training.fast import capture_key, plan_training
+from g2d.training.teachers import teacher_model_config
 
 CPU = torch.device("cpu")
 CLASSES = 3
@@ -214,7 +214,7 @@ def test_reference_is_plain_and_overrides_fast(caplog):
 
 def test_fast_auto_is_the_reference_path_on_cuda_until_the_gpu_check_passed(monkeypatch, caplog):
     """Issue 20: auto must not put a first GPU run on a path no GPU has run; true opts in."""
-    import g2d.fast as fast
+    import g2d.training.fast as fast
 
     data, method = tiny_data(), G2D(G2D.Params(), "classification", ["img", "vec"])
     assert not plan_training(tiny_config(), CPU, method, data, teachers=object()).fast

@@ -8,13 +8,13 @@ import math
 
 import pytest
 import torch
+from conftest import TINY
 from torch import nn
 
 from g2d.config import load_config
 from g2d.errors import G2DError
-from g2d.experiment import run
 from g2d.models import FUSIONS, DeactivationFusion, build_fusion
-from conftest import TINY
+from g2d.runs.experiment import run
 
 INTERACTION = ["film", "gated", "cross_attention"]
 

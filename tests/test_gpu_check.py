@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import ROOT
 from path_compare import (
     BATCH,
@@ -72,7 +71,10 @@ def test_lockstep_fast_fp32_matches_reference_on_cpu_across_smp_and_lr_changes(m
 def test_capture_checks_of_the_cuda_suite_on_emulated_graphs(monkeypatch):
     """The CUDA suite's graph assertions, on the CPU stand-in for CUDA graphs (tests/test_capture.py):
     one capture per epoch (across the phase change and the learning-rate step), replays matching eager steps."""
-    from test_capture import FakeGraph, emulate_cuda_graphs  # the stand-in lives with its own tests
+    from test_capture import (  # the stand-in lives with its own tests
+        FakeGraph,
+        emulate_cuda_graphs,
+    )
 
     emulate_cuda_graphs(monkeypatch)  # the reference path stays eager: it never builds a graphed step
     replays = {"n": 0}

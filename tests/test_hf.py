@@ -16,8 +16,8 @@ from g2d.cli import main
 from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.errors import G2DError
-from g2d.experiment import run
 from g2d.models.multimodal import MultimodalModel
+from g2d.runs.experiment import run
 
 transformers = pytest.importorskip("transformers", reason="the hf encoder needs transformers (pip install 'g2d[hf]')")
 

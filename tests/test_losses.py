@@ -5,9 +5,14 @@ import math
 import pytest
 import torch
 
+from g2d.core.losses import (
+    feature_distillation,
+    logit_distillation,
+    task_loss,
+    teacher_confidence,
+)
 from g2d.methods import build_method
 from g2d.methods.base import TeacherOutputs
-from g2d.methods.losses import feature_distillation, logit_distillation, task_loss, teacher_confidence
 from g2d.models.multimodal import ModelOutput
 
 

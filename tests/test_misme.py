@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from media_fixtures import ROOT
 from PIL import Image
 
 from g2d.cli import main
@@ -15,7 +16,6 @@ from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.data.misme import prepare_misme
 from g2d.errors import G2DError
-from media_fixtures import ROOT
 
 TABLES = {
     "train": "image,vwc,a,b\nimg0.png,0.10,1,10\nimg1.png,0.20,2,\nimg2.png,0.30,3,30\n"

@@ -9,7 +9,14 @@ from torch import nn
 from g2d.config import EncoderConfig, ModelConfig
 from g2d.data.base import ModalitySpec
 from g2d.errors import G2DError
-from g2d.models import FUSIONS, MLPEncoder, MultimodalModel, ResNet18Encoder, build_encoder, build_fusion
+from g2d.models import (
+    FUSIONS,
+    MLPEncoder,
+    MultimodalModel,
+    ResNet18Encoder,
+    build_encoder,
+    build_fusion,
+)
 
 WIDTH = 8
 

@@ -19,9 +19,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT
-from g2d.parity import build_step, first_difference, load_fixture, observed, run_one_step
+
+from g2d.runs.parity import (
+    build_step,
+    first_difference,
+    load_fixture,
+    observed,
+    run_one_step,
+)
 
 PARITY_DIR = Path(os.environ.get("G2D_PARITY_DIR", ROOT.parent / "shared" / "parity"))
 FIXTURES = ("g2d_step", "ogm_ge", "agm", "pmr", "mmpareto", "mla", "reconboost")

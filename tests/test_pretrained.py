@@ -5,16 +5,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, TINY, run_interrupted
 from safetensors.torch import load_file, save_file
 
 from g2d.cli import main
 from g2d.config import load_config
 from g2d.data import load_dataset
-from g2d.engine import build_optimizer
 from g2d.errors import G2DError
-from g2d.experiment import run
 from g2d.models.multimodal import MultimodalModel
-from conftest import ROOT, TINY, run_interrupted
+from g2d.runs.experiment import run
+from g2d.training.engine import build_optimizer
 
 CONFIG = str(ROOT / "configs" / "mfeat.yaml")
 METHODS = ("joint", "g2d", "umt", "ume", "ogm_ge", "agm", "pmr", "mla", "mmpareto", "reconboost", "dlmg", "mses", "mslr")

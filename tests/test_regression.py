@@ -7,15 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, TINY
 
 from g2d.cli import main
 from g2d.config import load_config
-from g2d.crossval import run_folds
-from g2d.evaluate import regression_metrics, selection_score
+from g2d.core.losses import logit_distillation, task_loss, teacher_confidence
 from g2d.methods import METHODS
-from g2d.methods.losses import logit_distillation, task_loss, teacher_confidence
-from g2d.report import fold_table
-from conftest import ROOT, TINY
+from g2d.results.tables import fold_table
+from g2d.runs.crossval import run_folds
+from g2d.training.evaluate import regression_metrics, selection_score
 
 MFEAT = str(ROOT / "configs" / "mfeat.yaml")
 MFEAT3 = str(ROOT / "configs" / "mfeat3.yaml")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, TINY
 
 from g2d.cli import main
 from g2d.faults import run_outcome
-from g2d.runfolder import FolderLock
-from conftest import ROOT, TINY
+from g2d.runs.runfolder import FolderLock
 
 CONFIG = str(ROOT / "configs" / "mfeat.yaml")
 JOINT = [*TINY, "method.name=joint", "smp.enabled=false"]
@@ -229,7 +229,7 @@ def test_stale_teachers_are_refused_with_the_difference_named(tmp_path, capsys):
 def test_class_missing_from_training_is_a_visible_warning(tmp_path, caplog):
     from g2d.config import load_config
     from g2d.data import load_dataset
-    from g2d.experiment import run
+    from g2d.runs.experiment import run
 
     config = load_config(CONFIG, [*JOINT, "trainer.epochs=1", f"out={tmp_path / 'run'}"])
     data = load_dataset(config.dataset)

@@ -8,7 +8,13 @@ import pytest
 from PIL import Image
 
 from g2d.cli import main
-from g2d.report import RunRecord, gap_rows, group_runs, robustness_rows, table1_rows
+from g2d.results.report import (
+    RunRecord,
+    gap_rows,
+    group_runs,
+    robustness_rows,
+    table1_rows,
+)
 
 CHROMIUM = shutil.which("chromium")
 FIGURES = {"curves", "teacher_confidence", "confidence_ratio", "alignment", "probe", "shapley", "missing", "noise", "gap"}
@@ -133,7 +139,7 @@ def test_robustness_and_gap_tables_average_the_seeds_analyses() -> None:
 
 def test_fifteen_models_get_fifteen_colours():
     """A Table 1 report holds 15 models: past tab10's ten, a repeated colour would merge two models' curves."""
-    from g2d.figures import model_colours
+    from g2d.results.figures import model_colours
 
     colours = model_colours({f"model {i}": [] for i in range(15)})
     assert len(set(colours.values())) == 15

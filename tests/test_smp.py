@@ -7,8 +7,14 @@ import torch
 from torch import nn
 
 from g2d.config import SMPConfig
+from g2d.core.smp import (
+    Modulator,
+    partial_coefficients,
+    phase_of,
+    priority_mask,
+    resolve_tau,
+)
 from g2d.errors import G2DError
-from g2d.methods.smp import Modulator, partial_coefficients, phase_of, priority_mask, resolve_tau
 
 
 def test_phases_for_two_and_three_modalities():

@@ -7,14 +7,14 @@ import json
 
 import pytest
 import torch
-
 from conftest import ROOT, TINY
+
 from g2d.cli import main
 from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.data.base import Batches, to_device
-from g2d.experiment import run
-from g2d.teachers import load_teacher
+from g2d.runs.experiment import run
+from g2d.training.teachers import load_teacher
 
 
 def teacher_confidence_on(config, split: str) -> dict[str, float]:

@@ -5,13 +5,13 @@ import shlex
 import statistics
 
 import pytest
+from conftest import ROOT, TINY
 
-import g2d.sweep as sweep
+import g2d.runs.sweep as sweep
 from g2d.cli import main
 from g2d.config import load_config
 from g2d.errors import G2DError
-from g2d.sweep import Point, grid_points, run_sweep
-from conftest import ROOT, TINY
+from g2d.runs.sweep import Point, grid_points, run_sweep
 
 CONFIG = ROOT / "configs" / "mfeat.yaml"
 QUICK = [*TINY, "trainer.epochs=1"]

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from media_fixtures import GRAY_STEP, write_video
 
 from g2d.cli import main
 from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.data.vggsound import prepare_vggsound, read_vggsound_csv
 from g2d.errors import G2DError
-from media_fixtures import GRAY_STEP, write_video
 
 pytest.importorskip("av")
 

@@ -6,8 +6,8 @@ import argparse
 import contextlib
 import logging
 import sys
-from typing import Iterator
 from pathlib import Path
+from typing import Iterator
 
 from g2d.data.commands import PREPARE
 from g2d.errors import G2DError
@@ -111,10 +111,10 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from g2d import distributed
     from g2d.config import load_config
-    from g2d.experiment import run
-    from g2d.report import results_table
+    from g2d.results.tables import results_table
+    from g2d.runs.experiment import run
+    from g2d.training import distributed
 
     overrides = [*args.overrides, "trainer.reference=true"] if args.reference else args.overrides
     config = load_config(args.config, overrides)
@@ -129,7 +129,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from g2d.sweep import commands, grid_points, run_sweep
+    from g2d.runs.sweep import commands, grid_points, run_sweep
 
     points = grid_points(args.grid)
     if args.print_commands:
@@ -144,7 +144,7 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from g2d.demo import demo as run_demo
+    from g2d.runs.demo import demo as run_demo
 
     print(run_demo(args.out, args.overrides))
     print(f"run folders: {args.out}")
@@ -158,7 +158,7 @@ def prepare(args: argparse.Namespace) -> int:
 
 
 def analyze(args: argparse.Namespace) -> int:
-    from g2d.analysis import analyze_run, summary_lines
+    from g2d.results.analysis import analyze_run, summary_lines
 
     result = analyze_run(args.run_dir, overwrite=args.overwrite, device=args.device, seed=args.seed)
     print("\n".join(summary_lines(result)))
@@ -167,7 +167,7 @@ def analyze(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from g2d.report import write_report
+    from g2d.results.report import write_report
 
     print(f"report written to {write_report(args.run_dirs, args.out, overwrite=args.overwrite)}")
     return 0

@@ -95,7 +95,7 @@ class ModelConfig:
 
 @dataclass
 class AutoTauConfig:
-    """The stopping rule of ``smp.tau: auto`` (``g2d.methods.autotau``, docs/smp.md).
+    """The stopping rule of ``smp.tau: auto`` (``g2d.core.autotau``, docs/smp.md).
 
     A phase ends when its modality's validation score has not risen by more than ``min_delta``
     for ``patience`` epochs (null: 5 % of training, at least 2), or after ``max_share`` of
@@ -109,7 +109,7 @@ class AutoTauConfig:
 
 @dataclass
 class SMPConfig:
-    """Sequential Modality Prioritization and the partial alternative (see ``g2d.methods.smp``).
+    """Sequential Modality Prioritization and the partial alternative (see ``g2d.core.smp``).
 
     ``enabled: null`` means the method's default (on for ``g2d``, off otherwise).
     ``tau``: a list of epochs per prioritized phase; ``null`` gives the phases the first half
@@ -141,7 +141,7 @@ class OptimConfig:
 class TrainerConfig:
     """The training loop's settings.
 
-    ``fast`` (``auto``, ``true``, ``false``) selects the fast training path of ``g2d.fast``;
+    ``fast`` (``auto``, ``true``, ``false``) selects the fast training path of ``g2d.training.fast``;
     auto = on for CUDA once that path has passed its GPU check, the reference path until then; ``reference`` forces the fp32, eager, uncached path it is checked
     against (``g2d train --reference``). ``precision`` (``auto``, ``bf16``, ``fp32``; auto =
     bf16 on CUDA) is the fast path's autocast type, ``cuda_graph`` lets it capture whole steps,
@@ -272,3 +272,13 @@ def check_ranges(config: ExperimentConfig) -> None:
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """The config as plain data, for metrics.json and checkpoints."""
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore[return-value]
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` to ``{"a.b": 1}``, for naming the key where two configs differ."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    items: dict[str, Any] = {}
+    for key, value in tree.items():
+        items.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return items

@@ -47,3 +47,12 @@ def load_weights(path: Path, model: nn.Module) -> None:
         model.load_state_dict(state)
     except Exception as exc:
         raise G2DError(f"{path}: cannot load weights into this model ({str(exc).splitlines()[0]})") from exc
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """A run folder's metrics.json; a missing file names it."""
+    path = run_dir / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise G2DError(f"metrics file not found: {path}") from exc

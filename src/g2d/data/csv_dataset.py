@@ -34,7 +34,15 @@ import torch
 
 from g2d.config import DatasetConfig
 from g2d.data.audio import log_spectrogram, read_wav, resample
-from g2d.data.base import SPLITS, ModalitySpec, MultimodalData, mask_key, split_indices, standardization, target_scale
+from g2d.data.base import (
+    SPLITS,
+    ModalitySpec,
+    MultimodalData,
+    mask_key,
+    split_indices,
+    standardization,
+    target_scale,
+)
 from g2d.data.images import MODES, read_image
 from g2d.data.options import read_options, require_choice, require_positive
 from g2d.errors import G2DError
@@ -301,7 +309,7 @@ def check_text_columns(table: Table, groups: dict[str, list[str]], options: dict
 
 def tokenize(table: Table, column: str, options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Token ids ``[N, T]`` (int64) and mask (True = real token) of a text column, padded to the longest row."""
-    from g2d.models.hf import load_tokenizer
+    from g2d.data.hf_local import load_tokenizer
 
     tokenizer = load_tokenizer(options["tokenizer"], "config key dataset.options.tokenizer")
     try:

@@ -1,7 +1,7 @@
 """Batch feeds for the fast training path: the same batches as ``Batches``, plus their row indices.
 
 Every batch a feed yields carries ``"index"``, the rows of the training split it holds, so
-per-row caches (``g2d.teacher_cache``) can answer for it. Two placements:
+per-row caches (``g2d.training.teacher_cache``) can answer for it. Two placements:
 
 - ``DeviceFeed``: the whole split is copied to the GPU once; a batch is only its index
   tensor, and ``materialize`` gathers the rows on the device, inside the (captured) step.

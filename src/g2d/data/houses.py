@@ -27,7 +27,13 @@ import numpy as np
 import torch
 
 from g2d.config import DatasetConfig
-from g2d.data.base import ModalitySpec, MultimodalData, split_indices, standardization, target_scale
+from g2d.data.base import (
+    ModalitySpec,
+    MultimodalData,
+    split_indices,
+    standardization,
+    target_scale,
+)
 from g2d.data.images import read_image
 from g2d.data.options import read_options, require_choice, require_positive
 from g2d.errors import G2DError

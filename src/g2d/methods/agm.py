@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from g2d.core.balancing import in_window, scale_gradients
 from g2d.errors import G2DError
-from g2d.methods.balancing import in_window, scale_gradients
 from g2d.methods.base import MethodContext
 from g2d.methods.joint import JointTrain
 from g2d.models.multimodal import ModelOutput

@@ -2,8 +2,8 @@
 
 A method gives its loss and, where it has them, its own gradient modulation and learning-rate
 factors; the step is written once here, so every method gets SMP the same way (docs/methods.md,
-"The training step"). The loop, optimizer, checkpoints and evaluation live in ``g2d.engine``,
-SMP in ``g2d.methods.smp``. Nothing outside a method's module tests the method's name.
+"The training step"). The loop, optimizer, checkpoints and evaluation live in ``g2d.training.engine``,
+SMP in ``g2d.core.smp``. Nothing outside a method's module tests the method's name.
 Each method declares its hyperparameters as a dataclass; the config's ``method`` mapping is
 checked against it, so a misspelt key is an error naming ``method.<name>.<key>``.
 """
@@ -11,17 +11,16 @@ checked against it, so a misspelt key is an error naming ``method.<name>.<key>``
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
-from torch import nn
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
-from g2d import distributed
+from g2d.core.balancing import scaled_learning_rates
+from g2d.core.losses import teacher_confidence
 from g2d.errors import G2DError
-from g2d.methods.balancing import scaled_learning_rates
-from g2d.methods.losses import teacher_confidence
 from g2d.models.multimodal import ModelOutput
 
 
@@ -47,7 +46,9 @@ class MethodContext:
 
     ``parameter_groups`` maps ``"encoder:<modality>"`` and ``"fusion"`` (plus ``"method"`` when
     the method added modules) to the optimizer's param group of that name. ``teachers`` are the
-    run's frozen teachers (``g2d.teacher_cache.FrozenTeachers``), ``modulator`` its SMP.
+    run's frozen teachers (``g2d.training.teacher_cache.FrozenTeachers``), ``modulator`` its SMP.
+    ``mean_across_processes`` averages a tensor over the processes training together (the loop
+    passes torch.distributed's all-reduce under DDP; one process keeps the tensor as it is).
     """
 
     model: Any
@@ -57,6 +58,7 @@ class MethodContext:
     config: Any
     teachers: Any = None
     modulator: Any = None
+    mean_across_processes: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
 
     @property
     def modalities(self) -> list[str]:
@@ -89,7 +91,7 @@ class MethodContext:
         confidence = teacher_confidence(teachers.stacked_logits(self.modalities), inputs["label"], self.data.task)
         if not self.modulator.needs_dataset_confidence:
             # Every process must suppress the same modality: rank on the global batch's confidence.
-            confidence = distributed.mean_across_ranks(confidence)
+            confidence = self.mean_across_processes(confidence)
         return self.modulator.coefficients(epoch, confidence)
 
     def applied_coefficients(self, own: torch.Tensor | None, smp: torch.Tensor | None,
@@ -149,7 +151,7 @@ class Method:
     # Opt-in: whether the fast path may capture ``train_step`` in a CUDA graph. A capturable
     # step has static shapes, reads nothing back to the host, and keeps state that changes
     # during training in device tensors updated in place; host values it reads may change
-    # only between epochs (``g2d.fast`` re-captures when they do, see docs/performance.md).
+    # only between epochs (``g2d.training.fast`` re-captures when they do, see docs/performance.md).
     capturable: ClassVar[bool] = False
 
     def __init__(self, params: Any, task: str, modalities: list[str]) -> None:

@@ -39,11 +39,11 @@ from typing import Any
 
 import torch
 
+from g2d.core.gradients import dot, gradients
+from g2d.core.losses import task_loss
 from g2d.data.base import Batches, to_device
 from g2d.errors import G2DError
 from g2d.methods.base import Method, TeacherOutputs
-from g2d.methods.gradients import dot, gradients
-from g2d.methods.losses import task_loss
 from g2d.models.multimodal import ModelOutput
 
 STRATEGIES = ("heuristic", "learned")

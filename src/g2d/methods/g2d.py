@@ -1,7 +1,7 @@
 """G²D: task loss + feature distillation + logit distillation from unimodal teachers (Eq. 4).
 
 Sequential Modality Prioritization is not part of the loss; it is the modulator in
-``g2d.methods.smp``, which this method turns on by default.
+``g2d.core.smp``, which this method turns on by default.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from g2d.core.losses import feature_distillation, logit_distillation, task_loss
 from g2d.methods.base import Method, TeacherOutputs
-from g2d.methods.losses import feature_distillation, logit_distillation, task_loss
 from g2d.models.multimodal import ModelOutput
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from g2d.core.losses import task_loss
 from g2d.methods.base import Method, TeacherOutputs
-from g2d.methods.losses import task_loss
 from g2d.models.multimodal import ModelOutput
 
 

@@ -36,11 +36,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from g2d.core.losses import task_loss
 from g2d.data.base import Batches
 from g2d.errors import G2DError
 from g2d.methods.base import Method, step_terms
 from g2d.methods.heads import SharedHead, encoder_features
-from g2d.methods.losses import task_loss
 from g2d.models.multimodal import ModelOutput
 
 TEST_FUSIONS = ("entropy", "fixed")

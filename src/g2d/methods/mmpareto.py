@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from g2d.core.gradients import dot, gradients
+from g2d.core.losses import task_loss
 from g2d.methods.base import Method, step_terms
-from g2d.methods.gradients import dot, gradients
 from g2d.methods.heads import ModalityHeads
-from g2d.methods.losses import task_loss
 from g2d.models.multimodal import ModelOutput
 
 EPSILON = 1e-12

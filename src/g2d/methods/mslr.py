@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
+from g2d.core.losses import task_loss
 from g2d.errors import G2DError
 from g2d.methods.base import Method, MethodContext, TeacherOutputs
-from g2d.methods.losses import task_loss
 from g2d.models.multimodal import ModelOutput
 
 STRATEGIES = ("dynamic", "keep")

@@ -31,12 +31,12 @@ from typing import Optional
 import torch
 from torch import nn
 
+from g2d.core.balancing import in_window
+from g2d.core.losses import teacher_confidence
+from g2d.core.smp import partial_coefficients
 from g2d.errors import G2DError
-from g2d.methods.balancing import in_window
 from g2d.methods.base import MethodContext
 from g2d.methods.joint import JointTrain
-from g2d.methods.losses import teacher_confidence
-from g2d.methods.smp import partial_coefficients
 from g2d.models.multimodal import ModelOutput
 
 PARAMETER_CHOICES = ("all", "conv")

@@ -32,10 +32,10 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from g2d.core.balancing import in_window
+from g2d.core.losses import task_loss
 from g2d.data.base import Batches, to_device
-from g2d.methods.balancing import in_window
 from g2d.methods.base import Method, TeacherOutputs
-from g2d.methods.losses import task_loss
 from g2d.models.multimodal import ModelOutput
 
 

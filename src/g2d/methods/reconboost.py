@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from g2d.core.losses import task_loss
 from g2d.errors import G2DError
 from g2d.methods.base import Method, step_terms
 from g2d.methods.heads import SharedHead, encoder_features
-from g2d.methods.losses import task_loss
 from g2d.models.multimodal import ModelOutput
 
 BOOST, RECTIFY = "boost", "rectify"

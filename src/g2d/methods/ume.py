@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from g2d.core.losses import task_loss
 from g2d.methods.base import Method, TeacherOutputs
 from g2d.methods.heads import ModalityHeads
-from g2d.methods.losses import task_loss
 from g2d.models.multimodal import ModelOutput
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from g2d.core.losses import feature_distillation, task_loss
 from g2d.methods.base import Method, TeacherOutputs
-from g2d.methods.losses import feature_distillation, task_loss
 from g2d.models.multimodal import ModelOutput
 
 

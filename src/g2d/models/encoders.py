@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from g2d.config import EncoderConfig
 from g2d.data.base import ModalitySpec
 from g2d.errors import G2DError
-from g2d.registry import Registry
 from g2d.models.hf import HF_KINDS, build_hf
 from g2d.models.pretrained import apply_pretrained
+from g2d.registry import Registry
+
 
 def init_weights(module: nn.Module) -> None:
     """Initialise as the paper does: Kaiming conv, unit BatchNorm, Xavier Linear with zero bias."""

@@ -12,56 +12,18 @@ output (``pooler``). ``transformers`` is the optional extra ``g2d[hf]``.
 from __future__ import annotations
 
 import inspect
-import os
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from g2d.config import EncoderConfig
 from g2d.data.base import ModalitySpec
+from g2d.data.hf_local import import_transformers, model_folder
 from g2d.errors import G2DError
 
 HF_KINDS = ("tokens", "vector", "image")
 HF_POOLINGS = ("mean", "first", "pooler")
 MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
-
-
-def import_transformers(key: str) -> Any:
-    """``transformers`` with the hub offline; a clear error when the optional extra is not installed."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import transformers
-    except ImportError as exc:
-        raise G2DError(f"{key}: the hf encoder needs the transformers package: pip install 'g2d[hf]'") from exc
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    return transformers
-
-
-def model_folder(path: str | None, key: str, needs: tuple[str, ...], what: str) -> Path:
-    """``path`` as a folder holding ``config.json``-style files ``needs`` (any one of them); else one error."""
-    if not path:
-        raise G2DError(f"{key}: the hf encoder needs the local folder of a saved transformers model")
-    folder = Path(path)
-    if not folder.is_dir():
-        raise G2DError(f"{key}: {folder} is not a folder (a transformers model saved with save_pretrained)")
-    if not any((folder / name).is_file() for name in needs):
-        raise G2DError(f"{key}: {folder} holds no {what} (looked for {', '.join(needs)}); "
-                       "save the model or tokenizer there with save_pretrained, nothing is downloaded")
-    return folder
-
-
-def load_tokenizer(path: str | None, key: str) -> Any:
-    """The tokenizer saved in the folder ``path`` (its vocabulary files must be there)."""
-    folder = model_folder(path, key, TOKENIZER_FILES, "tokenizer vocabulary")
-    transformers = import_transformers(key)
-    try:
-        return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:  # as for models: missing files, torn vocabularies, unknown tokenizer classes
-        raise G2DError(f"{key}: cannot load the tokenizer in {folder} ({str(exc).splitlines()[0]})") from exc
 
 
 class HFEncoder(nn.Module):

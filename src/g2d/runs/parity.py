@@ -19,11 +19,11 @@ from safetensors.torch import load_file
 
 from g2d.config import load_config
 from g2d.data.base import Batches, ModalitySpec, MultimodalData
-from g2d.engine import TeacherEnsemble, prepare_training
+from g2d.training.engine import TeacherEnsemble, prepare_training
 from g2d.methods import build_method
-from g2d.methods.smp import Modulator
+from g2d.core.smp import Modulator
 from g2d.models.multimodal import MultimodalModel
-from g2d.teachers import teacher_model_config
+from g2d.training.teachers import teacher_model_config
 
 
 def load_fixture(folder: Path, name: str) -> tuple[dict, dict[str, torch.Tensor]]:

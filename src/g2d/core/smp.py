@@ -14,7 +14,7 @@ then all modalities together):
   (``tau = [150]``, the paper's 150 epochs, covers epochs 0-149).
 
 ``tau: auto`` ends each prioritized phase by a rule on the validation split instead of a
-fixed length (``g2d.methods.autotau``): the engine calls ``end_epoch`` after each epoch's
+fixed length (``g2d.core.autotau``): the engine calls ``end_epoch`` after each epoch's
 validation, and ``tau`` and ``window`` follow the phases chosen so far.
 
 Ties: modalities with equal confidence share the ranks they span, so each of them trains in
@@ -39,9 +39,9 @@ import torch
 from torch import nn
 
 from g2d.config import SMPConfig
+from g2d.core.autotau import AutoTau, modality_score
+from g2d.core.balancing import scale_gradients
 from g2d.errors import G2DError
-from g2d.methods.autotau import AutoTau, modality_score
-from g2d.methods.balancing import scale_gradients
 
 SCHEDULES = ("ranked", "dynamic")
 MODULATORS = ("complete", "partial")

@@ -18,14 +18,14 @@ from typing import Callable
 
 import torch
 
-from g2d import distributed
 from g2d.config import ExperimentConfig, ModelConfig, SMPConfig
 from g2d.data.base import MultimodalData, mask_key
 from g2d.errors import G2DError
 from g2d.io import load_weights, save_weights, write_json
+from g2d.locks import folder_lock
 from g2d.models.multimodal import MultimodalModel
-from g2d.runfolder import folder_lock
 from g2d.models.pretrained import pretrained_fingerprint
+from g2d.training import distributed
 
 FORMAT = "g2d-teacher/1"
 
@@ -195,3 +195,25 @@ def teacher_summary(teachers: dict[str, tuple[MultimodalModel, dict]]) -> dict[s
 
 def as_modules(teachers: dict[str, tuple[MultimodalModel, dict]]) -> dict[str, torch.nn.Module]:
     return {m: model for m, (model, _) in teachers.items()}
+
+
+def existing_teacher_metrics(config: ExperimentConfig, data: MultimodalData) -> dict[str, dict]:
+    """Teachers' test metrics for a run that does not use teachers, where matching ones exist."""
+    return {m: meta.get("test", {}) for m, (_, meta) in load_existing_teachers(config, data).items()}
+
+
+def load_existing_teachers(config: ExperimentConfig, data: MultimodalData) -> dict[str, tuple[torch.nn.Module, dict]]:
+    """The teachers (model, metadata) that exist for ``config`` and match ``data``; none are trained."""
+    found = {}
+    for modality in data.modalities:
+        if (teacher_dir(config, modality) / "teacher.json").is_file():
+            try:
+                found[modality] = load_teacher(config, data, modality)
+            except G2DError:
+                continue
+    return found
+
+
+def existing_teachers(config: ExperimentConfig, data: MultimodalData) -> dict[str, torch.nn.Module]:
+    """The modules of ``load_existing_teachers``."""
+    return as_modules(load_existing_teachers(config, data))

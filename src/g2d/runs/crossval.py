@@ -3,7 +3,7 @@
 Fold ``i`` sets ``dataset.folds=K dataset.fold=i``: test is that fold of a seeded partition,
 validation is carved from the other folds, so model selection never sees the test fold. Each
 fold trains its own teachers (their data differ), in ``OUT/fold<i>/teachers``. The runs are a
-``g2d.sweep`` (``OUT/fold<i>/<method>/seed<s>``), so finished folds are skipped.
+``g2d.runs.sweep`` (``OUT/fold<i>/<method>/seed<s>``), so finished folds are skipped.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable
 
 from g2d.config import load_config
 from g2d.errors import G2DError
-from g2d.sweep import Point, run_sweep
+from g2d.runs.sweep import Point, run_sweep
 
 
 def run_folds(

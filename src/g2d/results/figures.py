@@ -1,6 +1,6 @@
 """The report's figures, drawn with matplotlib (Agg backend, no display) as small PNG files.
 
-Each function takes the report's groups (``{label: [RunRecord, ...]}``, see ``g2d.report``) and
+Each function takes the report's groups (``{label: [RunRecord, ...]}``, see ``g2d.results.report``) and
 returns a ``Figure`` or None when the runs hold nothing to draw.
 """
 
@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from g2d.results.tables import main_metric  # noqa: E402
+
 DPI = 80
 MODALITY_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
@@ -31,8 +33,7 @@ class Figure:
 
 
 def metric(groups: dict) -> tuple[str, str, float]:
-    """The report's score for these runs' task (see ``g2d.report.main_metric``)."""
-    from g2d.report import main_metric
+    """The report's score for these runs' task (see ``g2d.results.tables.main_metric``)."""
 
     return main_metric(next(iter(groups.values()))[0].metrics["task"])
 

@@ -37,15 +37,14 @@ from typing import Any, Callable
 import torch
 from omegaconf import OmegaConf
 
-from g2d.config import ExperimentConfig, load_config, to_dict
+from g2d.config import ExperimentConfig, flatten, load_config, to_dict
 from g2d.data import load_dataset
-from g2d.runfolder import flatten
 from g2d.errors import G2DError
-from g2d.experiment import run
+from g2d.runs.experiment import run
 from g2d.io import write_json
 from g2d.methods import METHODS
-from g2d.report import mean_std, summary_metrics
-from g2d.teachers import ensure_teachers, teacher_summary
+from g2d.results.tables import mean_std, summary_metrics
+from g2d.training.teachers import ensure_teachers, teacher_summary
 
 # Keys that do not change a run's result (resume is how a sweep continues).
 IGNORED_KEYS = ("trainer.resume", "trainer.progress")

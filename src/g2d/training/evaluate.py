@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from g2d import distributed
 from g2d.data.base import Batches, MultimodalData, to_device
+from g2d.training import distributed
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

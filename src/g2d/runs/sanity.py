@@ -13,8 +13,8 @@ import torch
 from g2d.config import ExperimentConfig
 from g2d.data.base import MultimodalData
 from g2d.errors import G2DError
-from g2d.methods.autotau import check_auto
-from g2d.methods.smp import resolve_tau
+from g2d.core.autotau import check_auto
+from g2d.core.smp import resolve_tau
 
 logger = logging.getLogger("g2d")
 

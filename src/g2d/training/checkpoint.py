@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from g2d import faults
+from g2d.config import ExperimentConfig, flatten, to_dict
 from g2d.errors import G2DError
 
 STORE = ".checkpoints"
@@ -160,3 +161,29 @@ def read_state(folder: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise G2DError(f"{path}: not a readable g2d checkpoint ({str(exc).splitlines()[0]})") from exc
+
+
+# Keys a resumed run may spell or set differently: how it is watched, and where the folders are
+# (a moved run folder, or a relative instead of an absolute path; teachers are checked by their metadata).
+RESUME_IGNORED_KEYS = ("trainer.resume", "trainer.progress", "trainer.overwrite", "out", "teachers.root")
+
+
+def check_resume(saved: dict, config: ExperimentConfig, path: Path) -> None:
+    """A resumed run continues the same experiment: only a larger ``trainer.epochs`` and the spelling of
+    paths may differ (``RESUME_IGNORED_KEYS``; ``dataset.root`` must resolve to the same folder)."""
+    old_values, new_values = flatten(saved), flatten(to_dict(config))
+    for key in sorted(set(old_values) | set(new_values)):
+        old, new = old_values.get(key), new_values.get(key)
+        if key in RESUME_IGNORED_KEYS or old == new:
+            continue
+        if key == "trainer.epochs" and isinstance(old, int) and isinstance(new, int):
+            if new > old:
+                continue
+            raise G2DError(f"config key trainer.epochs: {new} is fewer than the {old} the run in {path.parent.parent} "
+                           "was started with; resuming can only extend a run")
+        if key == "dataset.root" and old and new and Path(old).resolve() == Path(new).resolve():
+            continue
+        raise G2DError(
+            f"config key {key}: {new!r} differs from the interrupted run's {old!r} in {path}; "
+            "use a new out= folder or the same config (only a larger trainer.epochs may change)"
+        )

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from g2d.core.smp import Modulator, phase_of, priority_mask
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.io import atomic_write
-from g2d.methods.smp import Modulator, phase_of, priority_mask
 
 KAPPA_PREFIX = "kappa/"
 
@@ -30,7 +30,7 @@ def split_confidence(
 ) -> dict[str, float]:
     """Each teacher's confidence (Eq. 5) over a whole split: mean probability of the true class
     (``1 - mean |error|`` for regression)."""
-    from g2d.evaluate import metrics_for
+    from g2d.training.evaluate import metrics_for
 
     result = {}
     for modality, teacher in teachers.items():

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from g2d.config import load_config
 from g2d.data import load_dataset
-from g2d.experiment import run
-from g2d.report import results_table
-from g2d.runfolder import make_folder
+from g2d.runs.experiment import run
+from g2d.results.tables import results_table
+from g2d.runs.runfolder import make_folder
 
 DEMO_SETTINGS = [
     "dataset.name=mfeat",

@@ -1,5 +1,4 @@
-"""Tables of runs (multimodal and per-modality scores of each method and teacher), and ``g2d report``:
-a self-contained HTML page, PNG figures and a Markdown file comparing run folders."""
+"""``g2d report``: a self-contained HTML page, PNG figures and a Markdown file comparing run folders."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import csv
 import html
 import json
 import shutil
-import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,110 +14,7 @@ from typing import Any, Callable
 
 from g2d.errors import G2DError
 from g2d.io import atomic_write
-
-
-def metric_name(task: str) -> str:
-    return "accuracy" if task == "classification" else "mape"
-
-
-def format_value(value: float | None, task: str) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:.1f}" if task == "classification" else f"{value:.2f}"
-
-
-def results_table(runs: dict[str, dict]) -> str:
-    """One row per run (``{label: metrics.json}``): test multimodal and per-modality scores.
-
-    Teachers' own test scores come as a last row from the first run that reports them.
-    Classification scores are accuracy in percent; regression scores are MAPE in percent.
-    """
-    first = next(iter(runs.values()))
-    task, modalities = first["task"], first["modalities"]
-    name = metric_name(task)
-    header = ["method", "multimodal", *modalities]
-    rows = []
-    for label, metrics in runs.items():
-        per_modality = metrics["test"]["per_modality"]
-        rows.append([label, format_value(metrics["test"]["multimodal"][name], task),
-                     *(format_value(per_modality.get(m, {}).get(name), task) for m in modalities)])
-    teachers = next((m["teachers"] for m in runs.values() if m.get("teachers")), {})
-    if teachers:
-        rows.append(["teachers", "-", *(format_value(teachers.get(m, {}).get(name), task) for m in modalities)])
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    unit = "test accuracy (%)" if task == "classification" else "test MAPE (%)"
-    return f"{first['dataset']}: {unit}; per-modality columns are each modality inside the model\n" + "\n".join(lines)
-
-
-METHOD_LABELS = {"joint": "Joint-Train", "g2d": "G²D", "umt": "UMT", "ume": "UME", "ogm_ge": "OGM-GE", "agm": "AGM",
-                 "pmr": "PMR", "mla": "MLA", "mmpareto": "MMPareto", "reconboost": "ReconBoost", "dlmg": "DLMG",
-                 "mses": "MSES", "mslr": "MSLR"}
-
-
-def summary_metrics(task: str) -> list[tuple[str, str, float]]:
-    """``(key, column title, factor)`` of the test metrics a summary shows for ``task``."""
-    if task == "classification":
-        return [("accuracy", "accuracy (%)", 100.0)]
-    return [("mape", "MAPE (%)", 1.0), ("r2", "R²", 1.0)]
-
-
-def mean_std(values: list[float], factor: float = 1.0, digits: int | None = None) -> str:
-    """``mean ± std`` (sample std, n - 1) of ``values * factor``; just the mean for a single value.
-
-    ``digits`` fixes the decimals; by default 2 below 10 and 1 from there on.
-    """
-    scaled = [factor * v for v in values]
-    mean = statistics.mean(scaled)
-    if digits is None:
-        digits = 2 if abs(mean) < 10 else 1
-    if len(scaled) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(scaled):.{digits}f}"
-
-
-def percent_cell(fractions: list[float]) -> str:
-    """Accuracies (fractions) over seeds as a percentage cell with one decimal: ``97.8 ± 0.4``."""
-    return mean_std(fractions, 100.0, digits=1)
-
-
-def write_summary(out: Path, table: str, results: Any) -> None:
-    """A benchmark's markdown table and its raw results: ``OUT/summary.md`` and ``OUT/results.json``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-
-
-def fold_table(results: dict[str, list[dict]]) -> str:
-    """A markdown table of ``crossval.run_folds`` results: mean ± std over folds of the test metrics.
-
-    One row per teacher (each single modality), then one per method with its multimodal score
-    and each modality's own head inside the model.
-    """
-    methods = [name for name in results if name != "teachers"]
-    first = results[methods[0]][0]
-    modalities, metrics = first["modalities"], summary_metrics(first["task"])
-    header = ["model", *(title for _, title, _ in metrics),
-              *(f"{m} inside: {title}" for m in modalities for _, title, _ in metrics)]
-    rows = []
-    for modality in modalities:
-        scores = [mean_std([fold[modality][key] for fold in results["teachers"]], factor) for key, _, factor in metrics]
-        rows.append([f"{modality} alone (teacher)", *scores, *(["-"] * len(modalities) * len(metrics))])
-    for method in methods:
-        runs = results[method]
-        rows.append([
-            METHOD_LABELS.get(method, method),
-            *(mean_std([r["test"]["multimodal"][key] for r in runs], factor) for key, _, factor in metrics),
-            *(mean_std([r["test"]["per_modality"][m][key] for r in runs], factor)
-              for m in modalities for key, _, factor in metrics),
-        ])
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-# ---- g2d report: one HTML page, PNG figures and a Markdown table comparing runs ----
+from g2d.results.tables import METHOD_LABELS, cell, main_metric
 
 IGNORED_CONFIG_KEYS = ("seed", "out", "teachers.root", "dataset.root", "trainer.progress", "trainer.resume",
                        "trainer.device")
@@ -157,11 +52,10 @@ def read_run(run_dir: Path) -> RunRecord:
     """A run folder's metrics, config, per-epoch table, analysis and its teachers' per-epoch tables."""
     from omegaconf import OmegaConf
 
-    from g2d.analysis import read_analysis
-    from g2d.config import load_config
-    from g2d.runfolder import flatten
-    from g2d.experiment import read_metrics
-    from g2d.teachers import teacher_dir
+    from g2d.config import flatten, load_config
+    from g2d.io import read_metrics
+    from g2d.results.analysis import read_analysis
+    from g2d.training.teachers import teacher_dir
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -219,16 +113,6 @@ def group_runs(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
             label = f"{label} [{runs[0].run_dir.parent.name}/{runs[0].run_dir.name}]"
         labelled[label] = runs
     return labelled
-
-
-def main_metric(task: str) -> tuple[str, str, float]:
-    """``(key, title, factor)`` of the score a report shows: accuracy in percent, or MSE."""
-    return ("accuracy", "accuracy (%)", 100.0) if task == "classification" else ("mse", "MSE", 1.0)
-
-
-def cell(values: list[float], factor: float) -> str:
-    """``mean ± std`` of ``values * factor`` (one decimal for percentages, three otherwise), ``-`` when empty."""
-    return mean_std(values, factor, digits=1 if factor == 100.0 else 3) if values else "-"
 
 
 def table1_rows(groups: dict[str, list[RunRecord]]) -> tuple[list[str], list[list[str]]]:
@@ -336,7 +220,7 @@ def write_report(run_dirs: list[Path], out: Path, overwrite: bool = False) -> Pa
     """Compare runs in ``out/``: ``report.html`` (self-contained, figures inlined), the figures as
     PNG files and ``report.md``. Refuses a non-empty ``out`` unless ``overwrite``; reads every run
     before writing anything."""
-    from g2d.figures import report_figures
+    from g2d.results.figures import report_figures
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:

@@ -8,47 +8,38 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import platform
-import random
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 
-from g2d import checkpoint, distributed, runfolder, sanity
 from g2d.config import ExperimentConfig, check_ranges
+from g2d.core.smp import Modulator
 from g2d.data import MultimodalData, load_dataset
-from g2d.epochs import record_epochs
-from g2d.engine import TeacherEnsemble, dataset_confidence, fit, select_device
-from g2d.io import load_weights, write_json
 from g2d.errors import G2DError
-from g2d.evaluate import evaluate
+from g2d.io import load_weights, read_metrics, write_json
 from g2d.methods import Method, build_method
-from g2d.methods.smp import Modulator
 from g2d.models.multimodal import MultimodalModel
-from g2d.teachers import (
+from g2d.runs import runfolder, sanity
+from g2d.training import checkpoint, distributed
+from g2d.training.engine import TeacherEnsemble, dataset_confidence, fit, seed_everything, select_device
+from g2d.training.epochs import record_epochs
+from g2d.training.evaluate import evaluate
+from g2d.training.teachers import (
     as_modules,
     ensure_teachers,
+    existing_teacher_metrics,
+    existing_teachers,
     expected_metadata,
-    load_teacher,
     output_size,
     save_teacher,
-    teacher_dir,
     teacher_summary,
 )
 
 logger = logging.getLogger("g2d")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of: str | None = None) -> dict:
@@ -56,7 +47,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
 
     ``teacher_of`` marks a unimodal teacher run, whose weights are then saved as a teacher
     artifact for ``config``'s parent experiment. Everything that can be checked is checked
-    before the run folder is claimed (``g2d.runfolder``) and written.
+    before the run folder is claimed (``g2d.runs.runfolder``) and written.
     """
     check_ranges(config)
     device = distributed.setup(select_device(config.trainer.device))
@@ -84,7 +75,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
 
 @contextlib.contextmanager
 def claimed_run_folder(config: ExperimentConfig) -> Iterator[runfolder.Claim]:
-    """Rank 0 locks and checks the run folder (``g2d.runfolder.claim``); under torchrun the other
+    """Rank 0 locks and checks the run folder (``g2d.runs.runfolder.claim``); under torchrun the other
     processes follow its verdict, a refusal included, and never write there."""
     if distributed.world_size() == 1:
         with runfolder.claim(config) as claim:
@@ -201,33 +192,3 @@ def check_pretrained_encoders(config: ExperimentConfig, data: MultimodalData) ->
         return
     with torch.random.fork_rng(devices=[]):
         MultimodalModel(data.modalities, config.model, output_size(data))
-
-
-def existing_teacher_metrics(config: ExperimentConfig, data: MultimodalData) -> dict[str, dict]:
-    """Teachers' test metrics for a run that does not use teachers, where matching ones exist."""
-    return {m: meta.get("test", {}) for m, (_, meta) in load_existing_teachers(config, data).items()}
-
-
-def load_existing_teachers(config: ExperimentConfig, data: MultimodalData) -> dict[str, tuple[torch.nn.Module, dict]]:
-    """The teachers (model, metadata) that exist for ``config`` and match ``data``; none are trained."""
-    found = {}
-    for modality in data.modalities:
-        if (teacher_dir(config, modality) / "teacher.json").is_file():
-            try:
-                found[modality] = load_teacher(config, data, modality)
-            except G2DError:
-                continue
-    return found
-
-
-def existing_teachers(config: ExperimentConfig, data: MultimodalData) -> dict[str, torch.nn.Module]:
-    """The modules of ``load_existing_teachers``."""
-    return as_modules(load_existing_teachers(config, data))
-
-
-def read_metrics(run_dir: Path) -> dict:
-    path = run_dir / "metrics.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise G2DError(f"metrics file not found: {path}") from exc

@@ -5,11 +5,11 @@ batches gathered on the host, fp32, eager, teachers run on every batch. The fast
 default on CUDA once verified there, ``trainer.fast``; until then opt in with ``trainer.fast=true``) changes how a step runs, never what it computes:
 
 - bf16 autocast around the step (``trainer.precision``); weights, optimizer state and loss
-  reductions stay fp32 (``g2d.methods.losses`` upcasts), so no loss scaling is needed;
+  reductions stay fp32 (``g2d.core.losses`` upcasts), so no loss scaling is needed;
 - channels_last weights and image inputs for the conv encoders (CUDA);
 - fused (CUDA) or foreach (CPU) optimizer steps;
 - frozen teachers in inference mode and the run's precision, their features and logits
-  computed once per training row when the pipeline is deterministic (``g2d.teacher_cache``);
+  computed once per training row when the pipeline is deterministic (``g2d.training.teacher_cache``);
 - the training split held on the GPU when it fits, else gathered ahead by worker threads
   into pinned memory (``g2d.data.feed``);
 - on CUDA, the whole step (gather, conversion, forward, backward, SMP modulation, optimizer)
@@ -22,7 +22,7 @@ the epoch, the optimizer's hyperparameters and ``host_state`` of the method and 
 modulator (numbers and flags by value, tensors by identity): when any of them changes, the
 step is captured anew rather than replayed, and a method whose host state changes from step
 to step is named in a warning (it should keep that state in device tensors updated in
-place). SMP coefficients are device tensors throughout (``g2d.methods.smp``). Anything asked
+place). SMP coefficients are device tensors throughout (``g2d.core.smp``). Anything asked
 for that cannot be had is logged with its reason (``logging`` name ``g2d.fast``); nothing
 falls back silently.
 """
@@ -38,12 +38,12 @@ from typing import Any, Callable, Hashable, Iterator
 import torch
 
 from g2d.config import ExperimentConfig
+from g2d.core.smp import Modulator
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.data.feed import DeviceFeed, HostFeed, split_bytes
 from g2d.errors import G2DError
 from g2d.methods.base import Method, MethodContext
-from g2d.methods.smp import Modulator
-from g2d.teacher_cache import FrozenTeachers, TeacherCache, autocast_context
+from g2d.training.teacher_cache import FrozenTeachers, TeacherCache, autocast_context
 
 log = logging.getLogger("g2d.fast")
 

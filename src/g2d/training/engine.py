@@ -2,10 +2,10 @@
 
 The step makes no host synchronization: losses, accuracy and SMP coefficients are
 accumulated on the device and read once per epoch; SMP's choice is a tensor multiplied into
-gradients. After each epoch a checkpoint is committed as one unit (``g2d.checkpoint``), so a
+gradients. After each epoch a checkpoint is committed as one unit (``g2d.training.checkpoint``), so a
 run killed at any instant resumes (``trainer.resume=true``) to the same weights as an
 uninterrupted one. How batches
-are fed and steps run (the reference path or the fast one) is ``g2d.fast``'s business.
+are fed and steps run (the reference path or the fast one) is ``g2d.training.fast``'s business.
 """
 
 from __future__ import annotations
@@ -13,30 +13,39 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from g2d import checkpoint, distributed
 from g2d.config import ExperimentConfig, OptimConfig, to_dict
+from g2d.core.losses import teacher_confidence
+from g2d.core.smp import Modulator, phase_of
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
-from g2d.evaluate import evaluate, selection_score
-from g2d.fast import TrainingPath, plan_training, prepare_modules
 from g2d.io import load_weights
 from g2d.methods.base import Method, MethodContext, TeacherOutputs
-from g2d.methods.losses import teacher_confidence
-from g2d.methods.smp import Modulator, phase_of
-from g2d.registry import Registry
 from g2d.models.pretrained import scale_learning_rates
+from g2d.registry import Registry
+from g2d.training import checkpoint, distributed
+from g2d.training.evaluate import evaluate, selection_score
+from g2d.training.fast import TrainingPath, plan_training, prepare_modules
 
 logger = logging.getLogger("g2d")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch, as every run does before building its model."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def select_device(name: str) -> torch.device:
@@ -165,7 +174,8 @@ def prepare_training(
     path = TrainingPath(plan, method, data, batches, teachers, modulator, optimizer, config.trainer.eval_batch_size)
     # The method steps through DDP when several processes train; everything else holds the model itself.
     method.setup(MethodContext(model=distributed.wrap_model(model, device), optimizer=optimizer, data=data,
-                               device=device, config=config, teachers=path.teachers, modulator=modulator))
+                               device=device, config=config, teachers=path.teachers, modulator=modulator,
+                               mean_across_processes=distributed.mean_across_ranks))
     path.log()
     return optimizer, path
 
@@ -182,7 +192,7 @@ def fit(
 ) -> FitResult:
     """Train ``model`` with ``method`` for ``trainer.epochs``; keep the best validation epoch's weights.
 
-    Each batch goes through ``path.step`` (``g2d.fast``: the reference path, or the fast one that
+    Each batch goes through ``path.step`` (``g2d.training.fast``: the reference path, or the fast one that
     may replay it from a CUDA graph) to the training step itself, ``Method.train_step``.
     """
     device = device or select_device(config.trainer.device)
@@ -281,7 +291,7 @@ def save_checkpoint(
     folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict,
     config: ExperimentConfig, method: Method,
 ) -> None:
-    """Commit weights, best weights and the loop's state as one unit (``g2d.checkpoint``) in ``folder``'s run."""
+    """Commit weights, best weights and the loop's state as one unit (``g2d.training.checkpoint``) in ``folder``'s run."""
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     device = next(model.parameters()).device
     payload = {
@@ -301,11 +311,9 @@ def resume(
     folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, config: ExperimentConfig, method: Method
 ) -> dict:
     """Restore the loop from the committed checkpoint ``folder``; the config must match the interrupted run's
-    (``g2d.runfolder.check_resume`` says which differences are allowed)."""
-    from g2d.runfolder import check_resume
-
+    (``checkpoint.check_resume`` says which differences are allowed)."""
     payload = checkpoint.read_state(folder)
-    check_resume(json.loads(payload["config"]), config, folder / checkpoint.STATE)
+    checkpoint.check_resume(json.loads(payload["config"]), config, folder / checkpoint.STATE)
     processes = payload.get("processes", 1)
     if processes != distributed.world_size():
         raise G2DError(

@@ -320,10 +320,9 @@ def load_run(run_dir: Path) -> LoadedRun:
     """Rebuild a run from its folder: config, data, best weights, and its teachers where they exist."""
     from g2d.config import load_config
     from g2d.data import load_dataset
-    from g2d.experiment import load_existing_teachers, read_metrics
-    from g2d.io import load_weights
+    from g2d.io import load_weights, read_metrics
     from g2d.methods import build_method
-    from g2d.teachers import as_modules, output_size
+    from g2d.training.teachers import as_modules, load_existing_teachers, output_size
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -342,11 +341,11 @@ def load_run(run_dir: Path) -> LoadedRun:
 
 
 def initial_model(loaded: LoadedRun) -> MultimodalModel:
-    """The student as it was before its first step: built under the run's seed as ``g2d.experiment.run``
+    """The student as it was before its first step: built under the run's seed as ``g2d.runs.experiment.run``
     builds it. Its first-built encoder then holds the same weights its teacher started from (a teacher
     shares the run's seed), which is what ``alignment_at_start`` makes visible. Global random state is kept."""
-    from g2d.experiment import seed_everything
-    from g2d.teachers import output_size
+    from g2d.training.engine import seed_everything
+    from g2d.training.teachers import output_size
 
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:

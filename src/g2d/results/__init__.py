@@ -1,0 +1,1 @@
+"""What reads finished runs: analyses, tables, figures and reports."""
