@@ -26,6 +26,7 @@ from g2d.data.base import Batches, ModalitySpec, MultimodalData
 from g2d.data.feed import INDEX_KEY
 from g2d.methods import build_method
 from g2d.methods.base import Method
+from g2d.methods.build import build_model
 from g2d.models.multimodal import MultimodalModel
 from g2d.training.engine import TeacherEnsemble, prepare_training, seed_everything
 from g2d.training.evaluate import evaluate
@@ -160,9 +161,8 @@ def build_side(config: ExperimentConfig, data: MultimodalData, device: torch.dev
     modalities = list(data.modalities)
     teachers = copy.deepcopy(teachers)
     seed_everything(config.seed)
-    model = MultimodalModel(data.modalities, config.model, data.num_classes)
     method = build_method(config.method, data.task, modalities)
-    model.method_modules = method.build_modules(model.feature_dims, model.num_outputs)
+    model = build_model(data.modalities, config.model, data.num_classes, method)
     modulator = None
     if config.smp.enabled:
         modulator = Modulator(config.smp, {m: model.encoder_parameters(m) for m in modalities}, config.trainer.epochs)

@@ -322,6 +322,7 @@ def load_run(run_dir: Path) -> LoadedRun:
     from g2d.data import load_dataset
     from g2d.io import load_weights, read_metrics
     from g2d.methods import build_method
+    from g2d.methods.build import build_model
     from g2d.training.teachers import as_modules, load_existing_teachers, output_size
 
     run_dir = Path(run_dir)
@@ -333,8 +334,7 @@ def load_run(run_dir: Path) -> LoadedRun:
     config = load_config(run_dir / "config.yaml", [f"out={run_dir}"])
     data = load_dataset(config.dataset)
     method = build_method(config.method, data.task, list(data.modalities))
-    model = MultimodalModel(data.modalities, config.model, output_size(data))
-    model.method_modules = method.build_modules(model.feature_dims, model.num_outputs)
+    model = build_model(data.modalities, config.model, output_size(data), method)
     load_weights(run_dir / "checkpoints" / "best.safetensors", model)
     teachers = as_modules(load_existing_teachers(config, data))
     return LoadedRun(run_dir, config, data, model, teachers, metrics)

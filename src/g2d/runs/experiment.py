@@ -22,6 +22,7 @@ from g2d.data import MultimodalData, load_dataset
 from g2d.errors import G2DError
 from g2d.io import load_weights, read_metrics, write_json
 from g2d.methods import Method, build_method
+from g2d.methods.build import build_model
 from g2d.models.multimodal import MultimodalModel
 from g2d.runs import runfolder, sanity
 from g2d.training import checkpoint, distributed
@@ -111,8 +112,7 @@ def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of:
         teacher_metrics = existing_teacher_metrics(config, data)
 
     seed_everything(config.seed)
-    model = MultimodalModel(data.modalities, config.model, output_size(data))
-    model.method_modules = method.build_modules(model.feature_dims, model.num_outputs)
+    model = build_model(data.modalities, config.model, output_size(data), method)
     modulator = None
     smp_report: dict = {"enabled": smp_enabled}
     if smp_enabled:

@@ -21,6 +21,7 @@ from g2d.config import load_config
 from g2d.data.base import Batches, ModalitySpec, MultimodalData
 from g2d.training.engine import TeacherEnsemble, prepare_training
 from g2d.methods import build_method
+from g2d.methods.build import build_model
 from g2d.core.smp import Modulator
 from g2d.models.multimodal import MultimodalModel
 from g2d.training.teachers import teacher_model_config
@@ -58,8 +59,7 @@ def build_step(
     data = MultimodalData(name=dataset["name"], task=dataset["task"], num_classes=dataset["num_classes"],
                           modalities=modalities, splits={s: dict(batch) for s in ("train", "val", "test")})
     method = build_method(config.method, data.task, list(modalities))
-    model = MultimodalModel(modalities, config.model, dataset["num_classes"])
-    model.method_modules = method.build_modules(model.feature_dims, model.num_outputs)
+    model = build_model(modalities, config.model, dataset["num_classes"], method)
     model.load_state_dict(with_prefix(tensors, "student."), strict=True)
     teachers = None
     if spec.get("teachers"):
