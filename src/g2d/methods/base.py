@@ -136,7 +136,8 @@ class Method:
       (MSLR's rates, MSES's stops).
 
     Only methods that need several backward passes or alternating updates (MLA, MMPareto,
-    ReconBoost, DLMG's learned weights) override ``train_step``. The engine calls ``setup``
+    ReconBoost, DLMG's learned weights) override ``train_step``; once their gradients are in
+    place they hand over to the shared tail (``finish_step``, or ``update`` and ``report``). The engine calls ``setup``
     once, then per epoch ``on_epoch_start``, ``train_step`` per batch and ``on_epoch_end``
     with the validation metrics. ``predict`` turns a model output into the fused and
     per-modality logits that evaluation scores. ``state_dict`` holds what a resumed run needs
@@ -189,8 +190,7 @@ class Method:
 
     def train_step(self, inputs: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
         """The training step, written once: forward, loss, backward, the method's own modulation,
-        SMP (its kappa multiplies each encoder's gradients after the method's own modulation),
-        then the optimizer step with the method's learning-rate factors. Returns device tensors."""
+        then the shared finish (``finish_step``). Returns device tensors."""
         ctx = self.ctx
         output = ctx.model(inputs)
         teachers = ctx.teacher_outputs(inputs) if self.uses_teachers or ctx.smp_acts(epoch) else None
@@ -198,13 +198,34 @@ class Method:
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         own = self.modulate_gradients(output, inputs, terms)
-        smp = ctx.smp_coefficients(epoch, inputs, teachers)
+        return self.finish_step(inputs, epoch, output, loss, terms, own, teachers)
+
+    def finish_step(self, inputs: dict[str, torch.Tensor], epoch: int, output: ModelOutput, loss: torch.Tensor,
+                    terms: dict[str, torch.Tensor], own: torch.Tensor | None = None,
+                    teachers: TeacherOutputs | None = None) -> dict[str, torch.Tensor]:
+        """The tail every step shares once the gradients are in place, however the method computed
+        them: SMP's kappa, the update (``update``), then the reported terms (``report``) scoring
+        ``predict(output)``. ``own`` is what the method's own modulation applied."""
+        smp = self.ctx.smp_coefficients(epoch, inputs, teachers)
+        self.update(smp)
+        return self.report(inputs, loss, terms, self.predict(output)[0], own, smp)
+
+    def update(self, smp: torch.Tensor | None) -> None:
+        """SMP's kappa (when it acts) multiplies each encoder's gradients, then the optimizer steps with
+        the method's learning-rate factors, honouring SMP's ``freeze``. A method with several updates
+        per batch (MLA) calls it once per update with the batch's kappa."""
+        ctx = self.ctx
         if smp is not None:
             ctx.modulator.scale_gradients(smp)
         with scaled_learning_rates(ctx.optimizer, self.learning_rate_factors()):
             ctx.optimizer_step(smp)
-        kappa = ctx.applied_coefficients(own, smp, loss.device)
-        return step_terms(loss, terms, self.predict(output)[0], inputs, self.task, kappa, self.modalities)
+
+    def report(self, inputs: dict[str, torch.Tensor], loss: torch.Tensor, terms: dict[str, torch.Tensor],
+               logits: torch.Tensor, own: torch.Tensor | None, smp: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The step's reported terms (``step_terms``), with kappa the product of the method's own
+        coefficients and SMP's (``MethodContext.applied_coefficients``)."""
+        kappa = self.ctx.applied_coefficients(own, smp, loss.device)
+        return step_terms(loss, terms, logits, inputs, self.task, kappa, self.modalities)
 
     def predict(self, output: ModelOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fused and per-modality logits for evaluation; the model's own by default."""

@@ -39,7 +39,7 @@ from torch import nn
 from g2d.core.losses import task_loss
 from g2d.data.base import Batches
 from g2d.errors import G2DError
-from g2d.methods.base import Method, step_terms
+from g2d.methods.base import Method
 from g2d.methods.heads import SharedHead, encoder_features
 from g2d.models.multimodal import ModelOutput
 
@@ -137,16 +137,13 @@ class MLA(Method):
                 weight = self.head.output.weight
                 weight.grad = weight.grad @ self.projector.t()
             self.substeps += 1
-            if kappa is not None:
-                ctx.modulator.scale_gradients(kappa)
-            ctx.optimizer_step(kappa)
+            self.update(kappa)
             logits[modality], losses[modality] = output.detach(), loss.detach()
         self.batch_index += 1
         mean_loss = torch.stack(list(losses.values())).mean()
         terms = {f"loss/{m}": value for m, value in losses.items()}
         mean_logits = torch.stack(list(logits.values())).mean(dim=0)
-        return step_terms(mean_loss, terms, mean_logits, inputs, self.task,
-                          ctx.applied_coefficients(None, kappa, mean_loss.device), self.modalities)
+        return self.report(inputs, mean_loss, terms, mean_logits, None, kappa)
 
     def predict(self, output: ModelOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The shared head on each modality; fused by entropy gating or the fixed weights."""

@@ -28,7 +28,7 @@ from torch import nn
 
 from g2d.core.gradients import dot, gradients
 from g2d.core.losses import task_loss
-from g2d.methods.base import Method, step_terms
+from g2d.methods.base import Method
 from g2d.methods.heads import ModalityHeads
 from g2d.models.multimodal import ModelOutput
 
@@ -119,14 +119,9 @@ class MMPareto(Method):
         ctx.optimizer.zero_grad(set_to_none=True)
         for param, grad in zip(encoder_list + shared, integrated + shared_grads):
             param.grad = grad
-        kappa = ctx.smp_coefficients(epoch, inputs)
-        if kappa is not None:
-            ctx.modulator.scale_gradients(kappa)
-        ctx.optimizer_step(kappa)
         loss = (multimodal + sum(unimodal.values())).detach()
         terms = {"multimodal": multimodal.detach(), **{f"unimodal/{m}": v.detach() for m, v in unimodal.items()}}
-        return step_terms(loss, terms, output.logits, inputs, self.task, ctx.applied_coefficients(None, kappa, loss.device),
-                          self.modalities)
+        return self.finish_step(inputs, epoch, output, loss, terms)
 
     def predict(self, output: ModelOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fused logits from the fusion; per-modality logits from the heads the unimodal losses train."""

@@ -45,7 +45,7 @@ from torch import nn
 
 from g2d.core.losses import task_loss
 from g2d.errors import G2DError
-from g2d.methods.base import Method, step_terms
+from g2d.methods.base import Method
 from g2d.methods.heads import SharedHead, encoder_features
 from g2d.models.multimodal import ModelOutput
 
@@ -149,8 +149,8 @@ class ReconBoost(Method):
             terms = {"rectify": loss.detach()}
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        ctx.optimizer.step()
-        return step_terms(loss, terms, logits, inputs, self.task, None, self.modalities)
+        self.update(None)
+        return self.report(inputs, loss, terms, logits, None, None)
 
     def boosting_loss(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
