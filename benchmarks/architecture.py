@@ -148,6 +148,16 @@ def components(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def levels(graph: dict[str, set[str]]) -> dict[tuple[str, ...], int]:
+    """Each component's level: importing nothing puts it on level 1, else one above the highest it imports."""
+    groups = components(graph)
+    group_of = {m: i for i, group in enumerate(groups) for m in group}
+    level: dict[int, int] = {}
+    for i, group in enumerate(groups):  # Tarjan emits a component after everything it imports
+        level[i] = 1 + max((level[t] for t in {group_of[t] for m in group for t in graph[m]} - {i}), default=0)
+    return {tuple(group): level[i] for i, group in enumerate(groups)}
+
+
 def tower(graph: dict[str, set[str]]) -> tuple[int, list[str], list[list[str]]]:
     """(height, longest chain, cycles): a module importing nothing stands on level 1, any other one
     level above the highest module it imports; the modules of a cycle share one level."""
@@ -323,11 +333,62 @@ def draw_step(out: Path) -> None:
     plt.close(fig)
 
 
+def colour_of(module: str) -> str:
+    """The colour of the module's layer; a module at the root that no layer names (the flat package
+    before the layer move) is white."""
+    for _, members, colour in LAYERS:
+        if module in members or any(module.startswith(p + ".") for p in members if p != "g2d"):
+            return colour
+    return "#ffffff"
+
+
+def draw_towers(trees: list[tuple[str, Path]], out: Path) -> None:
+    """Each tree's modules by import level, side by side: how tall the tower is and what stands where."""
+    fig, axes = plt.subplots(1, len(trees), figsize=(13 * len(trees), 12))
+    towers = []
+    for _, package in trees:
+        by_level: dict[int, list[tuple[str, ...]]] = {}
+        for group, level in levels(import_graph(package)).items():
+            by_level.setdefault(level, []).append(group)
+        towers.append(by_level)
+    slots = max(len(groups) for by_level in towers for groups in by_level.values())
+    for ax, (title, package), by_level in zip(axes, trees, towers):
+        known = modules(package)
+        for level, groups in by_level.items():
+            for slot, group in enumerate(sorted(groups, key=lambda g: (colour_of(g[0]), g))):
+                label = " <-> ".join(known[m].stem if known[m].name != "__init__.py" else known[m].parent.name + "/"
+                                     for m in group)
+                cycle = len(group) > 1
+                ax.add_patch(FancyBboxPatch((slot + 0.04, level - 0.38), 0.92 * (2 if cycle else 1), 0.76,
+                                            boxstyle="round,pad=0.01", facecolor=colour_of(group[0]),
+                                            edgecolor="#c00000" if cycle else "#666666", linewidth=2 if cycle else 0.8))
+                ax.text(slot + 0.5 * (2 if cycle else 1), level, label, ha="center", va="center", fontsize=7.5)
+        height = max(by_level)
+        ax.set_xlim(0, slots + 0.2)
+        ax.set_ylim(0.3, height + 0.7)
+        ax.set_yticks(range(1, height + 1))
+        ax.set_ylabel("import level (1 = imports no g2d module)")
+        ax.set_xticks([])
+        for side in ("top", "right", "bottom"):
+            ax.spines[side].set_visible(False)
+        ax.set_title(f"{title}: {len(known)} modules, {height} levels", fontsize=13)
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="#666666") for _, _, c in LAYERS]
+    handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="#ffffff", edgecolor="#666666"))
+    handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="#ffffff", edgecolor="#c00000", linewidth=2))
+    labels = [label for label, _, _ in LAYERS] + ["flat at the root", "import cycle"]
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=10, frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "tower.png", dpi=80)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=SOURCE, help="the g2d package folder (default: this tree's)")
     parser.add_argument("--out", type=Path, default=Path("docs/architecture"), help="where the PNGs go")
     parser.add_argument("--measure-only", action="store_true", help="print the measurements, draw nothing")
+    parser.add_argument("--before", type=Path, help="another g2d package folder to draw beside this one in tower.png "
+                                                     "(the flat package of d689a61, say)")
     args = parser.parse_args()
     graph = import_graph(args.source)
     known = modules(args.source)
@@ -347,6 +408,9 @@ def main() -> None:
     for label, (count, lines) in per_layer.items():
         print(f"  {label:<13} {count:>3} modules {lines:>6,} lines")
     print(f"wrote {args.out / 'layers.png'} and {args.out / 'step.png'}")
+    if args.before is not None:
+        draw_towers([("before", args.before), ("after", args.source)], args.out)
+        print(f"wrote {args.out / 'tower.png'}")
 
 
 if __name__ == "__main__":
