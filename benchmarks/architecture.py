@@ -6,27 +6,29 @@ g2d module, function-level ones included), so the drawings follow the code when 
 - ``layers.png``: the layers bottom to top with their modules and lines, beside the number of
   imports from each layer into each other one (an upward import would show above the diagonal);
 - ``step.png``: one training step's path through the files, from the config to the optimizer.
-  Each hop is checked against the source (the caller's body calls the next function), so a
-  renamed or rerouted call stops the drawing instead of leaving it wrong.
+  Every drawn function, and every call listed in ``CALLS``, is checked against the source, so a
+  renamed or rerouted call stops the drawing instead of leaving it wrong;
+- ``tower.png`` (with ``--before``): the modules by import level, another tree beside this one.
 
 It also prints the tower's height (levels of the import graph, a cycle counted as one level) and
-its longest import chain. ``--measure-only`` measures any tree, e.g. the flat package before the
-layer move: ``git archive d689a61 src | tar -x -C /tmp/before`` then
-``python benchmarks/architecture.py --source /tmp/before/src/g2d --measure-only``.
+its longest import chain; ``--measure-only`` measures any tree without drawing. The page's
+drawings, with the flat package before the layer move beside today's:
 
-    python benchmarks/architecture.py --out docs/architecture
+    git archive d689a61 src | tar -x -C /tmp/before
+    PYTHONPATH=src python benchmarks/architecture.py --out docs/architecture --before /tmp/before/src/g2d
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import itertools
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "g2d"
@@ -148,34 +150,28 @@ def components(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def levels(graph: dict[str, set[str]]) -> dict[tuple[str, ...], int]:
-    """Each component's level: importing nothing puts it on level 1, else one above the highest it imports."""
-    groups = components(graph)
-    group_of = {m: i for i, group in enumerate(groups) for m in group}
-    level: dict[int, int] = {}
-    for i, group in enumerate(groups):  # Tarjan emits a component after everything it imports
-        level[i] = 1 + max((level[t] for t in {group_of[t] for m in group for t in graph[m]} - {i}), default=0)
-    return {tuple(group): level[i] for i, group in enumerate(groups)}
+def levels(graph: dict[str, set[str]]) -> dict[tuple[str, ...], tuple[int, tuple[str, ...] | None]]:
+    """Each component (a cycle's modules together) -> (its level, the component below it on its longest
+    chain). Importing nothing puts it on level 1, else it stands one above the highest it imports."""
+    groups = [tuple(group) for group in components(graph)]
+    group_of = {m: group for group in groups for m in group}
+    found: dict[tuple[str, ...], tuple[int, tuple[str, ...] | None]] = {}
+    for group in groups:  # Tarjan emits a component after everything it imports
+        targets = {group_of[t] for m in group for t in graph[m]} - {group}
+        below = max(targets, key=lambda t: (found[t][0], t), default=None)
+        found[group] = (1 + (found[below][0] if below is not None else 0), below)
+    return found
 
 
-def tower(graph: dict[str, set[str]]) -> tuple[int, list[str], list[list[str]]]:
-    """(height, longest chain, cycles): a module importing nothing stands on level 1, any other one
-    level above the highest module it imports; the modules of a cycle share one level."""
-    groups = components(graph)
-    group_of = {m: i for i, group in enumerate(groups) for m in group}
-    level: dict[int, int] = {}
-    below: dict[int, int | None] = {}
-    for i, group in enumerate(groups):  # Tarjan emits a component after everything it imports
-        targets = {group_of[t] for m in group for t in graph[m]} - {i}
-        best = max(targets, key=lambda t: (level[t], groups[t]), default=None)
-        level[i] = 1 + (level[best] if best is not None else 0)
-        below[i] = best
-    top = max(level, key=lambda i: (level[i], groups[i]))
-    chain, node = [], top
+def tower(graph: dict[str, set[str]]) -> tuple[int, list[str], list[tuple[str, ...]]]:
+    """(height, its longest chain top down, the import cycles)."""
+    found = levels(graph)
+    node: tuple[str, ...] | None = max(found, key=lambda group: (found[group][0], group))
+    height, chain = found[node][0], []
     while node is not None:
-        chain.append(" = ".join(groups[node]))
-        node = below[node]
-    return level[top], chain, [g for g in groups if len(g) > 1]
+        chain.append(" = ".join(node))
+        node = found[node][1]
+    return height, chain, [group for group in found if len(group) > 1]
 
 
 def line_count(path: Path) -> int:
@@ -306,7 +302,7 @@ def draw_step(out: Path) -> None:
             ax.text(x + 0.01, y + 0.017, f"{path}  {function}", fontsize=10.5, fontweight="bold", va="center")
             ax.text(x + 0.01, y - 0.02, note, fontsize=9.5, va="center", color="#333333")
             centres.append((x + box_w / 2, y))
-        for (x0, y0), (x1, y1) in zip(centres, centres[1:]):
+        for (x0, y0), (x1, y1) in itertools.pairwise(centres):
             ax.add_patch(FancyArrowPatch((x0, y0 - box_h / 2), (x1, y1 + box_h / 2), arrowstyle="-|>",
                                          mutation_scale=12, color="#444444"))
         return centres
@@ -348,7 +344,7 @@ def draw_towers(trees: list[tuple[str, Path]], out: Path) -> None:
     towers = []
     for _, package in trees:
         by_level: dict[int, list[tuple[str, ...]]] = {}
-        for group, level in levels(import_graph(package)).items():
+        for group, (level, _) in levels(import_graph(package)).items():
             by_level.setdefault(level, []).append(group)
         towers.append(by_level)
     slots = max(len(groups) for by_level in towers for groups in by_level.values())
@@ -396,7 +392,8 @@ def main() -> None:
     flat = [n for n, p in known.items() if p.parent == args.source]
     print(f"{args.source}: {len(known)} modules, {sum(line_count(p) for p in known.values()):,} lines; "
           f"{len(flat)} at the root, __init__.py included ({sum(line_count(known[n]) for n in flat):,} lines)")
-    print(f"import tower: {height} levels ({len(chain) - 1} imports on its longest chain, a cycle counted once); top down: {' -> '.join(chain)}")
+    print(f"import tower: {height} levels ({len(chain) - 1} imports on its longest chain, a cycle counted once); "
+          f"top down: {' -> '.join(chain)}")
     print(f"import cycles: {'; '.join(' <-> '.join(c) for c in cycles) or 'none'}")
     if args.measure_only:
         return

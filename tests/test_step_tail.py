@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from conftest import TINY
+from safetensors.torch import load_file
 
 import g2d.training.engine as engine
 from g2d.config import load_config

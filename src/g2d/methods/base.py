@@ -137,8 +137,8 @@ class Method:
 
     Only methods that need several backward passes or alternating updates (MLA, MMPareto,
     ReconBoost, DLMG's learned weights) override ``train_step``; once their gradients are in
-    place they hand over to the shared tail (``finish_step``, or ``update`` and ``report``). The engine calls ``setup``
-    once, then per epoch ``on_epoch_start``, ``train_step`` per batch and ``on_epoch_end``
+    place they hand over to the shared tail (``finish_step``, or ``update`` and ``report``).
+    The engine calls ``setup`` once, then per epoch ``on_epoch_start``, ``train_step`` per batch and ``on_epoch_end``
     with the validation metrics. ``predict`` turns a model output into the fused and
     per-modality logits that evaluation scores. ``state_dict`` holds what a resumed run needs
     beyond the weights (tensors, numbers, lists, dicts only).
