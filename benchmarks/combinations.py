@@ -18,7 +18,7 @@ from pathlib import Path
 from g2d.config import load_config
 from g2d.data import load_dataset
 from g2d.methods import METHODS
-from g2d.results.tables import METHOD_LABELS, mean_std, write_summary
+from g2d.results.tables import mean_std, method_label, write_summary
 from g2d.runs.sweep import Point, run_sweep
 
 
@@ -46,7 +46,7 @@ def main() -> None:
         results.setdefault(name, {})[method] = runs
         for metrics in runs:
             teachers[metrics["seed"]].update(metrics["teachers"])
-    lines = ["| modalities | accuracy of | " + " | ".join(METHOD_LABELS.get(m, m) for m in args.methods) + " |",
+    lines = ["| modalities | accuracy of | " + " | ".join(method_label(m) for m in args.methods) + " |",
              "|" + " --- |" * (len(args.methods) + 2)]
     for name, by_method in results.items():
         for part in [*name.split("+"), "multimodal"]:

@@ -20,6 +20,7 @@ from g2d.methods.mla import entropy_gated, owm_projector_update
 from g2d.methods.mmpareto import min_norm_weight, pareto_integrate
 from g2d.methods.reconboost import reconcilement_loss, stage_plan
 from g2d.models.multimodal import ModelOutput, MultimodalModel
+from g2d.runs.check import preflight
 from g2d.runs.experiment import run
 
 METHODS_B = ("mla", "mmpareto", "reconboost", "dlmg", "ume")
@@ -309,10 +310,8 @@ def test_errors_name_the_key():
     for name in ("reconboost", "dlmg"):
         with pytest.raises(G2DError, match=name):
             build_method({"name": name}, "regression", ["a", "b"])
-    method, model, _ = context_for("reconboost")
-    with pytest.raises(G2DError, match="smp.enabled"):
-        method.setup(MethodContext(model=model, optimizer=method.ctx.optimizer, data=method.ctx.data,
-                                   device=torch.device("cpu"), config=method.ctx.config, modulator=object()))
+    with pytest.raises(G2DError, match="config key smp.enabled: reconboost does not combine with SMP"):
+        preflight(load_config(None, [*TINY, "method.name=reconboost", "smp.enabled=true"]))
 
 
 @pytest.mark.parametrize("name, extra", [("mla", []), ("dlmg", ["method.dlmg.strategy=learned"]),

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from g2d.data.commands import PREPARE
 from g2d.errors import G2DError
 
 
@@ -51,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print one g2d train command per run (for a job array) instead of running")
     sweep.add_argument("--teachers-only", action="store_true", help="train the shared teachers and stop")
 
+    from g2d.data import prepare_commands
+
     prepare = commands.add_parser("prepare", help="build a dataset from raw files")
     datasets = prepare.add_subparsers(dest="dataset", required=True)
-    for name, command in PREPARE.items():
+    for name, command in prepare_commands().items():
         command.add_arguments(datasets.add_parser(name, help=command.help))
     return parser
 
@@ -152,7 +153,9 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def prepare(args: argparse.Namespace) -> int:
-    command = PREPARE[args.dataset]
+    from g2d.data import prepare_commands
+
+    command = prepare_commands()[args.dataset]
     print(command.describe(args, command.run(args)))
     return 0
 

@@ -1,13 +1,18 @@
 """The experiment config: typed dataclasses, read from YAML and dotted ``key=value`` overrides.
 
 OmegaConf merges the YAML file and the overrides onto the schema below, so a misspelt key
-or a value of the wrong type is an error that names the key. Method hyperparameters are a
-free-form mapping here because each method validates its own (see ``g2d.methods``).
+or a value of the wrong type is an error that names the key. A setting with a fixed set of
+values is a ``Choice`` (a str Enum), so an unknown value is refused the same way everywhere.
+Method hyperparameters and dataset options are free-form mappings here because each
+component declares its own settings dataclass in its record, checked by ``parse_settings``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,6 +20,67 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from g2d.errors import G2DError
+
+
+class Choice(str, Enum):
+    """A setting's allowed values: equal to, printed and serialized as its value (``Schedule.ranked == "ranked"``)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Schedule(Choice):
+    ranked = "ranked"
+    dynamic = "dynamic"
+
+
+class ModulatorKind(Choice):
+    complete = "complete"
+    partial = "partial"
+
+
+class Suppression(Choice):
+    freeze = "freeze"
+    zero_grad = "zero_grad"
+    conv_grad = "conv_grad"
+
+
+def config_error(exc: OmegaConfBaseException, prefix: str = "") -> G2DError:
+    """One line naming the key at fault: ``config key smp.schedule: unknown value 'x' (choose from ranked, dynamic)``."""
+    key = ".".join(part for part in (prefix, getattr(exc, "full_key", "") or "") if part)
+    message = str(exc).splitlines()[0]
+    listed = re.fullmatch(r"Invalid value '(.*)', expected one of \[(.*)\]", message)
+    if listed:
+        message = f"unknown value {listed.group(1)!r} (choose from {listed.group(2)})"
+    return G2DError(f"config key {key}: {message}" if key else f"config: {message}")
+
+
+def parse_settings(settings_type: type, values: dict[str, Any], prefix: str, noun: str) -> Any:
+    """``values`` (the config's mapping under ``prefix``) checked against the dataclass ``settings_type``.
+
+    An unknown key is refused with the allowed ones named, a value of the wrong type or outside
+    a ``Choice`` with the key named; a ``__post_init__`` of the dataclass checks ranges.
+    """
+    known = [f.name for f in dataclasses.fields(settings_type)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        allowed = ", ".join(sorted(known)) or "none"
+        raise G2DError(f"config key {prefix}.{unknown[0]}: not {noun} (allowed: {allowed})")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(settings_type), values))
+    except OmegaConfBaseException as exc:
+        raise config_error(exc, prefix) from exc
+
+
+def check_settings(settings: Any, prefix: str) -> None:
+    """A settings dataclass built in code (not read from a config) checked as ``parse_settings`` would."""
+    try:
+        OmegaConf.structured(settings)
+    except OmegaConfBaseException as exc:
+        raise config_error(exc, prefix) from exc
 
 
 @dataclass
@@ -117,12 +183,12 @@ class SMPConfig:
     """
 
     enabled: Optional[bool] = None
-    schedule: str = "ranked"
+    schedule: Schedule = Schedule.ranked
     tau: Any = None
     auto: AutoTauConfig = field(default_factory=AutoTauConfig)
-    modulator: str = "complete"
+    modulator: ModulatorKind = ModulatorKind.complete
     partial_alpha: float = 1.0
-    suppression: str = "freeze"
+    suppression: Suppression = Suppression.freeze
 
 
 @dataclass
@@ -241,9 +307,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         merged = OmegaConf.merge(*layers)
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None)
-        where = f"config key {key}" if key else "config"
-        raise G2DError(f"{where}: {str(exc).splitlines()[0]}") from exc
+        raise config_error(exc) from exc
     assert isinstance(config, ExperimentConfig)
     check_ranges(config)
     return config
@@ -271,7 +335,7 @@ def check_ranges(config: ExperimentConfig) -> None:
 
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """The config as plain data, for metrics.json and checkpoints."""
-    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore[return-value]
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True, enum_to_str=True)  # type: ignore[return-value]
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -38,14 +38,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from g2d.config import SMPConfig
+from g2d.config import SMPConfig, check_settings
 from g2d.core.autotau import AutoTau, modality_score
 from g2d.core.balancing import scale_gradients
 from g2d.errors import G2DError
-
-SCHEDULES = ("ranked", "dynamic")
-MODULATORS = ("complete", "partial")
-SUPPRESSIONS = ("freeze", "zero_grad", "conv_grad")
 
 
 def resolve_tau(tau: list[int] | None, num_modalities: int, epochs: int) -> list[int]:
@@ -103,13 +99,7 @@ class Modulator:
     """Applies SMP (or partial modulation) to the encoders of a multimodal model."""
 
     def __init__(self, config: SMPConfig, encoders: dict[str, list[nn.Parameter]], epochs: int) -> None:
-        for key, value, allowed in (
-            ("schedule", config.schedule, SCHEDULES),
-            ("modulator", config.modulator, MODULATORS),
-            ("suppression", config.suppression, SUPPRESSIONS),
-        ):
-            if value not in allowed:
-                raise G2DError(f"config key smp.{key}: unknown value {value!r} (choose from {', '.join(allowed)})")
+        check_settings(config, "smp")
         if len(encoders) < 2:
             raise G2DError("config key smp.enabled: SMP needs at least two modalities")
         self.config = config

@@ -17,14 +17,24 @@ padded with zeros, with a bool mask (True = real step).
 
 from __future__ import annotations
 
+import argparse
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from g2d.data.base import ModalitySpec, mask_key
-from g2d.data.prepared import LABEL, PreparedWriter, SkipLog, say, spec_entry, warn
+from g2d.data.base import DatasetRecord, ModalitySpec, mask_key, register_dataset
+from g2d.data.commands import PrepareCommand, common, common_arguments, describe_splits
+from g2d.data.prepared import (
+    LABEL,
+    PreparedWriter,
+    SkipLog,
+    load_prepared_dataset,
+    say,
+    spec_entry,
+    warn,
+)
 from g2d.errors import G2DError
 
 MODALITIES = ("text", "audio", "vision")
@@ -247,3 +257,25 @@ def prepare_affect(
         meta = writer.finish(meta, skipped)
     say(progress, f"{name}: wrote {out}")
     return meta
+
+
+def affect_arguments(file_name: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        common_arguments(parser, f"{file_name} or the folder holding it")
+        parser.add_argument("--trust-pickle", action="store_true", help="allow reading the pickle (only numpy content)")
+        parser.add_argument("--max-len", type=int, default=50, help="time steps kept per sequence (default 50)")
+        parser.add_argument("--unaligned", action="store_true", help="each modality starts at its own first step")
+
+    return add
+
+
+def run_affect(args: argparse.Namespace) -> dict:
+    return prepare_affect(args.dataset, trust_pickle=args.trust_pickle, max_len=args.max_len,
+                          unaligned=args.unaligned, **common(args))
+
+
+for _name, _file in (("urfunny", "humor.pkl"), ("iemocap", "iemocap_data.pkl")):
+    register_dataset(_name, DatasetRecord(
+        load_prepared_dataset, task="classification", root=f"the folder written by g2d prepare {_name}",
+        prepare=PrepareCommand(f"{_name} from a MultiBench/MulT feature pickle", affect_arguments(_file), run_affect,
+                               describe_splits)))

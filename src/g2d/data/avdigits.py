@@ -8,6 +8,7 @@ same loader reads both.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import json
@@ -22,6 +23,9 @@ import numpy as np
 import torch
 
 from g2d.data.audio import log_spectrogram, noise_gain, read_wav, resample
+from g2d.data.avmnist import AVMNISTOptions, load_avmnist_layout
+from g2d.data.base import DatasetRecord, register_dataset
+from g2d.data.commands import PrepareCommand
 from g2d.data.prepared import check_out, publish, say, staging_dir, warn
 from g2d.errors import G2DError
 
@@ -523,3 +527,38 @@ def _write_sources(path: Path, splits: dict[str, _Split], files: list[Path], fol
                         int(split.offset[row]),
                     ]
                 )
+
+
+def avdigits_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fsdd", type=Path, required=True, help="folder of FSDD recordings/*.wav")
+    parser.add_argument("--mnist", type=Path, required=True, help="folder with t10k-*-ubyte.gz and mnist_5k.csv.gz")
+    parser.add_argument("--noise", type=Path, required=True, help="folder of noise wavs (searched recursively)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--snr-db", type=float, default=None, help="speech-to-noise ratio in dB")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--test-images", type=int, default=None, help="first t10k images kept for test (3000)")
+    parser.add_argument("--max-train", type=int, default=None, help="at most this many train pairs (all)")
+    parser.add_argument("--max-test", type=int, default=None, help="at most this many test pairs (all)")
+
+
+def run_avdigits(args: argparse.Namespace) -> dict:
+    options = {"seed": args.seed, "overwrite": args.overwrite}
+    for name in ("snr_db", "test_images", "max_train", "max_test"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    return prepare_avdigits(args.fsdd, args.mnist, args.noise, args.out, **options)
+
+
+def describe_avdigits(args: argparse.Namespace, summary: dict) -> str:
+    counts = summary["counts"]
+    return (f"avdigits written to {args.out}: {counts['train']['pairs']} train and {counts['test']['pairs']} test "
+            f"pairs, audio at {summary['audio']['snr_db']} dB SNR, images from "
+            f"{summary['image']['pca_components']} PCA components")
+
+
+register_dataset("avdigits", DatasetRecord(
+    load_avmnist_layout, task="classification", Options=AVMNISTOptions,
+    root="the folder written by g2d prepare avdigits (image/, audio/ and *_labels.npy)",
+    prepare=PrepareCommand("AV-MNIST-format data from FSDD, MNIST and noise wavs", avdigits_arguments, run_avdigits,
+                           describe_avdigits)))

@@ -13,13 +13,31 @@ that split once as a prepared folder (see ``prepared.py``).
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
-from g2d.data.base import ModalitySpec, MultimodalData, stratified_split
-from g2d.data.prepared import LABEL, PreparedWriter, SkipLog, say, spec_entry
+from g2d.config import DatasetConfig
+from g2d.data.base import (
+    DatasetRecord,
+    ModalitySpec,
+    MultimodalData,
+    register_dataset,
+    stratified_split,
+)
+from g2d.data.commands import PrepareCommand, common, common_arguments, describe_splits
+from g2d.data.prepared import (
+    LABEL,
+    PreparedWriter,
+    SkipLog,
+    load_prepared_dataset,
+    say,
+    spec_entry,
+)
 from g2d.errors import G2DError
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -92,6 +110,30 @@ def load_avmnist(
     )
 
 
+@dataclass
+class AVMNISTOptions:
+    """``val_rows``: the last training rows held out for validation (MultiBench's split) instead of a
+    stratified ``dataset.val_fraction``; raw AV-MNIST-layout folders only."""
+
+    val_rows: Optional[int] = None
+
+
+def load_avmnist_layout(config: DatasetConfig, options: AVMNISTOptions) -> MultimodalData:
+    """An AV-MNIST-layout folder (image/, audio/, *_labels.npy) named by ``dataset.root``."""
+    return load_avmnist(Path(config.root or ""), config.val_fraction, config.split_seed, name=config.name,
+                        val_rows=options.val_rows)
+
+
+def load_avmnist_folder(config: DatasetConfig, options: AVMNISTOptions) -> MultimodalData:
+    """AV-MNIST from a raw folder, or from one written by ``g2d prepare avmnist`` (its own validation split)."""
+    if not (Path(config.root or "") / "prepare.json").is_file():
+        return load_avmnist_layout(config, options)
+    if options.val_rows is not None:
+        raise G2DError(f"config key dataset.options.val_rows: {config.root} was written by g2d prepare avmnist, "
+                       "whose validation rows are fixed (--val-rows); leave the option out")
+    return load_prepared_dataset(config, options)
+
+
 def prepare_avmnist(
     root: Path, out: Path, val_rows: int = MULTIBENCH_VAL_ROWS, progress: bool = True, overwrite: bool = False
 ) -> dict:
@@ -159,3 +201,19 @@ def _load_pixels(path: Path, shape: tuple[int, ...], count: int) -> np.ndarray:
     if data.ndim < 2 or len(data) != count or int(np.prod(data.shape[1:])) != size:
         raise G2DError(f"{path}: expected {count} samples of {size} values ({shape}), got shape {data.shape}")
     return data.reshape((count, *shape))
+
+
+def avmnist_arguments(parser: argparse.ArgumentParser) -> None:
+    common_arguments(parser, "the AV-MNIST folder")
+    parser.add_argument("--val-rows", type=int, default=5000, help="last training rows held out for validation")
+
+
+def run_avmnist(args: argparse.Namespace) -> dict:
+    return prepare_avmnist(val_rows=args.val_rows, **common(args))
+
+
+register_dataset("avmnist", DatasetRecord(
+    load_avmnist_folder, task="classification", Options=AVMNISTOptions,
+    root="the folder with image/, audio/ and *_labels.npy, or one written by g2d prepare avmnist",
+    prepare=PrepareCommand("AV-MNIST .npy folder with MultiBench's 55k/5k/10k split", avmnist_arguments, run_avmnist,
+                           describe_splits)))

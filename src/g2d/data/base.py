@@ -7,13 +7,14 @@ Datasets are decoded once into arrays; a batch is a dict keyed by modality name 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from g2d.config import DatasetConfig
+from g2d.config import DatasetConfig, parse_settings
 from g2d.errors import G2DError
+from g2d.registry import Registry
 
 SPLITS = ("train", "val", "test")
 KINDS = ("vector", "image", "video", "sequence", "tokens")
@@ -288,3 +289,48 @@ def to_device(batch: dict[str, torch.Tensor], data: MultimodalData, device: torc
                 value = value * scale
         out[key] = value
     return out
+
+
+@dataclass
+class NoOptions:
+    """A dataset without ``dataset.options``."""
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A dataset's facts, registered in the module that defines it; ``dataset.name`` selects it.
+
+    ``load(config, options)`` reads it, ``options`` being its ``Options`` dataclass filled from
+    ``dataset.options``. ``task``: ``classification`` or ``regression`` (None: the data decides).
+    ``root``: what ``dataset.root`` must name ("" when the data is embedded). ``folds``: whether
+    it takes ``dataset.folds`` (False for a fixed test split). ``prepare``: its ``g2d prepare``
+    command (``g2d.data.commands.PrepareCommand``), if any.
+    """
+
+    load: Callable[[DatasetConfig, Any], "MultimodalData"]
+    task: str | None
+    root: str = ""
+    folds: bool = False
+    Options: type = NoOptions
+    prepare: Any = None
+
+
+DATASETS: Registry[DatasetRecord] = Registry("dataset", "dataset.name")
+
+
+def register_dataset(name: str, record: DatasetRecord) -> None:
+    """Add ``record`` under ``name`` (called by the dataset's own module)."""
+    DATASETS.register(name)(record)
+
+
+def dataset_options(config: DatasetConfig) -> Any:
+    """``dataset.options`` checked against the dataset's ``Options``, then the facts the record alone
+    can check (a root where one is needed, no folds on a fixed test split): nothing is read from disk."""
+    record = DATASETS[config.name]
+    options = parse_settings(record.Options, dict(config.options), "dataset.options",
+                             f"an option of dataset {config.name}")
+    if record.root and not config.root:
+        raise G2DError(f"config key dataset.root: {config.name} needs {record.root}")
+    if config.folds and not record.folds:
+        raise G2DError(f"config key dataset.folds: {config.name} has a fixed test split; use 0")
+    return options

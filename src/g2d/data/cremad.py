@@ -14,6 +14,7 @@ from the 1-fps frames), resized to ``size`` x ``size``. Validation rows are a st
 
 from __future__ import annotations
 
+import argparse
 import csv
 import re
 from pathlib import Path
@@ -28,7 +29,22 @@ from g2d.data.audiovisual import (
     modality_specs,
     write_labelled_splits,
 )
-from g2d.data.prepared import PreparedWriter, SkipLog, say, spec_entry
+from g2d.data.base import DatasetRecord, register_dataset
+from g2d.data.commands import (
+    PrepareCommand,
+    common,
+    common_arguments,
+    describe_splits,
+    media,
+    media_arguments,
+)
+from g2d.data.prepared import (
+    PreparedWriter,
+    SkipLog,
+    load_prepared_dataset,
+    say,
+    spec_entry,
+)
 from g2d.errors import G2DError
 
 EMOTIONS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
@@ -147,3 +163,17 @@ def prepare_cremad(
     say(progress, f"cremad: wrote {out}")
     return meta
 
+
+def cremad_arguments(parser: argparse.ArgumentParser) -> None:
+    common_arguments(parser, "CREMA-D folder with AudioWAV/ and VideoFlash/")
+    parser.add_argument("--split-dir", type=Path, default=None, help="folder of train.csv and test.csv (default: --root)")
+    media_arguments(parser, frames=1)
+
+
+def run_cremad(args: argparse.Namespace) -> dict:
+    return prepare_cremad(split_dir=args.split_dir, **media(args), **common(args))
+
+
+register_dataset("cremad", DatasetRecord(
+    load_prepared_dataset, task="classification", root="the folder written by g2d prepare cremad",
+    prepare=PrepareCommand("CREMA-D from AudioWAV/ and VideoFlash/", cremad_arguments, run_cremad, describe_splits)))

@@ -25,44 +25,62 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from g2d.config import DatasetConfig
+from g2d.config import Choice, DatasetConfig
 from g2d.data.audio import log_spectrogram, read_wav, resample
 from g2d.data.base import (
     SPLITS,
+    DatasetRecord,
     ModalitySpec,
     MultimodalData,
     mask_key,
+    register_dataset,
     split_indices,
     standardization,
     target_scale,
 )
-from g2d.data.images import MODES, read_image
-from g2d.data.options import read_options, require_choice, require_positive
+from g2d.data.images import read_image
+from g2d.data.options import plain, require_positive
 from g2d.errors import G2DError
 
 RESERVED = ("label", "target", "split")
 FILE_KINDS = {".png": "image", ".jpg": "image", ".jpeg": "image", ".wav": "audio", ".flac": "audio", ".npy": "npy"}
-DEFAULTS: dict[str, Any] = {
-    "image_size": 64,
-    "image_mode": "RGB",
-    "sample_rate": 16000,
-    "audio_seconds": 1.0,
-    "n_fft": 512,
-    "hop": 128,
-    "ignore_columns": [],
-    "audio_input": "spectrogram",
-    "text_columns": [],
-    "tokenizer": "",
-    "max_tokens": 128,
-}
-AUDIO_INPUTS = ("spectrogram", "waveform")
+
+
+class ImageMode(Choice):
+    RGB = "RGB"
+    L = "L"
+
+
+class AudioInput(Choice):
+    spectrogram = "spectrogram"
+    waveform = "waveform"
+
+
+@dataclass
+class CSVOptions:
+    """``dataset.options`` of the csv dataset (docs/datasets.md)."""
+
+    image_size: int = 64
+    image_mode: ImageMode = ImageMode.RGB
+    sample_rate: int = 16000
+    audio_seconds: float = 1.0
+    n_fft: int = 512
+    hop: int = 128
+    ignore_columns: list[str] = field(default_factory=list)
+    audio_input: AudioInput = AudioInput.spectrogram
+    text_columns: list[str] = field(default_factory=list)
+    tokenizer: str = ""
+    max_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        require_positive(self, ["image_size", "sample_rate", "audio_seconds", "n_fft", "hop", "max_tokens"])
 
 
 @dataclass
@@ -82,14 +100,9 @@ class Table:
         return f"{self.path} line {self.lines[row]}, column {column!r}"
 
 
-def load_csv_dataset(config: DatasetConfig) -> MultimodalData:
+def load_csv_dataset(config: DatasetConfig, settings: CSVOptions) -> MultimodalData:
     """The dataset an index CSV describes, decoded into memory."""
-    if not config.root:
-        raise G2DError("config key dataset.root: the csv dataset needs the path of its index CSV file")
-    options = read_options("csv", config.options, DEFAULTS)
-    require_positive(options, ["image_size", "sample_rate", "audio_seconds", "n_fft", "hop", "max_tokens"])
-    require_choice(options, "image_mode", tuple(MODES))
-    require_choice(options, "audio_input", AUDIO_INPUTS)
+    options = plain(settings)
     table = read_table(Path(config.root))
     groups = modality_columns(table, options["ignore_columns"])
     check_text_columns(table, groups, options)
@@ -388,3 +401,7 @@ def read_arrays(
     mean, std = standardization(values[train][mask[train]])
     values = np.where(mask[:, :, None], (values - mean) / std, 0.0)
     return values.astype(np.float32), mask
+
+
+register_dataset("csv", DatasetRecord(load_csv_dataset, task=None, folds=True, Options=CSVOptions,
+                                      root="the path of its index CSV file"))

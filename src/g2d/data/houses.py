@@ -21,41 +21,60 @@ protocol is k-fold cross-validation (``dataset.folds``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from g2d.config import DatasetConfig
+from g2d.config import Choice, DatasetConfig
 from g2d.data.base import (
+    DatasetRecord,
     ModalitySpec,
     MultimodalData,
+    register_dataset,
     split_indices,
     standardization,
     target_scale,
 )
 from g2d.data.images import read_image
-from g2d.data.options import read_options, require_choice, require_positive
+from g2d.data.options import plain, require_positive
 from g2d.errors import G2DError
 
 PHOTOS = ("frontal", "bedroom", "kitchen", "bathroom")
 COLUMNS = ("bedrooms", "bathrooms", "area", "zipcode", "price")
 NUMERIC = ("bedrooms", "bathrooms", "area")
-DEFAULTS = {"image_size": 64, "photos": "montage", "zipcode": "onehot", "zip_min_count": 10}
 
 
-def load_houses(config: DatasetConfig) -> MultimodalData:
+class Photos(Choice):
+    montage = "montage"
+    separate = "separate"
+
+
+class Zipcode(Choice):
+    onehot = "onehot"
+    drop = "drop"
+
+
+@dataclass
+class HousesOptions:
+    """``dataset.options`` of houses (docs/datasets.md)."""
+
+    image_size: int = 64
+    photos: Photos = Photos.montage
+    zipcode: Zipcode = Zipcode.onehot
+    zip_min_count: int = 10
+
+    def __post_init__(self) -> None:
+        require_positive(self, ["image_size", "zip_min_count"])
+        if self.photos == "montage" and self.image_size % 2:
+            raise G2DError(f"config key dataset.options.image_size: a 2x2 montage needs an even size, "
+                           f"got {self.image_size}")
+
+
+def load_houses(config: DatasetConfig, settings: HousesOptions) -> MultimodalData:
     """The houses folder as a regression dataset; every file is decoded here, once."""
-    if not config.root:
-        raise G2DError("config key dataset.root: houses needs the folder with HousesInfo.txt and images/ "
-                       "(e.g. dataset.root=../shared/data/houses)")
-    options = read_options("houses", config.options, DEFAULTS)
-    require_positive(options, ["image_size", "zip_min_count"])
-    require_choice(options, "photos", ("montage", "separate"))
-    require_choice(options, "zipcode", ("onehot", "drop"))
-    if options["photos"] == "montage" and options["image_size"] % 2:
-        raise G2DError(f"config key dataset.options.image_size: a 2x2 montage needs an even size, "
-                       f"got {options['image_size']}")
+    options = plain(settings)
     root = Path(config.root)
     if not root.is_dir():
         raise G2DError(f"{root}: houses folder not found (config key dataset.root)")
@@ -137,3 +156,8 @@ def tabular_features(table: np.ndarray, train: np.ndarray, zipcode: str, min_cou
         columns += [onehot, other]
         names += [f"zip_{z}" for z in frequent] + ["zip_other"]
     return np.concatenate(columns, axis=1).astype(np.float32), names
+
+
+register_dataset("houses", DatasetRecord(
+    load_houses, task="regression", folds=True, Options=HousesOptions,
+    root="the folder with HousesInfo.txt and images/ (e.g. dataset.root=../shared/data/houses)"))

@@ -9,12 +9,19 @@ with the training rows' mean and std.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from g2d.config import DatasetConfig
-from g2d.data.base import ModalitySpec, MultimodalData, split_indices
+from g2d.data.base import (
+    DatasetRecord,
+    ModalitySpec,
+    MultimodalData,
+    register_dataset,
+    split_indices,
+)
 from g2d.errors import G2DError
 
 VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
@@ -35,7 +42,7 @@ def read_view(root: Path, view: str) -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].astype(np.float32), table[:, -1].astype(np.int64)
 
 
-def load_mfeat(config: DatasetConfig) -> MultimodalData:
+def load_mfeat(config: DatasetConfig, options: Any = None) -> MultimodalData:
     """The chosen views (all six by default) as a classification dataset with train/val/test.
 
     Test is the fixed stratified ``test_fraction`` or, with ``dataset.folds``, one stratified fold.
@@ -71,3 +78,6 @@ def load_mfeat(config: DatasetConfig) -> MultimodalData:
         splits=splits,
         class_names=[str(d) for d in range(10)],
     )
+
+
+register_dataset("mfeat", DatasetRecord(load_mfeat, task="classification", folds=True))

@@ -19,6 +19,7 @@ the training minimum and range when loaded (``target_offset``, ``target_span``).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 from dataclasses import dataclass
@@ -27,8 +28,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from g2d.data.base import ModalitySpec
-from g2d.data.prepared import LABEL, PreparedWriter, SkipLog, map_items, say, spec_entry
+from g2d.data.base import DatasetRecord, ModalitySpec, register_dataset
+from g2d.data.commands import PrepareCommand, common, common_arguments, describe_splits
+from g2d.data.prepared import (
+    LABEL,
+    PreparedWriter,
+    SkipLog,
+    load_prepared_dataset,
+    map_items,
+    say,
+    spec_entry,
+)
 from g2d.errors import G2DError
 
 COLUMNS = (
@@ -208,3 +218,22 @@ def prepare_misme(
         meta = writer.finish(meta, skipped)
     say(progress, f"misme: wrote {out}")
     return meta
+
+
+def misme_arguments(parser: argparse.ArgumentParser) -> None:
+    common_arguments(parser, "folder with {train,val,test}.csv")
+    parser.add_argument("--images", type=Path, default=None, help="image folder (default: ROOT/images)")
+    parser.add_argument("--columns", default=None, help="comma-separated meteorological columns (default: MIS-ME's 8)")
+    parser.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
+    parser.add_argument("--workers", type=int, default=1, help="image decoding processes")
+
+
+def run_misme(args: argparse.Namespace) -> dict:
+    columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else COLUMNS
+    return prepare_misme(images=args.images, columns=columns, size=args.size, workers=args.workers, **common(args))
+
+
+register_dataset("misme", DatasetRecord(
+    load_prepared_dataset, task="regression", root="the folder written by g2d prepare misme",
+    prepare=PrepareCommand("MIS-ME soil images and meteorological tables", misme_arguments, run_misme,
+                           describe_splits)))

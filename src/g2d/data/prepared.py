@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from g2d.config import DatasetConfig
 from g2d.data.base import MASKED_KINDS, SPLITS, ModalitySpec, MultimodalData, mask_key
 from g2d.errors import G2DError
 
@@ -240,6 +241,11 @@ def check_val_fraction(meta: dict[str, Any], root: Path, requested: float, defau
             f"config key dataset.val_fraction: {root} was prepared with --val-fraction {prepared}, not {requested}; "
             "re-run g2d prepare with the fraction you want (or leave the key out)"
         )
+
+
+def load_prepared_dataset(config: DatasetConfig, options: Any = None) -> MultimodalData:
+    """The loader of a dataset record whose data is a folder written by ``g2d prepare <name>``, memory-mapped."""
+    return load_prepared(config.root or "", config.name, config.val_fraction, DatasetConfig.val_fraction)
 
 
 def load_prepared(root: str | Path, name: str, val_fraction: float | None = None, default: float = 0.1) -> MultimodalData:

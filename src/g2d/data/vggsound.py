@@ -15,6 +15,7 @@ computed once. Video: ``frames`` frames (3, as G²D) from the 1-fps frames, ``si
 
 from __future__ import annotations
 
+import argparse
 import csv
 from pathlib import Path
 
@@ -28,7 +29,22 @@ from g2d.data.audiovisual import (
     modality_specs,
     write_labelled_splits,
 )
-from g2d.data.prepared import PreparedWriter, SkipLog, say, spec_entry
+from g2d.data.base import DatasetRecord, register_dataset
+from g2d.data.commands import (
+    PrepareCommand,
+    common,
+    common_arguments,
+    describe_splits,
+    media,
+    media_arguments,
+)
+from g2d.data.prepared import (
+    PreparedWriter,
+    SkipLog,
+    load_prepared_dataset,
+    say,
+    spec_entry,
+)
 from g2d.errors import G2DError
 
 NAME_FORMAT = "{id}_{start:06d}.mp4"
@@ -156,3 +172,20 @@ def prepare_vggsound(
         meta = writer.finish(meta, skipped)
     say(progress, f"vggsound: wrote {out}")
     return meta
+
+
+def vggsound_arguments(parser: argparse.ArgumentParser) -> None:
+    common_arguments(parser, "folder of downloaded clips (searched recursively)")
+    parser.add_argument("--csv", type=Path, default=None, help="the published vggsound.csv (default: ROOT/vggsound.csv)")
+    parser.add_argument("--name-format", default="{id}_{start:06d}.mp4", help="clip file name (fields id, start, end)")
+    media_arguments(parser, frames=3)
+
+
+def run_vggsound(args: argparse.Namespace) -> dict:
+    return prepare_vggsound(csv_path=args.csv, name_format=args.name_format, **media(args), **common(args))
+
+
+register_dataset("vggsound", DatasetRecord(
+    load_prepared_dataset, task="classification", root="the folder written by g2d prepare vggsound",
+    prepare=PrepareCommand("VGGSound from the CSV and downloaded clips", vggsound_arguments, run_vggsound,
+                           describe_splits)))

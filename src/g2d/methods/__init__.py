@@ -1,29 +1,26 @@
-"""Training methods, one module each, and the registry that ``method.name`` selects from."""
+"""Training methods, one module each, and the registry that ``method.name`` selects from.
+
+Every module of this package is imported here, so a method registers itself where it is
+defined (``@register_method`` in its own file) and needs no line elsewhere.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 from g2d.errors import G2DError
-from g2d.methods.agm import AGM
-from g2d.methods.base import Method, TeacherOutputs, parse_params
-from g2d.methods.dlmg import DLMG
-from g2d.methods.g2d import G2D
-from g2d.methods.joint import JointTrain
-from g2d.methods.mla import MLA
-from g2d.methods.mmpareto import MMPareto
-from g2d.methods.mses import MSES
-from g2d.methods.mslr import MSLR
-from g2d.methods.ogm_ge import OGMGE
-from g2d.methods.pmr import PMR
-from g2d.methods.reconboost import ReconBoost
-from g2d.methods.ume import UME
-from g2d.methods.umt import UMT
-from g2d.registry import Registry
+from g2d.methods.base import (
+    METHODS,
+    Method,
+    TeacherOutputs,
+    parse_params,
+    register_method,
+)
 
-METHODS: Registry[type[Method]] = Registry("method", "method.name")
-for _cls in (JointTrain, G2D, UMT, UME, OGMGE, AGM, PMR, MLA, MMPareto, ReconBoost, DLMG, MSES, MSLR):
-    METHODS.register(_cls.name)(_cls)
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def method_class(name: str) -> type[Method]:
@@ -31,8 +28,8 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-def build_method(method_config: dict[str, Any], task: str, modalities: list[str]) -> Method:
-    """Instantiate ``method.name`` with its hyperparameters from ``method.<name>``.
+def method_params(method_config: dict[str, Any]) -> tuple[type[Method], Any]:
+    """The class ``method.name`` selects and its hyperparameters from ``method.<name>``, checked.
 
     Hyperparameters are namespaced by method, so one config can hold several methods'
     settings and scripts can switch ``method.name`` alone; the selected block is checked
@@ -41,16 +38,28 @@ def build_method(method_config: dict[str, Any], task: str, modalities: list[str]
     values = dict(method_config)
     name = str(values.pop("name", ""))
     cls = method_class(name)
-    if task not in cls.tasks:
-        raise G2DError(f"config key method.name: {name} supports {' and '.join(cls.tasks)} only, not {task} "
-                       f"(see its docstring for why)")
     for key in values:
         if key not in METHODS:
             raise G2DError(
                 f"config key method.{key}: not a method name; hyperparameters go under method.<name>, "
                 f"e.g. method.{name}.{key}"
             )
-    return cls(parse_params(cls.Params, dict(values.get(name) or {}), prefix=f"method.{name}"), task, modalities)
+    return cls, parse_params(cls.Params, dict(values.get(name) or {}), prefix=f"method.{name}")
 
 
-__all__ = ["METHODS", "Method", "TeacherOutputs", "build_method", "method_class"]
+def check_task(cls: type[Method], task: str) -> None:
+    """A method trains only the tasks its record lists."""
+    if task not in cls.tasks:
+        raise G2DError(f"config key method.name: {cls.name} supports {' and '.join(cls.tasks)} only, not {task} "
+                       f"(see its docstring for why)")
+
+
+def build_method(method_config: dict[str, Any], task: str, modalities: list[str]) -> Method:
+    """Instantiate ``method.name`` with its hyperparameters from ``method.<name>`` for ``task``."""
+    cls, params = method_params(method_config)
+    check_task(cls, task)
+    return cls(params, task, modalities)
+
+
+__all__ = ["METHODS", "Method", "TeacherOutputs", "build_method", "check_task", "method_class", "method_params",
+           "register_method"]

@@ -10,18 +10,17 @@ checked against it, so a misspelt key is an error naming ``method.<name>.<key>``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from g2d.config import parse_settings
 from g2d.core.balancing import scaled_learning_rates
 from g2d.core.losses import teacher_confidence
-from g2d.errors import G2DError
 from g2d.models.multimodal import ModelOutput
+from g2d.registry import Registry
 
 
 @dataclass
@@ -144,22 +143,40 @@ class Method:
     beyond the weights (tensors, numbers, lists, dicts only).
     """
 
+    # The method's record: the one place its facts live; the CLI, the preflight check
+    # (``g2d.runs.check``), sweeps, tables and reports read them from here.
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # the paper's name, in tables and reports
     Params: ClassVar[type] = NoParams
     uses_teachers: ClassVar[bool] = False
     smp_by_default: ClassVar[bool] = False
+    # True, or the reason the method does not combine with SMP (refused before anything trains).
+    accepts_smp: ClassVar[bool | str] = True
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
     # Opt-in: whether the fast path may capture ``train_step`` in a CUDA graph. A capturable
     # step has static shapes, reads nothing back to the host, and keeps state that changes
     # during training in device tensors updated in place; host values it reads may change
     # only between epochs (``g2d.training.fast`` re-captures when they do, see docs/performance.md).
     capturable: ClassVar[bool] = False
+    # True, or the reason the method cannot train under DDP (torchrun); undeclared (None), a method
+    # that keeps the shared step may, one that owns its step may not (``data_parallel_refusal``).
+    data_parallel: ClassVar[bool | str | None] = None
 
     def __init__(self, params: Any, task: str, modalities: list[str]) -> None:
         self.params = params
         self.task = task
         self.modalities = modalities
         self.context: MethodContext | None = None
+
+    @classmethod
+    def data_parallel_refusal(cls, params: Any) -> str | None:
+        """Why the method with ``params`` cannot train under DDP, or None when it can."""
+        if isinstance(cls.data_parallel, str):
+            return cls.data_parallel
+        owns_step = any("train_step" in vars(klass) for klass in cls.__mro__ if klass is not Method)
+        if cls.data_parallel is None and owns_step:
+            return "it owns its training step and does not declare data_parallel = True"
+        return None
 
     @property
     def ctx(self) -> MethodContext:
@@ -246,14 +263,14 @@ class Method:
 
 def parse_params(params_type: type, values: dict[str, Any], prefix: str) -> Any:
     """Check ``values`` (the config's ``method.<name>`` mapping) against ``params_type``."""
-    known = {f.name for f in fields(params_type)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        allowed = ", ".join(sorted(known)) or "none"
-        raise G2DError(f"config key {prefix}.{unknown[0]}: not a hyperparameter of this method (allowed: {allowed})")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(params_type), values)
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", "") or ""
-        raise G2DError(f"config key {prefix}.{key}: {str(exc).splitlines()[0]}") from exc
+    return parse_settings(params_type, values, prefix, "a hyperparameter of this method")
+
+
+METHODS: Registry[type[Method]] = Registry("method", "method.name")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: ``method.name=<cls.name>`` selects ``cls``; its class attributes are its record."""
+    if not cls.label:
+        raise ValueError(f"method {cls.name!r} has no paper label")
+    return METHODS.register(cls.name)(cls)

@@ -39,14 +39,18 @@ from typing import Any
 
 import torch
 
+from g2d.config import Choice
 from g2d.core.gradients import dot, gradients
 from g2d.core.losses import task_loss
 from g2d.data.base import Batches, to_device
 from g2d.errors import G2DError
-from g2d.methods.base import Method, TeacherOutputs
+from g2d.methods.base import Method, TeacherOutputs, register_method
 from g2d.models.multimodal import ModelOutput
 
-STRATEGIES = ("heuristic", "learned")
+
+class Strategy(Choice):
+    heuristic = "heuristic"
+    learned = "learned"
 WEIGHT_RANGE = (0.05, 0.95)
 HALVING_EPOCHS = 20
 
@@ -57,7 +61,7 @@ class DLMGParams:
     initial_weight: the learned weight's start (official 0.95); weight_lr: the most it moves
     in one epoch (halved every 20 epochs)."""
 
-    strategy: str = "heuristic"
+    strategy: Strategy = Strategy.heuristic
     decay: float = 0.3
     initial_weight: float = 0.95
     weight_lr: float = 0.1
@@ -82,10 +86,12 @@ def heuristic_weight(epoch: int, decay: float) -> float:
     return min(max(math.exp(-decay * epoch), WEIGHT_RANGE[0]), WEIGHT_RANGE[1])
 
 
+@register_method
 class DLMG(Method):
     """Supervised CE on the fused logits plus a scheduled or learned JS alignment between modalities."""
 
     name = "dlmg"
+    label = "DLMG"
     tasks = ("classification",)
     Params = DLMGParams
     # The alignment weight is a device tensor updated in place; the learned update runs eagerly
@@ -94,9 +100,6 @@ class DLMG(Method):
 
     def __init__(self, params: DLMGParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
-        if params.strategy not in STRATEGIES:
-            raise G2DError(f"config key method.dlmg.strategy: unknown value {params.strategy!r} "
-                           f"(choose from {', '.join(STRATEGIES)})")
         if not WEIGHT_RANGE[0] <= params.initial_weight <= WEIGHT_RANGE[1]:
             raise G2DError(f"config key method.dlmg.initial_weight: must lie in [{WEIGHT_RANGE[0]}, "
                            f"{WEIGHT_RANGE[1]}], got {params.initial_weight}")
@@ -104,12 +107,12 @@ class DLMG(Method):
         self.update_due = False
         self.validation_batch: dict[str, torch.Tensor] | None = None
 
-    @property
-    def data_parallel(self) -> bool | str:
+    @classmethod
+    def data_parallel_refusal(cls, params: DLMGParams) -> str | None:
         """The heuristic schedule trains under DDP; the learned weight's hypergradient does not."""
-        if self.params.strategy == "learned":
+        if params.strategy == "learned":
             return "its learned weight follows autograd.grad hypergradients of each process's own batch"
-        return True
+        return None
 
     def setup(self, context: Any) -> None:
         super().setup(context)

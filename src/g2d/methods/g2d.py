@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from g2d.core.losses import feature_distillation, logit_distillation, task_loss
-from g2d.methods.base import Method, TeacherOutputs
+from g2d.methods.base import Method, TeacherOutputs, register_method
 from g2d.models.multimodal import ModelOutput
 
 
@@ -24,10 +24,12 @@ class G2DParams:
     temperature: float = 1.0
 
 
+@register_method
 class G2D(Method):
     """L = L_S + alpha * sum_m L_feat^m + beta * sum_m L_logit^m."""
 
     name = "g2d"
+    label = "G²D"
     Params = G2DParams
     uses_teachers = True
     smp_by_default = True

@@ -36,14 +36,18 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from g2d.config import Choice
 from g2d.core.losses import task_loss
 from g2d.data.base import Batches
 from g2d.errors import G2DError
-from g2d.methods.base import Method
+from g2d.methods.base import Method, register_method
 from g2d.methods.heads import SharedHead, encoder_features
 from g2d.models.multimodal import ModelOutput
 
-TEST_FUSIONS = ("entropy", "fixed")
+
+class TestFusion(Choice):
+    entropy = "entropy"
+    fixed = "fixed"
 
 
 @dataclass
@@ -52,7 +56,7 @@ class MLAParams:
     fixed_weights: one weight per modality for ``fixed`` (default: equal, the official 0.5/0.5
     for two modalities); projection: the head's gradient modification (off for the ablation)."""
 
-    test_fusion: str = "entropy"
+    test_fusion: TestFusion = TestFusion.entropy
     fixed_weights: Optional[list[float]] = None
     projection: bool = True
 
@@ -79,18 +83,17 @@ def entropy_gated(stacked: torch.Tensor) -> torch.Tensor:
     return (weights.unsqueeze(-1) * stacked).sum(dim=0)
 
 
+@register_method
 class MLA(Method):
     """Alternating per-modality sub-steps through one shared, gradient-projected head."""
 
     name = "mla"
+    label = "MLA"
     data_parallel = "it runs a backward pass and an optimizer step per modality in every batch"
     Params = MLAParams
 
     def __init__(self, params: MLAParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
-        if params.test_fusion not in TEST_FUSIONS:
-            raise G2DError(f"config key method.mla.test_fusion: unknown value {params.test_fusion!r} "
-                           f"(choose from {', '.join(TEST_FUSIONS)})")
         if params.test_fusion == "entropy" and task == "regression":
             raise G2DError("config key method.mla.test_fusion: entropy gating needs class probabilities; "
                            "use fixed for regression")

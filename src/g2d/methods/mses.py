@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from g2d.core.losses import task_loss
-from g2d.methods.base import Method, MethodContext, TeacherOutputs
+from g2d.methods.base import Method, MethodContext, TeacherOutputs, register_method
 from g2d.models.multimodal import ModelOutput
 
 
@@ -40,10 +40,12 @@ class MSESParams:
     restore_best: bool = True
 
 
+@register_method
 class MSES(Method):
     """Joint training in which each modality's encoder stops on its own validation loss plateau."""
 
     name = "mses"
+    label = "MSES"
     data_parallel = True  # one forward and backward per step; stopping decisions come from gathered validation
     Params = MSESParams
     capturable = True

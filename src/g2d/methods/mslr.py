@@ -24,19 +24,23 @@ from typing import Any
 
 import torch
 
+from g2d.config import Choice
 from g2d.core.losses import task_loss
 from g2d.errors import G2DError
-from g2d.methods.base import Method, MethodContext, TeacherOutputs
+from g2d.methods.base import Method, MethodContext, TeacherOutputs, register_method
 from g2d.models.multimodal import ModelOutput
 
-STRATEGIES = ("dynamic", "keep")
+
+class Strategy(Choice):
+    dynamic = "dynamic"
+    keep = "keep"
 
 
 @dataclass
 class MSLRParams:
     """strategy: dynamic or keep; lr_scale: per-modality factors on optim.lr (1 when absent); window: epochs averaged."""
 
-    strategy: str = "dynamic"
+    strategy: Strategy = Strategy.dynamic
     lr_scale: dict[str, float] = field(default_factory=dict)
     window: int = 5
 
@@ -48,19 +52,18 @@ def validation_score(metrics: dict) -> float:
     return 1.0 - float(metrics["mse"])
 
 
+@register_method
 class MSLR(Method):
     """Joint training with a learning rate per modality encoder, adapted from validation accuracy."""
 
     name = "mslr"
+    label = "MSLR"
     data_parallel = True  # one forward and backward per step; learning rates come from gathered validation
     Params = MSLRParams
     capturable = True
 
     def __init__(self, params: MSLRParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
-        if params.strategy not in STRATEGIES:
-            raise G2DError(f"config key method.mslr.strategy: unknown value {params.strategy!r} "
-                           f"(choose from {', '.join(STRATEGIES)})")
         unknown = sorted(set(params.lr_scale) - set(modalities))
         if unknown:
             raise G2DError(f"config key method.mslr.lr_scale.{unknown[0]}: not one of the modalities ({', '.join(modalities)})")

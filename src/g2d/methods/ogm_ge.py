@@ -31,15 +31,18 @@ from typing import Optional
 import torch
 from torch import nn
 
+from g2d.config import Choice
 from g2d.core.balancing import in_window
 from g2d.core.losses import teacher_confidence
 from g2d.core.smp import partial_coefficients
-from g2d.errors import G2DError
-from g2d.methods.base import MethodContext
+from g2d.methods.base import MethodContext, register_method
 from g2d.methods.joint import JointTrain
 from g2d.models.multimodal import ModelOutput
 
-PARAMETER_CHOICES = ("all", "conv")
+
+class Parameters(Choice):
+    all = "all"
+    conv = "conv"
 
 
 @dataclass
@@ -51,7 +54,7 @@ class OGMGEParams:
     modulation_starts: int = 0
     modulation_ends: Optional[int] = 50
     ge: bool = True
-    parameters: str = "all"
+    parameters: Parameters = Parameters.all
 
 
 def ogm_coefficients(modality_logits: torch.Tensor, labels: torch.Tensor, alpha: float, task: str) -> torch.Tensor:
@@ -77,19 +80,18 @@ def modulate_gradients(parameters: list[list[nn.Parameter]], coefficients: torch
                 grad.add_(torch.randn_like(grad) * std)
 
 
+@register_method
 class OGMGE(JointTrain):
     """Joint training whose dominant encoders' gradients are damped by OGM's coefficient, plus GE noise."""
 
     name = "ogm_ge"
+    label = "OGM-GE"
     data_parallel = "its coefficients come from each process's own batch and its gradient noise is drawn per process"
     Params = OGMGEParams
     capturable = True
 
     def __init__(self, params: OGMGEParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
-        if params.parameters not in PARAMETER_CHOICES:
-            raise G2DError(f"config key method.ogm_ge.parameters: unknown value {params.parameters!r} "
-                           f"(choose from {', '.join(PARAMETER_CHOICES)})")
         self.targets: list[list[nn.Parameter]] = []
         self.modulating = in_window(0, params.modulation_starts, params.modulation_ends)
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from g2d.core.balancing import in_window
 from g2d.core.losses import task_loss
 from g2d.data.base import Batches, to_device
-from g2d.methods.base import Method, TeacherOutputs
+from g2d.methods.base import Method, TeacherOutputs, register_method
 from g2d.models.multimodal import ModelOutput
 
 
@@ -74,10 +74,12 @@ def pmr_coefficients(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pce, per
 
 
+@register_method
 class PMR(Method):
     """Fused cross-entropy plus prototype-based stimulation of the slow modalities."""
 
     name = "pmr"
+    label = "PMR"
     tasks = ("classification",)
     Params = PMRParams
     capturable = True

@@ -45,7 +45,7 @@ from torch import nn
 
 from g2d.core.losses import task_loss
 from g2d.errors import G2DError
-from g2d.methods.base import Method
+from g2d.methods.base import Method, register_method
 from g2d.methods.heads import SharedHead, encoder_features
 from g2d.models.multimodal import ModelOutput
 
@@ -91,11 +91,14 @@ class BoostModules(nn.Module):
         self.boost_rate = nn.Parameter(torch.tensor(float(boost_rate)))
 
 
+@register_method
 class ReconBoost(Method):
     """One modality per stage with a reconcilement-weighted loss, then rectification of the ensemble."""
 
     name = "reconboost"
+    label = "ReconBoost"
     data_parallel = "it alternates stages with several backward passes per batch"
+    accepts_smp = "it schedules the modalities itself (one per stage)"
     tasks = ("classification",)
     Params = ReconBoostParams
 
@@ -113,12 +116,6 @@ class ReconBoost(Method):
     def build_modules(self, feature_dims: dict[str, int], num_outputs: int) -> nn.Module:
         self.boosting = BoostModules(feature_dims, num_outputs, self.params.head_hidden, self.params.boost_rate)
         return self.boosting
-
-    def setup(self, context: Any) -> None:
-        if context.modulator is not None:
-            raise G2DError("config key smp.enabled: reconboost schedules the modalities itself (one per stage); "
-                           "it does not combine with SMP")
-        super().setup(context)
 
     def plan(self, epoch: int) -> tuple[int, int, str]:
         return stage_plan(epoch, self.params.stage_epochs, self.params.rectify_epochs, len(self.modalities))

@@ -21,15 +21,17 @@ import torch
 from torch import nn
 
 from g2d.core.losses import task_loss
-from g2d.methods.base import Method, TeacherOutputs
+from g2d.methods.base import Method, TeacherOutputs, register_method
 from g2d.methods.heads import ModalityHeads
 from g2d.models.multimodal import ModelOutput
 
 
+@register_method
 class UME(Method):
     """Independent unimodal models in one run; predictions are the mean of their logits."""
 
     name = "ume"
+    label = "UME"
     capturable = True
 
     def __init__(self, params: object, task: str, modalities: list[str]) -> None:

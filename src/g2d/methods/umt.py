@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from g2d.core.losses import feature_distillation, task_loss
-from g2d.methods.base import Method, TeacherOutputs
+from g2d.methods.base import Method, TeacherOutputs, register_method
 from g2d.models.multimodal import ModelOutput
 
 
@@ -18,10 +18,12 @@ class UMTParams:
     feature_weight: float = 10.0
 
 
+@register_method
 class UMT(Method):
     """L = L_S + feature_weight * sum_m MSE(student feature_m, teacher feature_m)."""
 
     name = "umt"
+    label = "UMT"
     Params = UMTParams
     uses_teachers = True
     capturable = True

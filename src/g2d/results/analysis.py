@@ -28,6 +28,7 @@ Per-modality and fused logits are the fusion's own; methods with their own test-
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import itertools
 import json
@@ -48,6 +49,7 @@ from g2d.errors import G2DError
 from g2d.io import atomic_write, write_json
 from g2d.models.fusion import ConcatFusion, DeactivationFusion, LateFusion
 from g2d.models.multimodal import MultimodalModel
+from g2d.registry import Registry
 
 NOISE_LEVELS = (0.0, 0.5, 1.0, 2.0, 4.0)
 EMBEDDING_POINTS = 300
@@ -357,62 +359,116 @@ def initial_model(loaded: LoadedRun) -> MultimodalModel:
         np.random.set_state(numpy_state)
 
 
-def analyze(loaded: LoadedRun, device: torch.device, batch_size: int = 256, seed: int = 0,
-            noise_levels: tuple[float, ...] = NOISE_LEVELS) -> tuple[dict, list[dict]]:
-    """All analyses of a loaded run on its test split: ``(analysis.json content, embedding rows)``."""
-    data, model, teachers = loaded.data, loaded.model, loaded.teachers
+@dataclass
+class AnalysisInput:
+    """What an analysis reads: the loaded run, its test-split outputs (model and teachers), and the
+    settings of the pass; ``train`` and ``start`` are collected on first use. An analysis that writes
+    rows for ``embedding.csv`` puts them in ``embedding``."""
+
+    loaded: LoadedRun
+    device: torch.device
+    batch_size: int
+    seed: int
+    noise_levels: tuple[float, ...]
+    test: Outputs
+    embedding: list[dict] = field(default_factory=list)
+
+    @functools.cached_property
+    def train(self) -> Outputs:
+        return collect(self.loaded.model, self.loaded.data, "train", self.device, self.batch_size)
+
+    @functools.cached_property
+    def start(self) -> Outputs:
+        return collect(initial_model(self.loaded), self.loaded.data, "test", self.device, self.batch_size)
+
+
+# Each analysis adds its keys to analysis.json, in registration order; a new one is a function
+# registered here or in a new module of this package (``g2d.results`` imports them all).
+ANALYSES: Registry[Callable[[AnalysisInput], dict]] = Registry("analysis", "g2d analyze")
+
+
+@ANALYSES.register("multimodal")
+def multimodal_scores(run: AnalysisInput) -> dict:
+    """The fused prediction's scores and confidence."""
+    test, data = run.test, run.loaded.data
+    return {"multimodal": {**scores(test.logits, test.labels, data.task, data.num_classes),
+                           "confidence": confidence(test.logits, test.labels, data.task)}}
+
+
+@ANALYSES.register("per_modality")
+def per_modality_scores(run: AnalysisInput) -> dict:
+    """Each modality inside the model, its linear probe, and beside its teacher: confidence ratio and alignment."""
+    test, data, teachers = run.test, run.loaded.data, run.loaded.teachers
     task, k = data.task, data.num_classes
-    test = collect(model, data, "test", device, batch_size, teachers)
-    train = collect(model, data, "train", device, batch_size)
-    start = collect(initial_model(loaded), data, "test", device, batch_size) if teachers else None
-    prior = label_prior(data)
     per_modality = {}
-    for m in model.modalities:
+    for m in run.loaded.model.modalities:
         entry: dict = {
             "inside": {**scores(test.modality_logits[m], test.labels, task, k),
                        "confidence": confidence(test.modality_logits[m], test.labels, task)},
-            "probe": linear_probe(train.features[m], train.labels, test.features[m], test.labels, task, k),
+            "probe": linear_probe(run.train.features[m], run.train.labels, test.features[m], test.labels, task, k),
         }
         if m in teachers:
             teacher_confidence = confidence(test.teacher_logits[m], test.labels, task)
             entry["teacher"] = {**scores(test.teacher_logits[m], test.labels, task, k), "confidence": teacher_confidence}
             entry["confidence_ratio"] = entry["inside"]["confidence"] / teacher_confidence
             entry["alignment"] = mean_cosine(test.features[m], test.teacher_features[m])
-            entry["alignment_at_start"] = mean_cosine(start.features[m], test.teacher_features[m])
+            entry["alignment_at_start"] = mean_cosine(run.start.features[m], test.teacher_features[m])
         per_modality[m] = entry
-    subsets = subset_table(model, test, prior, task, k)
+    return {"per_modality": per_modality}
+
+
+@ANALYSES.register("shapley")
+def shapley_and_subsets(run: AnalysisInput) -> dict:
+    """The score with every subset of modalities absent, and the modalities' Shapley values from it."""
+    model, data = run.loaded.model, run.loaded.data
+    subsets = subset_table(model, run.test, label_prior(data), data.task, data.num_classes)
     by_present = {frozenset(row["present"]): value_of(row) for row in subsets}
+    return {"shapley": shapley_values(list(model.modalities), lambda s: by_present[s]), "subsets": subsets}
+
+
+@ANALYSES.register("noise")
+def noise_robustness(run: AnalysisInput) -> dict:
+    """The score with each modality's input corrupted by Gaussian noise at each level."""
+    model, data = run.loaded.model, run.loaded.data
     noise = []
     for m in model.modalities:
         scale = input_std(data, m)
-        for sigma in noise_levels:
-            corrupted = collect(model, data, "test", device, batch_size,
-                                corrupt=noise_corruption(m, sigma, scale, seed)) if sigma else test
-            noise.append({"modality": m, "sigma": sigma, **scores(corrupted.logits, test.labels, task, k)})
-    sizes = {model.feature_dims[m] for m in model.modalities}
+        for sigma in run.noise_levels:
+            corrupted = collect(model, data, "test", run.device, run.batch_size,
+                                corrupt=noise_corruption(m, sigma, scale, run.seed)) if sigma else run.test
+            noise.append({"modality": m, "sigma": sigma,
+                          **scores(corrupted.logits, run.test.labels, data.task, data.num_classes)})
+    return {"noise": noise, "noise_unit": "standard deviation of the modality's training inputs"}
+
+
+@ANALYSES.register("modality_gap")
+def modality_gap(run: AnalysisInput) -> dict:
+    """Centroid distances between the modalities' features and their 2-D embedding, when they share a size."""
+    model = run.loaded.model
     gap = None
-    embedding: list[dict] = []
-    if len(sizes) == 1:
-        gap = {f"{a}|{b}": centroid_gap(test.features[a], test.features[b])
+    if len({model.feature_dims[m] for m in model.modalities}) == 1:
+        gap = {f"{a}|{b}": centroid_gap(run.test.features[a], run.test.features[b])
                for a, b in itertools.combinations(model.modalities, 2)}
-        embedding = embedding_rows(test.features, test.labels, seed)
+        run.embedding = embedding_rows(run.test.features, run.test.labels, run.seed)
+    return {"modality_gap": gap, "modality_gap_note": None if gap is not None else "feature sizes differ; no common space"}
+
+
+def analyze(loaded: LoadedRun, device: torch.device, batch_size: int = 256, seed: int = 0,
+            noise_levels: tuple[float, ...] = NOISE_LEVELS) -> tuple[dict, list[dict]]:
+    """Every registered analysis of a loaded run on its test split: ``(analysis.json content, embedding rows)``."""
+    test = collect(loaded.model, loaded.data, "test", device, batch_size, loaded.teachers)
+    run = AnalysisInput(loaded, device, batch_size, seed, noise_levels, test)
     result = {
         "split": "test",
         "run": str(loaded.run_dir),
         "method": loaded.metrics.get("method"),
-        "task": task,
-        "modalities": list(model.modalities),
+        "task": loaded.data.task,
+        "modalities": list(loaded.model.modalities),
         "fusion": loaded.metrics.get("fusion"),
-        "multimodal": {**scores(test.logits, test.labels, task, k), "confidence": confidence(test.logits, test.labels, task)},
-        "per_modality": per_modality,
-        "shapley": shapley_values(list(model.modalities), lambda s: by_present[s]),
-        "subsets": subsets,
-        "noise": noise,
-        "noise_unit": "standard deviation of the modality's training inputs",
-        "modality_gap": gap,
-        "modality_gap_note": None if gap is not None else "feature sizes differ; no common space",
     }
-    return result, embedding
+    for analysis in ANALYSES.values():
+        result.update(analysis(run))
+    return result, run.embedding
 
 
 def analyze_run(run_dir: Path, overwrite: bool = False, device: str = "cpu", seed: int = 0) -> dict:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from g2d.errors import G2DError
 from g2d.io import atomic_write
-from g2d.results.tables import METHOD_LABELS, cell, main_metric
+from g2d.results.tables import cell, main_metric, method_label
 
 IGNORED_CONFIG_KEYS = ("seed", "out", "teachers.root", "dataset.root", "trainer.progress", "trainer.resume",
                        "trainer.device")
@@ -92,7 +92,7 @@ def run_label(metrics: dict) -> str:
     from g2d.methods import METHODS
 
     name = metrics["method"]
-    label = METHOD_LABELS.get(name, name)
+    label = method_label(name)
     default = METHODS[name].smp_by_default if name in METHODS else False
     enabled = bool(metrics.get("smp", {}).get("enabled"))
     if enabled != default:

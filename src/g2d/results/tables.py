@@ -47,9 +47,11 @@ def results_table(runs: dict[str, dict]) -> str:
     return f"{first['dataset']}: {unit}; per-modality columns are each modality inside the model\n" + "\n".join(lines)
 
 
-METHOD_LABELS = {"joint": "Joint-Train", "g2d": "G²D", "umt": "UMT", "ume": "UME", "ogm_ge": "OGM-GE", "agm": "AGM",
-                 "pmr": "PMR", "mla": "MLA", "mmpareto": "MMPareto", "reconboost": "ReconBoost", "dlmg": "DLMG",
-                 "mses": "MSES", "mslr": "MSLR"}
+def method_label(name: str) -> str:
+    """The paper's name of method ``name`` from its record (``G²D``, ``Joint-Train``); the name itself otherwise."""
+    from g2d.methods import METHODS
+
+    return METHODS[name].label if name in METHODS else name
 
 
 def summary_metrics(task: str) -> list[tuple[str, str, float]]:
@@ -103,7 +105,7 @@ def fold_table(results: dict[str, list[dict]]) -> str:
     for method in methods:
         runs = results[method]
         rows.append([
-            METHOD_LABELS.get(method, method),
+            method_label(method),
             *(mean_std([r["test"]["multimodal"][key] for r in runs], factor) for key, _, factor in metrics),
             *(mean_std([r["test"]["per_modality"][m][key] for r in runs], factor)
               for m in modalities for key, _, factor in metrics),

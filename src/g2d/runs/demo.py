@@ -11,8 +11,9 @@ from pathlib import Path
 
 from g2d.config import load_config
 from g2d.data import load_dataset
-from g2d.runs.experiment import run
 from g2d.results.tables import results_table
+from g2d.runs.check import preflight
+from g2d.runs.experiment import run
 from g2d.runs.runfolder import make_folder
 
 DEMO_SETTINGS = [
@@ -29,14 +30,14 @@ DEMO_SETTINGS = [
 
 def demo(out: Path, extra: list[str] | None = None) -> str:
     """Run teachers, Joint-Train and G²D into ``out``; returns the printed table."""
-    make_folder(out, "--out")
-    results = {}
-    data = None
-    for label, method in (("joint", "joint"), ("g2d", "g2d")):
-        config = load_config(None, [*DEMO_SETTINGS, f"method.name={method}", f"out={out / label}",
+    configs = {}
+    for method in ("joint", "g2d"):
+        config = load_config(None, [*DEMO_SETTINGS, f"method.name={method}", f"out={out / method}",
                                     f"teachers.root={out}", "trainer.resume=true", *(extra or [])])
         # A second demo into the same folder shows the finished runs (or finishes interrupted ones).
         config.trainer.resume = not config.trainer.overwrite
-        data = data or load_dataset(config.dataset)
-        results[label] = run(config, data)
-    return results_table(results)
+        preflight(config)
+        configs[method] = config
+    make_folder(out, "--out")
+    data = load_dataset(configs["joint"].dataset)
+    return results_table({label: run(config, data) for label, config in configs.items()})

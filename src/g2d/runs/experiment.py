@@ -16,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-from g2d.config import ExperimentConfig, check_ranges
+from g2d.config import ExperimentConfig
 from g2d.core.smp import Modulator
 from g2d.data import MultimodalData, load_dataset
 from g2d.errors import G2DError
@@ -24,9 +24,15 @@ from g2d.io import load_weights, read_metrics, write_json
 from g2d.methods import Method, build_method
 from g2d.methods.build import build_model
 from g2d.models.multimodal import MultimodalModel
-from g2d.runs import runfolder, sanity
+from g2d.runs import check, runfolder, sanity
 from g2d.training import checkpoint, distributed
-from g2d.training.engine import TeacherEnsemble, dataset_confidence, fit, seed_everything, select_device
+from g2d.training.engine import (
+    TeacherEnsemble,
+    dataset_confidence,
+    fit,
+    seed_everything,
+    select_device,
+)
 from g2d.training.epochs import record_epochs
 from g2d.training.evaluate import evaluate
 from g2d.training.teachers import (
@@ -50,7 +56,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     artifact for ``config``'s parent experiment. Everything that can be checked is checked
     before the run folder is claimed (``g2d.runs.runfolder``) and written.
     """
-    check_ranges(config)
+    check.preflight(config)
     device = distributed.setup(select_device(config.trainer.device))
     # Encoder settings are checked against every modality the dataset has, selected or not, so one
     # config can hold them all while dataset.modalities picks a subset.
@@ -60,7 +66,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
         data = data.select(config.dataset.modalities)
     modalities = list(data.modalities)
     method = build_method(config.method, data.task, modalities)
-    smp_enabled = method.smp_by_default if config.smp.enabled is None else config.smp.enabled
+    smp_enabled = check.smp_enabled(config, type(method))
     check_pretrained_encoders(config, data)
     if smp_enabled:
         sanity.check_smp_window(config, len(modalities))

@@ -25,7 +25,7 @@ from g2d.training.checkpoint import check_resume
 from g2d.config import ExperimentConfig, to_dict
 from g2d.errors import G2DError
 from g2d.io import atomic_write
-from g2d.locks import LOCK, FolderLock, make_folder
+from g2d.locks import FolderLock, make_folder
 
 logger = logging.getLogger("g2d")
 

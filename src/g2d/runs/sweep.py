@@ -40,10 +40,11 @@ from omegaconf import OmegaConf
 from g2d.config import ExperimentConfig, flatten, load_config, to_dict
 from g2d.data import load_dataset
 from g2d.errors import G2DError
-from g2d.runs.experiment import run
 from g2d.io import write_json
 from g2d.methods import METHODS
 from g2d.results.tables import mean_std, summary_metrics
+from g2d.runs.check import preflight, smp_enabled
+from g2d.runs.experiment import run
 from g2d.training.teachers import ensure_teachers, teacher_summary
 
 # Keys that do not change a run's result (resume is how a sweep continues).
@@ -128,15 +129,12 @@ def teacher_key(config: ExperimentConfig) -> str:
 
 def needs_teachers(config: ExperimentConfig) -> bool:
     """Whether the run trains with teachers (its method distils from them, or SMP ranks by them)."""
-    method = METHODS.get(config.method_name)
-    if method is None:
-        raise G2DError(f"config key method.name: unknown method {config.method_name!r} (choose from {', '.join(METHODS)})")
-    smp = method.smp_by_default if config.smp.enabled is None else config.smp.enabled
-    return method.uses_teachers or bool(smp)
+    method = METHODS.lookup(config.method_name)
+    return method.uses_teachers or smp_enabled(config, method)
 
 
 def plan_jobs(config_path: Path | None, overrides: list[str], points: list[Point], seeds: list[int], out: Path) -> list[Job]:
-    """Every run of the sweep, configs loaded (so a bad key fails before anything runs)."""
+    """Every run of the sweep, its config loaded and preflight-checked (so a bad key or combination fails before anything runs)."""
     if not seeds:
         raise G2DError("--seeds: give at least one seed")
     folders = [p.folder for p in points]
@@ -151,6 +149,7 @@ def plan_jobs(config_path: Path | None, overrides: list[str], points: list[Point
             if config.teachers.root is None:
                 full.append(f"teachers.root={out / 'teachers' / f'{config.data_label}_seed{seed}_{teacher_key(config)}'}")
                 config = load_config(config_path, full)
+            preflight(config)
             jobs.append(Job(point, seed, full, config))
     return jobs
 

@@ -45,6 +45,14 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def launched_processes() -> int:
+    """The processes torchrun started (its ``WORLD_SIZE``), known before the process group is up; 1 otherwise."""
+    try:
+        return int(os.environ["WORLD_SIZE"]) if launched() else 1
+    except ValueError:
+        return 1
+
+
 def active() -> bool:
     """Whether a process group is up."""
     return dist.is_available() and dist.is_initialized()
@@ -233,25 +241,19 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def check_method(method: Any) -> None:
-    """Refuse, with one line saying why, a method whose step DDP cannot keep consistent across processes.
+    """Refuse, with one line saying why, a method whose step DDP cannot keep consistent across processes."""
+    check_data_parallel(type(method), method.params)
 
-    A method declares ``data_parallel``: True, or the reason it cannot run under DDP. Without a
-    declaration, a method that keeps the engine's step (one forward through the model, one
-    backward) is fine, and one that owns its step is refused.
-    """
-    if world_size() == 1:
+
+def check_data_parallel(method_class: Any, params: Any) -> None:
+    """Under torchrun, refuse a method whose record (``Method.data_parallel_refusal``) says it cannot train so."""
+    processes = max(world_size(), launched_processes())  # torchrun says how many before the group is up
+    if processes == 1:
         return
-    declared = getattr(method, "data_parallel", None)
-    if declared is True:
-        return
-    if isinstance(declared, str):
-        reason = declared
-    elif "train_step" not in type(method).__dict__:
-        return
-    else:
-        reason = "it owns its training step and does not declare data_parallel = True"
-    raise G2DError(f"config key method.name: {method.name!r} cannot train on {world_size()} processes: {reason}; "
-                   "run it on one process")
+    reason = method_class.data_parallel_refusal(params)
+    if reason:
+        raise G2DError(f"config key method.name: {method_class.name!r} cannot train on {processes} processes: "
+                       f"{reason}; run it on one process")
 
 
 def adjust_plan(plan: Any) -> None:
