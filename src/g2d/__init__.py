@@ -16,10 +16,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "G2DLoss": ("g2d.core.losses", "G2DLoss"),
     "confidence": ("g2d.core.losses", "confidence"),
     "SMP": ("g2d.core.smp", "SMP"),
+    "SMPCallback": ("g2d.training.lightning", "SMPCallback"),
     "Teacher": ("g2d.training.teachers", "Teacher"),
     "load_teacher": ("g2d.training.teachers", "load_teacher_folder"),
     "train_teachers": ("g2d.runs.experiment", "train_teachers"),
     "load_config": ("g2d.config", "load_config"),
+    "load_dataset": ("g2d.data", "load_dataset"),
     "run": ("g2d.runs.experiment", "run"),
     "G2DError": ("g2d.errors", "G2DError"),
 }
@@ -30,8 +32,10 @@ if TYPE_CHECKING:
     from g2d.config import load_config
     from g2d.core.losses import G2DLoss, confidence
     from g2d.core.smp import SMP
+    from g2d.data import load_dataset
     from g2d.errors import G2DError
     from g2d.runs.experiment import run, train_teachers
+    from g2d.training.lightning import SMPCallback
     from g2d.training.teachers import Teacher
     from g2d.training.teachers import load_teacher_folder as load_teacher
 
