@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from g2d.errors import G2DError
+
+TASKS = ("classification", "regression")
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
@@ -68,3 +73,47 @@ def teacher_confidence(teacher_logits: torch.Tensor, labels: torch.Tensor, task:
     probabilities = teacher_logits.softmax(dim=-1)
     index = labels.view(1, -1, 1).expand(probabilities.shape[0], -1, 1)
     return probabilities.gather(-1, index).squeeze(-1).mean(dim=1)
+
+
+def confidence(logits: torch.Tensor, targets: torch.Tensor, task: str = "classification") -> torch.Tensor:
+    """Eq. 5 for one teacher: the batch mean of its probability of the true class (a 0-d tensor).
+
+    ``logits`` is ``[B, C]``; a stacked ``[k, B, C]`` gives one value per teacher.
+    """
+    if logits.dim() not in (2, 3):
+        raise G2DError(f"confidence(logits=...): expected [B, C] or [k, B, C] logits, got shape {tuple(logits.shape)}")
+    stacked = logits if logits.dim() == 3 else logits.unsqueeze(0)
+    value = teacher_confidence(stacked, targets, task)
+    return value if logits.dim() == 3 else value[0]
+
+
+class G2DLoss(nn.Module):
+    """Eq. 4: L = L_task + alpha * sum_m L_feat^m + beta * sum_m L_logit^m (Eq. 1-3), as the CLI computes it."""
+
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0, temperature: float = 1.0,
+                 task: str = "classification") -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise G2DError(f"G2DLoss(task=...): unknown task {task!r} (choose from {', '.join(TASKS)})")
+        if temperature <= 0:
+            raise G2DError(f"G2DLoss(temperature=...): must be > 0, got {temperature!r}")
+        self.alpha, self.beta, self.temperature, self.task = alpha, beta, temperature, task
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        features: dict[str, torch.Tensor],
+        teacher_logits: dict[str, torch.Tensor],
+        teacher_features: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total loss and its detached terms ``task``, ``feature`` and ``logit`` (each summed over modalities)."""
+        missing = sorted(set(teacher_features) - set(features))
+        if missing:
+            raise G2DError(f"G2DLoss(features=...): no student features for teacher modality {missing[0]!r} "
+                           f"(features has {', '.join(sorted(features)) or 'none'})")
+        student = task_loss(logits, targets, self.task)
+        feature = sum(feature_distillation(features, teacher_features).values())
+        logit = sum(logit_distillation(logits, teacher_logits, self.task, self.temperature).values())
+        total = student + self.alpha * feature + self.beta * logit
+        return total, {"task": student.detach(), "feature": feature.detach(), "logit": logit.detach()}

@@ -35,32 +35,47 @@ statistics keep tracking the data; Eq. 8 concerns its parameters, which ``freeze
 
 from __future__ import annotations
 
+import math
+from typing import Callable, Iterable, Mapping
+
 import torch
 from torch import nn
 
-from g2d.config import SMPConfig, check_settings
+from g2d.config import AutoTauConfig, ModulatorKind, Schedule, SMPConfig, Suppression, check_settings
 from g2d.core.autotau import AutoTau, modality_score
 from g2d.core.balancing import scale_gradients
+from g2d.core.losses import teacher_confidence
 from g2d.errors import G2DError
 
 
-def resolve_tau(tau: list[int] | None, num_modalities: int, epochs: int) -> list[int]:
+def config_key(name: str) -> str:
+    """How the CLI names an SMP setting in errors: its key in the config's ``smp`` section."""
+    return f"config key smp.{name}"
+
+
+def argument(name: str) -> str:
+    """How the Python API names an SMP setting in errors: the keyword argument of ``SMP``."""
+    return f"SMP({name}=...)"
+
+
+def resolve_tau(tau: list[int] | None, num_modalities: int, epochs: int,
+                where: Callable[[str], str] = config_key) -> list[int]:
     """Epochs of each prioritized phase: ``k - 1`` entries; by default half of training, split evenly."""
     phases = num_modalities - 1
     if tau is not None and (isinstance(tau, (str, bool)) or not isinstance(tau, (list, tuple))
                             or not all(isinstance(t, int) and not isinstance(t, bool) for t in tau)):
-        raise G2DError(f"config key smp.tau: must be a list of epochs (one per prioritized phase), null or auto, "
+        raise G2DError(f"{where('tau')}: must be a list of epochs (one per prioritized phase), null or auto, "
                        f"got {tau!r}")
     if tau is None:
         share = max(1, epochs // (2 * phases)) if epochs > 1 else 0
         return [share] * phases
     if len(tau) != phases:
         raise G2DError(
-            f"config key smp.tau: needs {phases} entries for {num_modalities} modalities "
+            f"{where('tau')}: needs {phases} entries for {num_modalities} modalities "
             f"(epochs for each prioritized modality before joint training), got {list(tau)}"
         )
     if any(int(t) < 0 for t in tau):
-        raise G2DError(f"config key smp.tau: epochs must be >= 0, got {list(tau)}")
+        raise G2DError(f"{where('tau')}: epochs must be >= 0, got {list(tau)}")
     return [int(t) for t in tau]
 
 
@@ -95,26 +110,57 @@ def partial_coefficients(confidence: torch.Tensor, alpha: float) -> torch.Tensor
     return torch.where(ratio > 1.0, 1.0 - torch.tanh(alpha * ratio), torch.ones_like(ratio))
 
 
-class Modulator:
-    """Applies SMP (or partial modulation) to the encoders of a multimodal model."""
+class SMP:
+    """Sequential Modality Prioritization (Eq. 6-8), or partial modulation, over a model's encoders.
 
-    def __init__(self, config: SMPConfig, encoders: dict[str, list[nn.Parameter]], epochs: int) -> None:
-        check_settings(config, "smp")
-        if len(encoders) < 2:
-            raise G2DError("config key smp.enabled: SMP needs at least two modalities")
-        self.config = config
+    In your own loop: ``rank`` once (ranked schedule), ``start_epoch`` each epoch, and ``apply``
+    after ``loss.backward()`` and before ``optimizer.step()``. The CLI's engine uses the same
+    object through ``coefficients``, ``scale_gradients`` and ``optimizer_step``, which never
+    read kappa on the host.
+    """
+
+    def __init__(
+        self,
+        *,
+        encoders: Mapping[str, nn.Module | Iterable[nn.Parameter]],
+        epochs: int,
+        tau: list[int] | str | None = None,
+        schedule: str = "ranked",
+        modulator: str = "complete",
+        suppression: str = "freeze",
+        partial_alpha: float = 1.0,
+        auto: AutoTauConfig | None = None,
+        task: str = "classification",
+        where: Callable[[str], str] = argument,
+    ) -> None:
+        for key, value, allowed in (
+            ("schedule", schedule, [c.value for c in Schedule]),
+            ("modulator", modulator, [c.value for c in ModulatorKind]),
+            ("suppression", suppression, [c.value for c in Suppression]),
+        ):
+            if value not in allowed:
+                raise G2DError(f"{where(key)}: unknown value {value!r} (choose from {', '.join(allowed)})")
+        if not isinstance(encoders, Mapping) or len(encoders) < 2:
+            raise G2DError(f"{where('encoders')}: SMP needs at least two modalities' encoders, keyed by modality")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise G2DError(f"{where('epochs')}: must be a positive number of epochs, got {epochs!r}")
+        self.config = SMPConfig(enabled=True, schedule=schedule, tau=tau, auto=auto or AutoTauConfig(),
+                                modulator=modulator, partial_alpha=partial_alpha, suppression=suppression)
+        self.task = task
         self.modalities = list(encoders)
-        self.auto = AutoTau(config.auto, len(encoders) - 1, epochs) if config.tau == "auto" else None
-        self.tau = self.auto.tau if self.auto is not None else resolve_tau(config.tau, len(encoders), epochs)
+        self.auto = AutoTau(self.config.auto, len(encoders) - 1, epochs) if tau == "auto" else None
+        self.tau = self.auto.tau if self.auto is not None else resolve_tau(tau, len(encoders), epochs, where)
         self.window = sum(self.tau)
         self.dataset_confidence: torch.Tensor | None = None
+        self.epoch: int | None = None
+        parameters = [list(e.parameters()) if isinstance(e, nn.Module) else list(e) for e in encoders.values()]
         self.targets: list[list[nn.Parameter]] = [
-            [p for p in params if config.suppression != "conv_grad" or p.dim() == 4] for params in encoders.values()
+            [p for p in params if suppression != "conv_grad" or p.dim() == 4] for params in parameters
         ]
         for modality, targets in zip(self.modalities, self.targets):
             if not targets:
                 raise G2DError(
-                    f"config key smp.suppression: conv_grad modulates only 4-D conv weights, and the encoder of "
+                    f"{where('suppression')}: conv_grad modulates only 4-D conv weights, and the encoder of "
                     f"{modality!r} has none (MLP or Transformer); use freeze or zero_grad"
                 )
 
@@ -214,3 +260,71 @@ class Modulator:
                         if previous is None:
                             previous = torch.zeros_like(value)
                         value.copy_(torch.where(keep, previous, value))
+
+    def rank(self, confidences: Mapping[str, float]) -> list[str]:
+        """Rank the modalities by their teachers' mean confidence on the training set (Eq. 5; ranked
+        schedule and ``tau="auto"``); returns them from least to most confident."""
+        if not isinstance(confidences, Mapping) or set(confidences) != set(self.modalities):
+            given = ", ".join(map(str, confidences)) if isinstance(confidences, Mapping) else repr(confidences)
+            raise G2DError(f"SMP.rank(confidences=...): needs one number per modality ({', '.join(self.modalities)}), "
+                           f"got {given}")
+        values = [confidences[m] for m in self.modalities]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise G2DError(f"SMP.rank(confidences=...): values must be finite numbers, got {dict(confidences)}")
+        self.set_dataset_confidence(torch.tensor(values, dtype=torch.float32))
+        return self.ranking()
+
+    def start_epoch(self, epoch: int) -> None:
+        """Tell SMP which 0-based epoch the next ``apply`` calls belong to (it picks the phase, Eq. 6)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise G2DError(f"SMP.start_epoch(epoch=...): must be a 0-based epoch number, got {epoch!r}")
+        self.epoch = epoch
+
+    def apply(self, teacher_logits: Mapping[str, torch.Tensor] | None = None,
+              targets: torch.Tensor | None = None) -> dict[str, float]:
+        """Eq. 7-8 on the encoders' gradients, after ``loss.backward()`` and before ``optimizer.step()``.
+
+        Returns kappa per modality. Under ``suppression="freeze"`` a suppressed encoder's gradients
+        are set to None, which every torch optimizer skips: no step, no momentum, no weight decay.
+        The dynamic schedule (and partial modulation with it) needs this batch's ``teacher_logits``
+        (keyed by modality) and ``targets``. Reads kappa on the host once per call.
+        """
+        if self.epoch is None:
+            raise G2DError("SMP.apply(): call smp.start_epoch(epoch) at the start of each epoch first")
+        if not self.active(self.epoch):
+            return {m: 1.0 for m in self.modalities}
+        if self.config.schedule == "dynamic":
+            if teacher_logits is None or targets is None:
+                raise G2DError("SMP.apply(teacher_logits=..., targets=...): the dynamic schedule ranks each batch by "
+                               "its teachers' confidence; pass both")
+            missing = [m for m in self.modalities if m not in teacher_logits]
+            if missing:
+                raise G2DError(f"SMP.apply(teacher_logits=...): no logits for modality {missing[0]!r}")
+            stacked = torch.stack([teacher_logits[m].detach() for m in self.modalities])
+            batch = teacher_confidence(stacked, targets, self.task)
+        else:
+            if self.dataset_confidence is None:
+                raise G2DError("SMP.rank(confidences=...): the ranked schedule needs the teachers' confidence; "
+                               "call smp.rank() before smp.apply()")
+            batch = self.dataset_confidence
+        kappa = self.coefficients(self.epoch, batch)
+        self.scale_gradients(kappa)
+        values = kappa.tolist()
+        if self.config.suppression == "freeze":
+            for params, value in zip(self.targets, values):
+                if value == 0:
+                    for param in params:
+                        param.grad = None
+        return dict(zip(self.modalities, values))
+
+
+class Modulator(SMP):
+    """SMP built from a config's ``smp`` section, for the CLI: its errors name config keys."""
+
+    def __init__(self, config: SMPConfig, encoders: Mapping[str, nn.Module | Iterable[nn.Parameter]], epochs: int,
+                 task: str = "classification") -> None:
+        check_settings(config, "smp")
+        super().__init__(encoders=encoders, epochs=epochs, tau=config.tau, schedule=config.schedule,
+                         modulator=config.modulator, suppression=config.suppression,
+                         partial_alpha=config.partial_alpha, auto=config.auto, task=task,
+                         where=lambda name: config_key("enabled" if name == "encoders" else name))

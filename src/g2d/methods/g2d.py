@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from g2d.core.losses import feature_distillation, logit_distillation, task_loss
+from g2d.core.losses import G2DLoss
 from g2d.methods.base import Method, TeacherOutputs, register_method
 from g2d.models.multimodal import ModelOutput
 
@@ -26,7 +26,7 @@ class G2DParams:
 
 @register_method
 class G2D(Method):
-    """L = L_S + alpha * sum_m L_feat^m + beta * sum_m L_logit^m."""
+    """L = L_S + alpha * sum_m L_feat^m + beta * sum_m L_logit^m: the public ``g2d.G2DLoss``."""
 
     name = "g2d"
     label = "G²D"
@@ -35,12 +35,13 @@ class G2D(Method):
     smp_by_default = True
     capturable = True
 
+    def __init__(self, params: G2DParams, task: str, modalities: list[str]) -> None:
+        super().__init__(params, task, modalities)
+        self.loss_fn = G2DLoss(alpha=params.alpha, beta=params.beta, temperature=params.temperature, task=task)
+
     def loss(
         self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teachers is not None, "G2D needs teacher outputs"
-        student = task_loss(output.logits, batch["label"], self.task)
-        feature = sum(feature_distillation(output.features, teachers.features).values())
-        logit = sum(logit_distillation(output.logits, teachers.logits, self.task, self.params.temperature).values())
-        loss = student + self.params.alpha * feature + self.params.beta * logit
-        return loss, {"task": student.detach(), "feature": feature.detach(), "logit": logit.detach()}
+        return self.loss_fn(logits=output.logits, targets=batch["label"], features=output.features,
+                            teacher_logits=teachers.logits, teacher_features=teachers.features)

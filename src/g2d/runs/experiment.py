@@ -12,6 +12,7 @@ import logging
 import platform
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -43,6 +44,7 @@ from g2d.training.teachers import (
     expected_metadata,
     output_size,
     save_teacher,
+    teacher_dir,
     teacher_summary,
 )
 
@@ -78,6 +80,18 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
             return finished_run(config, data, teacher_of)
         metrics = train_and_report(config, data, teacher_of, method, smp_enabled, device, claim)
     return metrics
+
+
+def train_teachers(config: ExperimentConfig) -> dict[str, Path]:
+    """Train the unimodal teachers ``config``'s run would use (those missing; existing ones are checked),
+    as the CLI does; returns each modality's teacher folder, for ``g2d.load_teacher``."""
+    check.preflight(config)
+    data = load_dataset(dataclasses.replace(config.dataset, modalities=[]))
+    sanity.check_encoders(config, data)
+    if config.dataset.modalities:
+        data = data.select(config.dataset.modalities)
+    ensure_teachers(config, data, lambda cfg, m: run(cfg, data.select([m]), teacher_of=m))
+    return {m: teacher_dir(config, m) for m in data.modalities}
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from g2d.config import ExperimentConfig, OptimConfig, to_dict
 from g2d.core.losses import teacher_confidence
-from g2d.core.smp import Modulator, phase_of
+from g2d.core.smp import SMP, phase_of
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
 from g2d.io import load_weights
@@ -161,7 +161,7 @@ def prepare_training(
     device: torch.device,
     batches: Batches,
     teachers: TeacherEnsemble | None = None,
-    modulator: Modulator | None = None,
+    modulator: SMP | None = None,
 ) -> tuple[torch.optim.Optimizer, TrainingPath]:
     """Place the model and teachers, build the optimizer and the training path, and set the method up."""
     plan = plan_training(config, device, method, data, teachers)
@@ -187,7 +187,7 @@ def fit(
     config: ExperimentConfig,
     run_dir: Path,
     teachers: TeacherEnsemble | None = None,
-    modulator: Modulator | None = None,
+    modulator: SMP | None = None,
     device: torch.device | None = None,
 ) -> FitResult:
     """Train ``model`` with ``method`` for ``trainer.epochs``; keep the best validation epoch's weights.

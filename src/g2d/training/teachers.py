@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 
-from g2d.config import ExperimentConfig, ModelConfig, SMPConfig
-from g2d.data.base import MultimodalData, mask_key
+from g2d.config import EncoderConfig, ExperimentConfig, ModelConfig, SMPConfig
+from g2d.data.base import ModalitySpec, MultimodalData, mask_key
 from g2d.errors import G2DError
 from g2d.io import load_weights, save_weights, write_json
 from g2d.locks import folder_lock
@@ -217,3 +217,46 @@ def load_existing_teachers(config: ExperimentConfig, data: MultimodalData) -> di
 def existing_teachers(config: ExperimentConfig, data: MultimodalData) -> dict[str, torch.nn.Module]:
     """The modules of ``load_existing_teachers``."""
     return as_modules(load_existing_teachers(config, data))
+
+
+class Teacher(torch.nn.Module):
+    """A trained unimodal teacher as a plain module: ``teacher(x)`` returns ``(features, logits)``.
+
+    ``x`` is the modality's float input batch as the model sees it (after the dataset's scaling);
+    sequence and token inputs also take their ``mask`` (True for real steps).
+    """
+
+    def __init__(self, model: MultimodalModel, metadata: dict) -> None:
+        super().__init__()
+        self.model = model
+        self.metadata = metadata
+        self.modality: str = metadata["modality"]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = {self.modality: x} if mask is None else {self.modality: x, mask_key(self.modality): mask}
+        output = self.model(inputs)
+        return output.features[self.modality], output.logits
+
+
+def load_teacher_folder(folder: str | Path) -> Teacher:
+    """The teacher the CLI saved in ``folder`` (``teacher.json`` + ``teacher.safetensors``), in eval mode,
+    frozen; what the student needs to match it (dataset, encoder, data fingerprint) is in ``.metadata``."""
+    folder = Path(folder)
+    meta_path = folder / "teacher.json"
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except FileNotFoundError as exc:
+        raise G2DError(f"load_teacher(folder=...): no teacher in {folder} ({meta_path.name} not found)") from exc
+    except json.JSONDecodeError as exc:
+        raise G2DError(f"{meta_path}: not valid JSON ({exc})") from exc
+    if metadata.get("format") != FORMAT:
+        raise G2DError(f"{meta_path}: format {metadata.get('format')!r} is not a {FORMAT} teacher")
+    modality = metadata["modality"]
+    spec = ModalitySpec(metadata["input"]["kind"], tuple(metadata["input"]["shape"]))
+    encoder = EncoderConfig(**metadata["encoder"])
+    outputs = metadata["num_classes"] if metadata["task"] == "classification" else 1
+    model = MultimodalModel({modality: spec}, ModelConfig(fusion="late", encoder=encoder, encoders={}), outputs)
+    load_weights(folder / "teacher.safetensors", model)
+    teacher = Teacher(model, metadata)
+    teacher.requires_grad_(False)
+    return teacher.eval()
