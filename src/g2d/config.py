@@ -25,10 +25,13 @@ class DatasetConfig:
     ``dataset.options.<key>`` at fault). ``folds: K`` (K >= 2) replaces the fixed test split
     by fold ``fold`` of a seeded K-fold partition (``split_seed``), for cross-validation on
     small datasets; validation is still carved from the remaining rows (``val_fraction``).
+    ``factory`` (``package.module:function``) is the function that ``name: python`` calls, with
+    ``options`` as keyword arguments, for the train/validation/test ``torch.utils.data.Dataset``s.
     """
 
     name: str = "mfeat"
     root: Optional[str] = None
+    factory: Optional[str] = None
     modalities: list[str] = field(default_factory=list)
     val_fraction: float = 0.1
     test_fraction: float = 0.2

@@ -66,16 +66,25 @@ def _csv(config: DatasetConfig) -> MultimodalData:
     return load_csv_dataset(config)
 
 
+def _python(config: DatasetConfig) -> MultimodalData:
+    from g2d.data.python_dataset import load_python_dataset
+
+    return load_python_dataset(config)
+
+
 LOADERS: Registry[Callable[[DatasetConfig], MultimodalData]] = Registry("dataset", "dataset.name")
 for _name, _loader in (("mfeat", _mfeat), ("avmnist", _avmnist), ("avdigits", _avmnist), ("cremad", _prepared),
                        ("vggsound", _prepared), ("urfunny", _prepared), ("iemocap", _prepared),
-                       ("misme", _prepared), ("houses", _houses), ("csv", _csv)):
+                       ("misme", _prepared), ("houses", _houses), ("csv", _csv), ("python", _python)):
     LOADERS.register(_name)(_loader)
 DATASETS = tuple(LOADERS)
 
 
 def load_dataset(config: DatasetConfig) -> MultimodalData:
     """Load the configured dataset, restricted to ``dataset.modalities`` when given."""
+    if config.factory and config.name != "python":
+        raise G2DError(f"config key dataset.factory: only dataset.name=python calls a factory (dataset.name is "
+                       f"{config.name})")
     data = LOADERS[config.name](config)
     return data.select(config.modalities) if config.modalities else data
 
