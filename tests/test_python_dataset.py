@@ -3,9 +3,11 @@
 import json
 import logging
 
+import g2d.training.engine as engine
+
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, run_interrupted
 
 from g2d.cli import main
 from g2d.config import DatasetConfig, load_config
@@ -68,6 +70,42 @@ def test_random_augmentation_is_detected_and_keeps_the_teacher_cache_off(tmp_pat
                                   "dataset.options.noise=0.1", f"out={tmp_path / 'run'}",
                                   f"teachers.root={tmp_path / 'teachers'}"]))
     assert "dataset python transforms training rows at random; teachers run on every batch (no cache)" in caplog.text
+
+
+def test_random_training_items_are_drawn_anew_each_epoch_and_a_resumed_run_sees_the_same_draws(tmp_path, monkeypatch):
+    data = load("mfeat_views", noise=0.1)
+    assert load("mfeat_views").redraw is None
+    first, second = data.redraw(1), data.redraw(2)
+    assert first.keys() == data.splits["train"].keys() and torch.equal(first["label"], second["label"])
+    assert not torch.equal(first["pix"], second["pix"]) and torch.equal(first["pix"], data.redraw(1)["pix"])
+    assert torch.allclose(first["pix"], data.splits["train"]["pix"], atol=1.0)  # the rows, plus noise
+    selected = data.select(["mor"]).redraw(1)
+    assert selected.keys() == {"mor", "label"} and torch.equal(selected["mor"], first["mor"])
+
+    drawn = []
+    original = engine.Batches
+
+    def recording(tensors, *args, **kwargs):  # the arrays each fit's (teachers', student's) epochs iterate over
+        batches = original(tensors, *args, **kwargs)
+        if batches.shuffle:
+            drawn.append(tensors)
+        return batches
+
+    def config(name, *extra):
+        return load_config("mfeat", [*TINY, *MFEAT, "dataset.options.noise=0.1", f"out={tmp_path / name}",
+                                     f"teachers.root={tmp_path / 'teachers'}", *extra])
+
+    monkeypatch.setattr(engine, "Batches", recording)
+    whole = run(config("whole"))
+    last = load("mfeat_views", noise=0.1).redraw(2)  # TINY trains 3 epochs: 0, 1, 2
+    assert len(drawn) == 3 and all(torch.equal(arrays[key], last[key]) for arrays in drawn for key in arrays)
+    monkeypatch.undo()
+    run_interrupted(monkeypatch, config("split"))
+    resumed = run(config("split", "trainer.resume=true"))
+    for name in ("last.safetensors", "best.safetensors"):
+        assert (tmp_path / "whole" / "checkpoints" / name).read_bytes() == \
+            (tmp_path / "split" / "checkpoints" / name).read_bytes(), name
+    assert resumed["test"] == whole["test"]
 
 
 @pytest.mark.parametrize("method", list(METHODS))

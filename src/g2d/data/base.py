@@ -7,7 +7,7 @@ Datasets are decoded once into arrays; a batch is a dict keyed by modality name 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -52,7 +52,8 @@ class MultimodalData:
     ``target_offset + target_span * y`` gives them back on the dataset's own scale, which
     is where MAPE is measured. ``deterministic`` is False when training rows are transformed
     at random (augmentation): a row's teacher outputs then change between epochs, so the
-    fast path must not cache them.
+    fast path must not cache them. ``redraw(epoch)``, when set, returns that epoch's training
+    arrays (the same keys and shapes as ``splits["train"]``, drawn anew, seeded by the epoch).
     """
 
     name: str
@@ -65,6 +66,7 @@ class MultimodalData:
     target_offset: float = 0.0
     target_span: float = 1.0
     deterministic: bool = True
+    redraw: Optional[Callable[[int], dict[str, torch.Tensor]]] = None
 
     def __post_init__(self) -> None:
         if self.task not in ("classification", "regression"):
@@ -122,6 +124,7 @@ class MultimodalData:
             target_offset=self.target_offset,
             target_span=self.target_span,
             deterministic=self.deterministic,
+            redraw=None if self.redraw is None else lambda epoch: {k: v for k, v in self.redraw(epoch).items() if k in keep},
         )
 
 

@@ -1,4 +1,4 @@
-"""Your own ``torch.utils.data.Dataset``s (``dataset.name: python``), read once into a ``MultimodalData``.
+"""Your own ``torch.utils.data.Dataset``s (``dataset.name: python``), read into a ``MultimodalData``.
 
 ``dataset.factory: package.module:function`` is called with ``dataset.options`` as keyword
 arguments and returns the three splits, either as ``(train, validation, test)`` or as a mapping
@@ -9,15 +9,17 @@ integer class: classification) or ``target`` (a number: regression).
 
 A modality's kind follows from its item shape: ``(d,)`` vector (integer ``(T,)`` with a mask:
 tokens), ``(T, d)`` sequence (without a mask every step is real), ``(C, H, W)`` image,
-``(T, C, H, W)`` video. Items are read once, under ``torch.manual_seed(dataset.split_seed)``; a
+``(T, C, H, W)`` video. Items are read once, under ``torch.manual_seed(dataset.split_seed)``. A
 training item that reads differently twice (random augmentation), or ``deterministic: False``
-from the factory, marks the data non-deterministic, which keeps the teacher cache off.
+from the factory, marks the data non-deterministic: the teacher cache stays off and the training
+split is read anew for every epoch (``MultimodalData.redraw``, seeded by the epoch).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -162,70 +164,101 @@ def reads_alike(dataset: Any, arrays: dict[str, torch.Tensor]) -> bool:
     return True
 
 
+@dataclass
+class Layout:
+    """What every split, and every redraw of the training split, must match: keys, modalities, task and target scale."""
+
+    keys: set[str]
+    specs: dict[str, ModalitySpec]
+    task: str
+    num_classes: int = 1
+    target_offset: float = 0.0
+    target_span: float = 1.0
+
+
+def read_seeded(dataset: Any, split: str, seed: int) -> dict[str, torch.Tensor]:
+    """Every item of a split, read under ``torch.manual_seed(seed)`` without touching the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return read_split(dataset, split)
+
+
+def layout_of(splits: dict[str, dict[str, torch.Tensor]], class_names: list[str] | None) -> Layout:
+    """The layout the training items set (the classes: ``class_names`` or up to the largest label of any split)."""
+    train = splits["train"]
+    targets = [key for key in ("label", "target") if key in train]
+    if len(targets) != 1:
+        raise G2DError(f"{KEY}: items need exactly one of 'label' (a class) or 'target' (a regression value), "
+                       f"got keys {sorted(train)}")
+    layout = Layout(keys=set(train), specs=modality_specs(train), task="classification")
+    if targets == ["label"]:
+        largest = max(int(arrays["label"].max()) for arrays in splits.values() if "label" in arrays)
+        layout.num_classes = len(class_names) if class_names is not None else largest + 1
+        return layout
+    layout.task = "regression"
+    if train["target"].dim() == 1 and train["target"].dtype != torch.bool:
+        layout.target_offset, layout.target_span = target_scale(train["target"].double().numpy(),
+                                                                f"{KEY}: train items' 'target'")
+    return layout
+
+
+def finish(split: str, arrays: dict[str, torch.Tensor], layout: Layout) -> dict[str, torch.Tensor]:
+    """Check one split against ``layout``, add missing masks, and store labels (int64) or scaled targets under ``label``."""
+    if set(arrays) != layout.keys:
+        raise G2DError(f"{KEY}: {split} items have keys {sorted(arrays)}, train items have {sorted(layout.keys)}")
+    for modality, spec in layout.specs.items():
+        if tuple(arrays[modality].shape[1:]) != spec.shape:
+            raise G2DError(f"{KEY}: {split} items' {modality!r} has shape {tuple(arrays[modality].shape[1:])}, "
+                           f"train items' {spec.shape}")
+    complete_masks(split, arrays, layout.specs)
+    if layout.task == "classification":
+        labels = arrays["label"]
+        if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+            raise G2DError(f"{KEY}: {split} items' 'label' must be one integer class, got {labels.dtype} "
+                           f"{tuple(labels.shape[1:])}")
+        if int(labels.min()) < 0 or int(labels.max()) >= layout.num_classes:
+            raise G2DError(f"{KEY}: {split} labels must lie in 0..{layout.num_classes - 1} ({layout.num_classes} "
+                           f"classes), got {int(labels.min())}..{int(labels.max())}")
+        arrays["label"] = labels.long()
+        return arrays
+    targets = arrays.pop("target")
+    if targets.dim() != 1 or targets.dtype == torch.bool:
+        raise G2DError(f"{KEY}: {split} items' 'target' must be one number, got shape {tuple(targets.shape[1:])}")
+    arrays["label"] = ((targets.double() - layout.target_offset) / layout.target_span).float()
+    return arrays
+
+
+def epoch_seed(split_seed: int, epoch: int) -> int:
+    """The seed of the training split's redraw for ``epoch`` (distinct from the load's ``split_seed``)."""
+    return split_seed * 100_003 + epoch + 1
+
+
 def load_python_dataset(config: DatasetConfig) -> MultimodalData:
-    """Call the factory, read every item once (seeded) and check the arrays: the dataset a run trains on."""
+    """Call the factory, read every item once (seeded) and check the arrays: the dataset a run trains on.
+
+    When the training items are random, ``redraw(epoch)`` reads them anew for each epoch, seeded by
+    ``dataset.split_seed`` and the epoch, so augmentation differs between epochs and a resumed run
+    sees the same draws as an uninterrupted one.
+    """
     if config.folds:
         raise G2DError("config key dataset.folds: dataset.name=python takes its splits from the factory; use 0")
     if config.root:
         raise G2DError("config key dataset.root: dataset.name=python reads no folder; pass the factory's "
                        "arguments as dataset.options.<name>")
     datasets, deterministic, class_names = call_factory(config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.split_seed)
-        splits = {split: read_split(dataset, split) for split, dataset in datasets.items()}
-        if deterministic is None:
+    splits = {split: read_seeded(dataset, split, config.split_seed) for split, dataset in datasets.items()}
+    if deterministic is None:
+        with torch.random.fork_rng(devices=[]):
             deterministic = reads_alike(datasets["train"], splits["train"])
-    train = splits["train"]
-    targets = [key for key in ("label", "target") if key in train]
-    if len(targets) != 1:
-        raise G2DError(f"{KEY}: items need exactly one of 'label' (a class) or 'target' (a regression value), "
-                       f"got keys {sorted(train)}")
-    specs = modality_specs(train)
-    keys = set(train)
-    for split, arrays in splits.items():
-        if set(arrays) != keys:
-            raise G2DError(f"{KEY}: {split} items have keys {sorted(arrays)}, train items have {sorted(keys)}")
-        for modality in specs:
-            if arrays[modality].shape[1:] != train[modality].shape[1:]:
-                raise G2DError(f"{KEY}: {split} items' {modality!r} has shape {tuple(arrays[modality].shape[1:])}, "
-                               f"train items' {tuple(train[modality].shape[1:])}")
-        complete_masks(split, arrays, specs)
-    if targets == ["label"]:
-        return classification(config, splits, specs, class_names, deterministic)
-    return regression(config, splits, specs, deterministic)
+    layout = layout_of(splits, class_names)
+    splits = {split: finish(split, arrays, layout) for split, arrays in splits.items()}
 
+    def redraw(epoch: int) -> dict[str, torch.Tensor]:
+        return finish("train", read_seeded(datasets["train"], "train", epoch_seed(config.split_seed, epoch)), layout)
 
-def classification(config: DatasetConfig, splits: dict[str, dict[str, torch.Tensor]], specs: dict[str, ModalitySpec],
-                   class_names: list[str] | None, deterministic: bool) -> MultimodalData:
-    """Integer labels 0..K-1; K from ``class_names`` or the largest label."""
-    for split, arrays in splits.items():
-        labels = arrays["label"]
-        if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
-            raise G2DError(f"{KEY}: {split} items' 'label' must be one integer class, got {labels.dtype} "
-                           f"{tuple(labels.shape[1:])}")
-        arrays["label"] = labels.long()
-    largest = max(int(arrays["label"].max()) for arrays in splits.values())
-    smallest = min(int(arrays["label"].min()) for arrays in splits.values())
-    names = class_names if class_names is not None else [str(k) for k in range(largest + 1)]
-    if smallest < 0 or largest >= len(names):
-        raise G2DError(f"{KEY}: labels must lie in 0..{len(names) - 1} ({len(names)} classes), "
-                       f"got {smallest}..{largest}")
-    return MultimodalData(name="python", task="classification", num_classes=len(names), modalities=specs,
-                          splits=splits, class_names=names, notes={"factory": str(config.factory)},
-                          deterministic=deterministic)
-
-
-def regression(config: DatasetConfig, splits: dict[str, dict[str, torch.Tensor]], specs: dict[str, ModalitySpec],
-               deterministic: bool) -> MultimodalData:
-    """Targets scaled to [0, 1] by the training split's min and max (Eq. 1's sigmoid output)."""
-    for split, arrays in splits.items():
-        targets = arrays.pop("target")
-        if targets.dim() != 1 or targets.dtype == torch.bool:
-            raise G2DError(f"{KEY}: {split} items' 'target' must be one number, got shape {tuple(targets.shape[1:])}")
-        arrays["label"] = targets.float()
-    offset, span = target_scale(splits["train"]["label"].double().numpy(), f"{KEY}: train items' 'target'")
-    for arrays in splits.values():
-        arrays["label"] = ((arrays["label"].double() - offset) / span).float()
-    return MultimodalData(name="python", task="regression", num_classes=1, modalities=specs, splits=splits,
-                          notes={"factory": str(config.factory)}, target_offset=offset, target_span=span,
-                          deterministic=deterministic)
+    return MultimodalData(
+        name="python", task=layout.task, num_classes=layout.num_classes, modalities=layout.specs, splits=splits,
+        class_names=class_names or ([str(k) for k in range(layout.num_classes)] if layout.task == "classification" else []),
+        notes={"factory": str(config.factory)}, target_offset=layout.target_offset, target_span=layout.target_span,
+        deterministic=deterministic, redraw=None if deterministic else redraw,
+    )
