@@ -159,7 +159,7 @@ def reads_alike(dataset: Any, arrays: dict[str, torch.Tensor]) -> bool:
     """Whether the first training items read a second time equal the first reading (no random augmentation)."""
     for index in range(min(PROBED_ITEMS, len(dataset))):
         again = read_item(dataset, index, "train")
-        if any(not torch.equal(value, arrays[key][index]) for key, value in again.items()):
+        if again.keys() != arrays.keys() or any(not torch.equal(v, arrays[k][index]) for k, v in again.items()):
             return False
     return True
 
