@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="run one experiment from a YAML config")
-    train.add_argument("config", type=Path, help="experiment YAML file")
+    train.add_argument("config", type=Path, help="experiment YAML file, or a packaged config's name (g2d configs)")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.01 out=runs/x")
     train.add_argument("--reference", action="store_true",
                        help="fp32, eager, no caches: the path the fast one is checked against (trainer.reference=true)")
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--overwrite", action="store_true", help="replace the report in a non-empty --out")
 
     sweep = commands.add_parser("sweep", help="one config over a grid of overrides and seeds, with a mean ± std table")
-    sweep.add_argument("config", type=Path, help="experiment YAML file")
+    sweep.add_argument("config", type=Path, help="experiment YAML file, or a packaged config's name (g2d configs)")
     sweep.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run (before the options)")
     sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every configuration (default 0)")
     sweep.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--print-commands", action="store_true",
                        help="print one g2d train command per run (for a job array) instead of running")
     sweep.add_argument("--teachers-only", action="store_true", help="train the shared teachers and stop")
+
+    commands.add_parser("configs", help="list the configs shipped in the package, by the name g2d train takes")
+
+    config = commands.add_parser("config", help="print the resolved config (YAML) of CONFIG and overrides")
+    config.add_argument("config", type=Path, help="experiment YAML file, or a packaged config's name (g2d configs)")
+    config.add_argument("overrides", nargs="*", help="dotted key=value overrides")
 
     from g2d.data import prepare_commands
 
@@ -129,6 +135,20 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def list_configs(args: argparse.Namespace) -> int:
+    from g2d.config import packaged_configs
+
+    print("\n".join(packaged_configs()))
+    return 0
+
+
+def show_config(args: argparse.Namespace) -> int:
+    from g2d.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
 def sweep(args: argparse.Namespace) -> int:
     from g2d.runs.sweep import commands, grid_points, run_sweep
 
@@ -176,7 +196,8 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": train, "sweep": sweep, "demo": demo, "prepare": prepare, "analyze": analyze, "report": report}
+COMMANDS = {"train": train, "sweep": sweep, "demo": demo, "prepare": prepare, "analyze": analyze, "report": report,
+            "configs": list_configs, "config": show_config}
 
 
 if __name__ == "__main__":

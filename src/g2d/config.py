@@ -91,10 +91,13 @@ class DatasetConfig:
     ``dataset.options.<key>`` at fault). ``folds: K`` (K >= 2) replaces the fixed test split
     by fold ``fold`` of a seeded K-fold partition (``split_seed``), for cross-validation on
     small datasets; validation is still carved from the remaining rows (``val_fraction``).
+    ``factory`` (``package.module:function``) is the function that ``name: python`` calls, with
+    ``options`` as keyword arguments, for the train/validation/test ``torch.utils.data.Dataset``s.
     """
 
     name: str = "mfeat"
     root: Optional[str] = None
+    factory: Optional[str] = None
     modalities: list[str] = field(default_factory=list)
     val_fraction: float = 0.1
     test_fraction: float = 0.2
@@ -279,14 +282,36 @@ class ExperimentConfig:
         return self.run_dir().parent / "teachers" / self.data_label
 
 
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped inside the package (``mfeat``, ``paper/cremad/g2d``, ...), sorted."""
+    return sorted(p.relative_to(PACKAGED_CONFIGS).with_suffix("").as_posix() for p in PACKAGED_CONFIGS.rglob("*.yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """The YAML file ``path`` names: a file that exists wins, else the packaged config of that name.
+
+    A name may carry ``.yaml`` and a leading ``configs/`` (so ``configs/mfeat.yaml`` works outside
+    a checkout too); an unknown one is an error that points at ``g2d configs``.
+    """
+    given = Path(path)
+    if given.is_file():
+        return given
+    name = given.as_posix().removesuffix(".yaml").removeprefix("configs/")
+    packaged = PACKAGED_CONFIGS / f"{name}.yaml"
+    if name in packaged_configs():
+        return packaged
+    raise G2DError(f"config file not found: {path} (nor a packaged config of that name; g2d configs lists them)")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Build an ``ExperimentConfig`` from an optional YAML file and ``key=value`` overrides."""
+    """Build an ``ExperimentConfig`` from an optional YAML file (or packaged config name) and ``key=value`` overrides."""
     schema = OmegaConf.structured(ExperimentConfig)
     layers: list[DictConfig] = [schema]
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise G2DError(f"config file not found: {path}")
+        path = resolve_config(path)
         try:
             loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml errors come in several types
@@ -331,6 +356,11 @@ def check_ranges(config: ExperimentConfig) -> None:
     repeated = sorted({m for m in modalities if modalities.count(m) > 1})
     if repeated:
         raise G2DError(f"config key dataset.modalities: {', '.join(repeated)} listed more than once in {modalities}")
+
+
+def to_yaml(config: ExperimentConfig) -> str:
+    """The resolved config as YAML, every key with its value (what ``g2d config`` prints)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:

@@ -7,7 +7,7 @@ Datasets are decoded once into arrays; a batch is a dict keyed by modality name 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -53,7 +53,8 @@ class MultimodalData:
     ``target_offset + target_span * y`` gives them back on the dataset's own scale, which
     is where MAPE is measured. ``deterministic`` is False when training rows are transformed
     at random (augmentation): a row's teacher outputs then change between epochs, so the
-    fast path must not cache them.
+    fast path must not cache them. ``redraw(epoch)``, when set, returns that epoch's training
+    arrays (the same keys and shapes as ``splits["train"]``, drawn anew, seeded by the epoch).
     """
 
     name: str
@@ -66,6 +67,7 @@ class MultimodalData:
     target_offset: float = 0.0
     target_span: float = 1.0
     deterministic: bool = True
+    redraw: Optional[Callable[[int], dict[str, torch.Tensor]]] = None
 
     def __post_init__(self) -> None:
         if self.task not in ("classification", "regression"):
@@ -123,6 +125,7 @@ class MultimodalData:
             target_offset=self.target_offset,
             target_span=self.target_span,
             deterministic=self.deterministic,
+            redraw=None if self.redraw is None else lambda epoch: {k: v for k, v in self.redraw(epoch).items() if k in keep},
         )
 
 
@@ -301,7 +304,7 @@ class DatasetRecord:
     """A dataset's facts, registered in the module that defines it; ``dataset.name`` selects it.
 
     ``load(config, options)`` reads it, ``options`` being its ``Options`` dataclass filled from
-    ``dataset.options``. ``task``: ``classification`` or ``regression`` (None: the data decides).
+    ``dataset.options`` (``Options=dict``: passed through unchecked, for a user's own factory). ``task``: ``classification`` or ``regression`` (None: the data decides).
     ``root``: what ``dataset.root`` must name ("" when the data is embedded). ``folds``: whether
     it takes ``dataset.folds`` (False for a fixed test split). ``prepare``: its ``g2d prepare``
     command (``g2d.data.commands.PrepareCommand``), if any.
@@ -327,8 +330,14 @@ def dataset_options(config: DatasetConfig) -> Any:
     """``dataset.options`` checked against the dataset's ``Options``, then the facts the record alone
     can check (a root where one is needed, no folds on a fixed test split): nothing is read from disk."""
     record = DATASETS[config.name]
-    options = parse_settings(record.Options, dict(config.options), "dataset.options",
-                             f"an option of dataset {config.name}")
+    if config.factory and config.name != "python":
+        raise G2DError(f"config key dataset.factory: only dataset.name=python calls a factory (dataset.name is "
+                       f"{config.name})")
+    if record.Options is dict:  # free-form: handed as they are to a user's own code (dataset.name=python)
+        options = dict(config.options)
+    else:
+        options = parse_settings(record.Options, dict(config.options), "dataset.options",
+                                 f"an option of dataset {config.name}")
     if record.root and not config.root:
         raise G2DError(f"config key dataset.root: {config.name} needs {record.root}")
     if config.folds and not record.folds:

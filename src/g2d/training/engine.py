@@ -196,7 +196,8 @@ def fit(
     may replay it from a CUDA graph) to the training step itself, ``Method.train_step``.
     """
     device = device or select_device(config.trainer.device)
-    batches = distributed.shard_batches(Batches(data.splits["train"], config.trainer.batch_size, shuffle=True,
+    train = dict(data.splits["train"])  # its arrays are replaced each epoch when the data redraws them
+    batches = distributed.shard_batches(Batches(train, config.trainer.batch_size, shuffle=True,
                                                 seed=config.seed, drop_last=config.trainer.drop_last))
     if len(batches) == 0:
         processes = f" times {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
@@ -221,6 +222,8 @@ def fit(
     try:
         for epoch in bar:
             started = time.perf_counter()
+            if data.redraw is not None:
+                train.update(data.redraw(epoch))
             method.on_epoch_start(epoch)
             model.train()
             sums: dict[str, torch.Tensor] = {}

@@ -354,11 +354,12 @@ class TrainingPath:
         cuda = self.device.type == "cuda"
         if cuda:
             torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN pick its kernels once
-        if cuda and split_bytes(batches.tensors) <= DATA_SHARE * free_gpu_bytes(self.device):
+        # A split redrawn every epoch (data.redraw) is gathered from host memory, where it is replaced.
+        if cuda and data.redraw is None and split_bytes(batches.tensors) <= DATA_SHARE * free_gpu_bytes(self.device):
             self.feed = DeviceFeed(batches, self.device)
             self.placement = "device"
         else:
-            if cuda:
+            if cuda and data.redraw is None:
                 plan.notes.append(
                     f"the training split ({split_bytes(batches.tensors) / 2**30:.1f} GiB) does not fit beside training "
                     f"on the GPU; {plan.loader_workers} loader threads feed it from pinned host memory"
