@@ -31,6 +31,21 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
+def check_method_config(method_config: dict[str, Any]) -> tuple[type[Method], Any]:
+    """``method.name``'s class and its parsed ``method.<name>`` hyperparameters; an unknown method,
+    a stray key or a bad hyperparameter is an error naming the config key (no dataset needed)."""
+    values = dict(method_config)
+    name = str(values.pop("name", ""))
+    cls = method_class(name)
+    for key in values:
+        if key not in METHODS:
+            raise G2DError(
+                f"config key method.{key}: not a method name; hyperparameters go under method.<name>, "
+                f"e.g. method.{name}.{key}"
+            )
+    return cls, parse_params(cls.Params, dict(values.get(name) or {}), prefix=f"method.{name}")
+
+
 def build_method(method_config: dict[str, Any], task: str, modalities: list[str]) -> Method:
     """Instantiate ``method.name`` with its hyperparameters from ``method.<name>``.
 
@@ -38,19 +53,11 @@ def build_method(method_config: dict[str, Any], task: str, modalities: list[str]
     settings and scripts can switch ``method.name`` alone; the selected block is checked
     strictly, and a key that is neither ``name`` nor a method's name is an error.
     """
-    values = dict(method_config)
-    name = str(values.pop("name", ""))
-    cls = method_class(name)
+    cls, params = check_method_config(method_config)
     if task not in cls.tasks:
-        raise G2DError(f"config key method.name: {name} supports {' and '.join(cls.tasks)} only, not {task} "
+        raise G2DError(f"config key method.name: {cls.name} supports {' and '.join(cls.tasks)} only, not {task} "
                        f"(see its docstring for why)")
-    for key in values:
-        if key not in METHODS:
-            raise G2DError(
-                f"config key method.{key}: not a method name; hyperparameters go under method.<name>, "
-                f"e.g. method.{name}.{key}"
-            )
-    return cls(parse_params(cls.Params, dict(values.get(name) or {}), prefix=f"method.{name}"), task, modalities)
+    return cls(params, task, modalities)
 
 
-__all__ = ["METHODS", "Method", "TeacherOutputs", "build_method", "method_class"]
+__all__ = ["METHODS", "Method", "TeacherOutputs", "build_method", "check_method_config", "method_class"]

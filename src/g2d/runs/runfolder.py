@@ -24,6 +24,7 @@ from g2d.training import checkpoint
 from g2d.training.checkpoint import check_resume
 from g2d.config import ExperimentConfig, to_dict
 from g2d.errors import G2DError
+from g2d.folders import KINDS, kind_of, mark
 from g2d.io import atomic_write
 from g2d.locks import LOCK, FolderLock, make_folder
 
@@ -46,6 +47,7 @@ class Claim:
         if self.overwrite:
             for name in RUN_FILES:
                 remove(self.folder / name)
+        mark(self.folder, "run")
         atomic_write(self.folder / "config.yaml", lambda tmp: tmp.write_text(OmegaConf.to_yaml(to_dict(config))))
 
 
@@ -88,6 +90,10 @@ def inspect(folder: Path, config: ExperimentConfig, lock: FolderLock) -> Claim:
     trainer = config.trainer
     if trainer.resume and trainer.overwrite:
         raise G2DError("config keys trainer.resume and trainer.overwrite: both are true; choose one")
+    held = kind_of(folder)
+    if held not in (None, "run"):
+        raise G2DError(f"out: {folder} holds {KINDS[held]}, not a training run; choose another out= "
+                       "(trainer.overwrite=true replaces only a run)")
     present = [name for name in RUN_FILES if (folder / name).exists() or (folder / name).is_symlink()]
     if not present:
         return Claim(folder, lock)

@@ -41,8 +41,10 @@ from g2d.config import ExperimentConfig, flatten, load_config, to_dict
 from g2d.data import load_dataset
 from g2d.errors import G2DError
 from g2d.runs.experiment import run
-from g2d.io import write_json
-from g2d.methods import METHODS
+from g2d.folders import check_target, mark
+from g2d.io import atomic_write, write_json
+from g2d.locks import make_folder
+from g2d.methods import METHODS, check_method_config
 from g2d.results.tables import mean_std, summary_metrics
 from g2d.training.teachers import ensure_teachers, teacher_summary
 
@@ -139,6 +141,10 @@ def plan_jobs(config_path: Path | None, overrides: list[str], points: list[Point
     """Every run of the sweep, configs loaded (so a bad key fails before anything runs)."""
     if not seeds:
         raise G2DError("--seeds: give at least one seed")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise G2DError(f"--seeds: seed {repeated[0]} is given twice; a seed runs once per configuration")
+    check_target(out, "sweep", "--out", overwrite=False, reuse=True)
     folders = [p.folder for p in points]
     if len(set(folders)) != len(folders):
         raise G2DError(f"sweep: two configurations share the folder name {next(f for f in folders if folders.count(f) > 1)!r}")
@@ -148,6 +154,7 @@ def plan_jobs(config_path: Path | None, overrides: list[str], points: list[Point
             full = [*overrides, *point.overrides, f"seed={seed}", f"out={out / point.folder / f'seed{seed}'}",
                     "trainer.resume=true"]
             config = load_config(config_path, full)
+            check_method_config(config.method)
             if config.teachers.root is None:
                 full.append(f"teachers.root={out / 'teachers' / f'{config.data_label}_seed{seed}_{teacher_key(config)}'}")
                 config = load_config(config_path, full)
@@ -250,6 +257,8 @@ def run_sweep(
         raise G2DError(f"--workers: must be >= 1, got {workers}")
     jobs = plan_jobs(config_path, overrides, points, seeds, out)
     pending = [job for job in jobs if not finished(job)]
+    make_folder(out, "--out")
+    mark(out, "sweep")
     started = time.perf_counter()
     leaders = teacher_jobs(pending, all_teachers)
     if leaders:
@@ -323,12 +332,16 @@ def write_tables(out: Path, config_path: Path | None, overrides: list[str], poin
                 row[f"{m}_{key}_mean"], row[f"{m}_{key}_std"] = stats["mean"], stats["std"]
         row["wall_seconds_mean"] = summary["wall_seconds"]["mean"]
         rows.append(row)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.md").write_text(f"{first['dataset']}: test scores, mean ± std over seeds\n\n" + "\n".join(lines) + "\n")
-    with open(out / "sweep.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = f"{first['dataset']}: test scores, mean ± std over seeds\n\n" + "\n".join(lines) + "\n"
+    atomic_write(out / "sweep.md", lambda tmp: tmp.write_text(table))
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(out / "sweep.csv", write_csv)
     write_json(out / "sweep.json", {
         "format": "g2d-sweep/1",
         "config": str(config_path) if config_path else None,
