@@ -49,21 +49,31 @@ def kind_of(folder: Path) -> str | None:
 
 
 def mark(folder: Path, kind: str) -> None:
-    """Write ``folder``'s marker (atomically): its kind, the command that wrote it and g2d's version."""
+    """Write ``folder``'s marker (atomically): its kind, the process's command line and g2d's version."""
     try:
         version = metadata.version("g2d")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    record = {"kind": kind, "command": " ".join(["g2d", *sys.argv[1:]]), "version": version}
+    record = {"kind": kind, "command": " ".join(sys.argv), "version": version}
     tmp = folder / (MARKER + ".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, folder / MARKER)
 
 
+def is_run(folder: Path) -> bool:
+    """Whether ``folder`` is a training run's record: its marker says so, or (written before the marker)
+    it holds a run's config.yaml beside its metrics or checkpoints, not a lone file of that name."""
+    marked = kind_of(folder)
+    if (folder / MARKER).is_file() or marked != "run":
+        return marked == "run"
+    return (folder / "config.yaml").is_file() and any(
+        (folder / name).exists() for name in ("metrics.json", "checkpoints", ".checkpoints"))
+
+
 def enclosing_run(folder: Path) -> Path | None:
     """The training run folder that ``folder`` lies inside (itself excluded), if any."""
     for parent in Path(os.path.abspath(folder)).parents:
-        if kind_of(parent) == "run":
+        if is_run(parent):
             return parent
     return None
 

@@ -97,11 +97,11 @@ def prepare_avdigits(
         raise G2DError(f"{noise}: no .wav files in the noise folder")
     recordings = _index_fsdd(fsdd)
 
-    say(progress, f"avdigits: reading MNIST from {mnist}")
     t10k_pixels, t10k_labels = _read_t10k(mnist)
     extra_pixels, extra_labels = _read_mnist_csv(mnist / MNIST_5K)
     if test_images > len(t10k_labels):
         raise G2DError(f"--test-images {test_images}: exceeds the {len(t10k_labels)} images of {mnist / T10K_IMAGES}")
+    say(progress, f"avdigits: read MNIST from {mnist}")  # after the checks, so a refusal is its line alone
 
     test_pool = (["t10k"] * test_images, np.arange(test_images), t10k_labels[:test_images], t10k_pixels[:test_images])
     rest = np.arange(test_images, len(t10k_labels))
