@@ -4,7 +4,9 @@
 decides, before anything is written, whether the command may use it: a new or empty folder
 is used; one that holds a finished or interrupted run is refused unless ``trainer.resume=true``
 (continue it; a larger ``trainer.epochs`` extends a finished run) or ``trainer.overwrite=true``
-(replace it). A refused command leaves the folder byte for byte as it was. Whether a resumed
+(replace it); a folder holding another kind of g2d output (a report, a sweep, a dataset:
+``g2d.folders``) is refused either way, and a run's first write marks its folder as a run.
+A refused command leaves the folder byte for byte as it was. Whether a resumed
 run's config matches is ``g2d.training.checkpoint.check_resume``'s to say.
 """
 

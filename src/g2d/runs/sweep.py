@@ -8,6 +8,8 @@ of the grid (each combination is a *point*) for every seed, in ``DIR/<point>/see
   ``DIR/teachers/<dataset>_seed<s>_<hash>``, and trained once, before the runs that use them;
 - a run whose ``metrics.json`` exists is skipped (after checking its config is this one), and
   an interrupted run resumes from its checkpoint, so an interrupted sweep just continues;
+- ``DIR`` must be new, empty or an earlier sweep (``g2d.folders``: never a run or a report),
+  a seed is given once, and every run's config is checked before anything runs or prints;
 - ``--workers N`` runs N experiments at a time in separate processes;
 - the table goes to ``DIR/sweep.md``, ``DIR/sweep.csv`` and ``DIR/sweep.json`` (every
   point's overrides, run folders and per-metric mean, std and values);
