@@ -236,11 +236,17 @@ def test_prepare_refuses_non_empty_out_and_overwrites_atomically(tmp_path: Path)
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old")
+    for overwrite in (False, True):  # --overwrite replaces an earlier prepared dataset, not any folder
+        with pytest.raises(G2DError, match="did not write"):
+            prepare_avdigits(fsdd, mnist, noise, out, test_images=20, progress=False, overwrite=overwrite)
+    assert (out / "keep.txt").read_text() == "old"
+    (out / "keep.txt").unlink()
+    prepare_avdigits(fsdd, mnist, noise, out, test_images=20, progress=False)
     with pytest.raises(G2DError, match="overwrite"):
         prepare_avdigits(fsdd, mnist, noise, out, test_images=20, progress=False)
-    assert (out / "keep.txt").read_text() == "old"
-    prepare_avdigits(fsdd, mnist, noise, out, test_images=20, progress=False, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "prepare.json").is_file()
+    first = (out / "audio" / "train_data.npy").read_bytes()
+    prepare_avdigits(fsdd, mnist, noise, out, test_images=20, progress=False, overwrite=True, seed=1)
+    assert (out / "prepare.json").is_file() and (out / "audio" / "train_data.npy").read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fsdd", "mnist", "noise", "out"]
 
 

@@ -131,6 +131,17 @@ def test_refused_method_under_torchrun_writes_nothing(tmp_path):
     assert not out.exists() and not (tmp_path / "t").exists()
 
 
+def test_a_refusal_under_torchrun_is_one_line_from_rank_zero_before_the_launchers_report(tmp_path):
+    done = launch(torchrun("--standalone", "--nproc-per-node", "2",
+                           *train_command(["method.name=mmpareto", f"out={tmp_path / 'run'}"])))
+    lines = done.stderr.splitlines()
+    errors = [index for index, line in enumerate(lines) if line.startswith("g2d: error:")]
+    assert len(errors) == 1 and "'mmpareto' cannot train on 2 processes" in lines[errors[0]], done.stderr[-3000:]
+    launcher = [index for index, line in enumerate(lines) if not line.startswith("g2d: ")]
+    assert launcher and errors[0] < launcher[0], done.stderr[-3000:]
+    assert "rank      : 0 (local_rank: 0)\n  exitcode  : 2" in done.stderr  # the root cause torchrun names
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_twice_the_batch_for_joint_train(tmp_path):
     run(load_config(CONFIG, [*QUICK, "method.name=joint", "trainer.batch_size=64", f"out={tmp_path / 'one'}"]))

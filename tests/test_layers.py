@@ -16,7 +16,7 @@ PACKAGE = Path(g2d.__file__).parent
 # Bottom to top. The root's shared modules come first; the entry points (the public API in
 # g2d/__init__.py, python -m g2d and the CLI) sit on top and may import anything.
 LAYERS = [
-    {"g2d.errors", "g2d.faults", "g2d.io", "g2d.locks", "g2d.registry", "g2d.config"},
+    {"g2d.errors", "g2d.faults", "g2d.folders", "g2d.io", "g2d.locks", "g2d.registry", "g2d.config"},
     {"g2d.core"},
     {"g2d.data"},
     {"g2d.models"},

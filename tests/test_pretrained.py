@@ -133,11 +133,16 @@ def mismatched(state: dict) -> dict:
     return {"net.0.weight": torch.zeros(8, 240), "extra.bias": torch.zeros(3)}
 
 
+def as_integers(state: dict) -> dict:
+    return {name: (value * 100).to(torch.int32) for name, value in state.items()}
+
+
 @pytest.mark.parametrize(
     "contents, fragments",
     [
         (mismatched, ["missing keys: net.0.bias", "unexpected keys: extra.bias",
                       "shapes differ (file vs encoder): net.0.weight (8, 240) vs (16, 240)"]),
+        (as_integers, ["integer values for floating-point parameters", "net.0.weight torch.int32 vs torch.float32"]),
         ("nonsense", ["not a readable safetensors file"]),
         (None, ["weights file not found"]),
     ],

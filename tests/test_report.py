@@ -48,8 +48,9 @@ def test_report_refuses_a_used_folder_and_bad_runs(tiny_runs, tmp_path, capsys) 
     out = tmp_path / "used"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert main(["report", str(tiny_runs["g2d"]), "--out", str(out)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    for overwrite in ([], ["--overwrite"]):  # --overwrite replaces an earlier report, not any folder
+        assert main(["report", str(tiny_runs["g2d"]), "--out", str(out), *overwrite]) == 2
+        assert "did not write" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "new")]) == 2
     assert capsys.readouterr().err.strip() == f"g2d: error: run folder not found: {tmp_path / 'nowhere'}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -95,16 +96,25 @@ def main(argv: list[str] | None = None) -> int:
     except G2DError as exc:
         if args.debug:
             raise
-        print(f"g2d: error: {exc}", file=sys.stderr)
+        print_error(str(exc), exc)
         return 2
     except OSError as exc:  # a read-only or full disk, a file where a folder belongs: name the path
         if args.debug:
             raise
-        print(f"g2d: error: {describe_os_error(exc)}", file=sys.stderr)
+        print_error(describe_os_error(exc), exc)
         return 2
     except KeyboardInterrupt:
         print("g2d: interrupted; completed epochs are checkpointed (resume with trainer.resume=true)", file=sys.stderr)
         return 130
+
+
+def print_error(message: str, error: BaseException) -> None:
+    """The one ``g2d: error:`` line; under torchrun the ranks but 0 hold theirs back (``defer_to_rank_zero``)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        from g2d.training.distributed import defer_to_rank_zero
+
+        defer_to_rank_zero(error)
+    print(f"g2d: error: {message}", file=sys.stderr, flush=True)
 
 
 def describe_os_error(exc: OSError) -> str:

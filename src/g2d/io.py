@@ -50,9 +50,11 @@ def load_weights(path: Path, model: nn.Module) -> None:
 
 
 def read_metrics(run_dir: Path) -> dict:
-    """A run folder's metrics.json; a missing file names it."""
+    """A run folder's metrics.json; a missing or unreadable file names it."""
     path = run_dir / "metrics.json"
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise G2DError(f"metrics file not found: {path}") from exc
+    except ValueError as exc:
+        raise G2DError(f"{path}: not valid JSON ({exc})") from exc

@@ -87,7 +87,7 @@ def prepare_avdigits(
     fsdd, mnist, noise, out = Path(fsdd), Path(mnist), Path(noise), Path(out)
     for folder, option in ((fsdd, "fsdd"), (mnist, "mnist"), (noise, "noise")):
         if not folder.is_dir():
-            raise G2DError(f"{folder}: {option} folder not found")
+            raise G2DError(f"--{option} {folder}: folder not found")
     length, hop = _stft_geometry(duration_s)
     _check_settings(snr_db, pca_energy, test_images, max_train, max_test)
     check_out(out, overwrite)
@@ -101,11 +101,11 @@ def prepare_avdigits(
         raise G2DError(f"{noise}: no .wav files in the noise folder")
     recordings = _index_fsdd(fsdd)
 
-    say(progress, f"avdigits: reading MNIST from {mnist}")
     t10k_pixels, t10k_labels = _read_t10k(mnist)
     extra_pixels, extra_labels = _read_mnist_csv(mnist / MNIST_5K)
     if test_images > len(t10k_labels):
-        raise G2DError(f"test_images={test_images} exceeds the {len(t10k_labels)} images of {mnist / T10K_IMAGES}")
+        raise G2DError(f"--test-images {test_images}: exceeds the {len(t10k_labels)} images of {mnist / T10K_IMAGES}")
+    say(progress, f"avdigits: read MNIST from {mnist}")  # after the checks, so a refusal is its line alone
 
     test_pool = (["t10k"] * test_images, np.arange(test_images), t10k_labels[:test_images], t10k_pixels[:test_images])
     rest = np.arange(test_images, len(t10k_labels))
@@ -233,16 +233,16 @@ def _stft_geometry(duration_s: float) -> tuple[int, int]:
 def _check_settings(
     snr_db: float, pca_energy: float, test_images: int, max_train: int | None, max_test: int | None
 ) -> None:
-    """Reject settings that cannot produce a dataset, naming the option."""
+    """Reject settings that cannot produce a dataset, naming the option as ``g2d prepare avdigits`` spells it."""
     if not math.isfinite(snr_db):
-        raise G2DError(f"snr_db must be finite, got {snr_db!r}")
+        raise G2DError(f"--snr-db: must be finite, got {snr_db!r}")
     if not 0.0 < pca_energy <= 1.0:
         raise G2DError(f"pca_energy must be in (0, 1], got {pca_energy!r}")
     if test_images < 1:
-        raise G2DError(f"test_images must be >= 1, got {test_images!r}")
-    for option, value in (("max_train", max_train), ("max_test", max_test)):
+        raise G2DError(f"--test-images: must be at least 1, got {test_images!r}")
+    for option, value in (("--max-train", max_train), ("--max-test", max_test)):
         if value is not None and value < 1:
-            raise G2DError(f"{option} must be >= 1 or None, got {value!r}")
+            raise G2DError(f"{option}: must be at least 1, got {value!r}")
 
 
 def _read_gzip(path: Path) -> bytes:

@@ -20,7 +20,6 @@ import csv
 import json
 import multiprocessing
 import os
-import secrets
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +33,7 @@ import torch
 from g2d.config import DatasetConfig
 from g2d.data.base import MASKED_KINDS, SPLITS, ModalitySpec, MultimodalData, mask_key
 from g2d.errors import G2DError
+from g2d.folders import BUILDING, check_target, mark, publish, recover, sibling
 
 FORMAT = "g2d-prepared/1"
 META = "prepare.json"
@@ -53,34 +53,19 @@ def warn(message: str) -> None:
 
 
 def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty output folder unless overwrite is set."""
-    if out.exists():
-        if not out.is_dir():
-            raise G2DError(f"{out}: output path exists and is not a folder")
-        if any(out.iterdir()) and not overwrite:
-            raise G2DError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it")
-
-
-def publish(work: Path, out: Path) -> None:
-    """Move the finished folder into place, so ``out`` is never left half-written."""
-    if not out.exists():
-        work.rename(out)
-        return
-    previous = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-    out.rename(previous)
-    try:
-        work.rename(out)
-    except BaseException:
-        previous.rename(out)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
+    """Refuse an output folder that is not an earlier prepared dataset (``g2d.folders``), or is one
+    and overwrite is not set."""
+    check_target(out, "prepared", "--out", overwrite)
 
 
 def staging_dir(out: Path) -> Path:
-    """A fresh hidden folder beside ``out`` to build into, renamed over ``out`` when complete."""
+    """A fresh hidden folder beside ``out``, marked as a prepared dataset, to build into; ``publish``
+    renames it over ``out`` when complete. Folders a killed preparation left there are removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    recover(out)
+    work = sibling(out, BUILDING)
     work.mkdir()
+    mark(work, "prepared")
     return work
 
 

@@ -4,8 +4,9 @@
 tensors (read with ``torch.load(weights_only=True)``, so nothing is unpickled). Its tensors
 under ``weights_prefix`` (the prefix removed; e.g. ``encoders.pix.`` to take one encoder out
 of a g2d checkpoint) must match the encoder's state dict key for key and shape for shape;
-anything else is one error naming the file, the missing and unexpected keys and the shapes
-that differ. Values are copied as they are, so the encoder starts bit for bit from the file.
+anything else is one error naming the file, the missing and unexpected keys, the shapes
+that differ and integer tensors given for floating-point parameters. Values are copied as
+they are, so the encoder starts bit for bit from the file.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def load_encoder_weights(encoder: nn.Module, path: Path, prefix: str, key: str) 
     unexpected = sorted(set(state) - set(expected))
     shapes = [f"{name} {tuple(state[name].shape)} vs {tuple(expected[name].shape)}"
               for name in sorted(set(state) & set(expected)) if state[name].shape != expected[name].shape]
+    # A float parameter filled from integers (a quantized or mis-saved file) would silently lose its values' meaning.
+    integers = [f"{name} {state[name].dtype} vs {expected[name].dtype}" for name in sorted(set(state) & set(expected))
+                if expected[name].is_floating_point() and not state[name].is_floating_point()]
     problems = []
     if missing:
         problems.append(f"missing keys: {listed(missing)}")
@@ -71,6 +75,8 @@ def load_encoder_weights(encoder: nn.Module, path: Path, prefix: str, key: str) 
         problems.append(f"unexpected keys: {listed(unexpected)}")
     if shapes:
         problems.append(f"shapes differ (file vs encoder): {listed(shapes)}")
+    if integers:
+        problems.append(f"integer values for floating-point parameters (file vs encoder): {listed(integers)}")
     if problems:
         where = f" under prefix {prefix!r}" if prefix else ""
         raise G2DError(f"{path}: does not fit the encoder of {key.rsplit('.', 1)[0]}{where}; {'; '.join(problems)}")

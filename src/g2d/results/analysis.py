@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import itertools
 import json
 import math
@@ -46,7 +45,7 @@ from torch import Tensor, nn
 from g2d.config import ExperimentConfig
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
-from g2d.io import atomic_write, write_json
+from g2d.folders import building, kind_of
 from g2d.models.fusion import ConcatFusion, DeactivationFusion, LateFusion
 from g2d.models.multimodal import MultimodalModel
 from g2d.registry import Registry
@@ -474,20 +473,31 @@ def analyze(loaded: LoadedRun, device: torch.device, batch_size: int = 256, seed
 def analyze_run(run_dir: Path, overwrite: bool = False, device: str = "cpu", seed: int = 0) -> dict:
     """Analyze a finished run and write ``RUN_DIR/analysis/{analysis.json, embedding.csv}``.
 
-    An existing analysis is kept unless ``overwrite``; nothing is written when the run cannot be read.
+    An existing analysis is kept unless ``overwrite``; every input is checked before anything is
+    written, and the new analysis is built beside the old one and swapped in complete.
     """
+    from g2d.training.engine import select_device
+
     out = Path(run_dir) / "analysis"
+    if seed < 0:
+        raise G2DError(f"--seed: must be at least 0, got {seed}")
+    try:
+        chosen = select_device(device)
+    except G2DError as exc:
+        raise G2DError(str(exc).replace("config key trainer.device", "--device")) from exc
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and kind_of(out) != "analysis")):
+        raise G2DError(f"{out}: holds something other than an analysis; move it away to analyze {run_dir}")
     if (out / "analysis.json").exists() and not overwrite:
         raise G2DError(f"{out / 'analysis.json'} exists; pass --overwrite to recompute it")
     loaded = load_run(Path(run_dir))
-    result, embedding = analyze(loaded, torch.device(device), loaded.config.trainer.eval_batch_size, seed)
-    if embedding:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(embedding[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(embedding)
-        atomic_write(out / "embedding.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
-    write_json(out / "analysis.json", result)
+    result, embedding = analyze(loaded, chosen, loaded.config.trainer.eval_batch_size, seed)
+    with building(out, "analysis") as work:
+        if embedding:
+            with open(work / "embedding.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(embedding[0]), lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(embedding)
+        (work / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -6,14 +6,12 @@ import base64
 import csv
 import html
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from g2d.errors import G2DError
-from g2d.io import atomic_write
+from g2d.folders import building, check_target
 from g2d.results.tables import cell, main_metric, method_label
 
 IGNORED_CONFIG_KEYS = ("seed", "out", "teachers.root", "dataset.root", "trainer.progress", "trainer.resume",
@@ -218,13 +216,13 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
 
 def write_report(run_dirs: list[Path], out: Path, overwrite: bool = False) -> Path:
     """Compare runs in ``out/``: ``report.html`` (self-contained, figures inlined), the figures as
-    PNG files and ``report.md``. Refuses a non-empty ``out`` unless ``overwrite``; reads every run
-    before writing anything."""
+    PNG files and ``report.md``. Refuses an ``out`` that holds anything but an earlier report
+    (``g2d.folders``), and that one unless ``overwrite``; reads every run before writing anything,
+    and builds the report beside ``out``, swapping it in complete."""
     from g2d.results.figures import report_figures
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise G2DError(f"{out} exists and is not empty; pass --overwrite to replace its report")
+    check_target(out, "report", "--out", overwrite)
     if not run_dirs:
         raise G2DError("report: give at least one run folder")
     records = [read_run(Path(d)) for d in run_dirs]
@@ -235,15 +233,11 @@ def write_report(run_dirs: list[Path], out: Path, overwrite: bool = False) -> Pa
         raise G2DError(f"report: runs must share dataset and modalities, got {sorted(datasets)} with "
                        f"{sorted(' + '.join(s) for s in modality_sets)}")
     groups = group_runs(records)
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as scratch:
-        figures = report_figures(groups, Path(scratch))
+    with building(out, "report") as work:
+        figures = report_figures(groups, work)
         sections = report_sections(groups, figures)
-        out.mkdir(parents=True, exist_ok=True)
-        for figure in figures:
-            shutil.copyfile(Path(scratch) / figure.file, out / figure.file)
-        atomic_write(out / "report.md", lambda tmp: tmp.write_text(render_markdown(groups, sections)))
-        page = render_html(groups, sections, Path(scratch))
-        atomic_write(out / "report.html", lambda tmp: tmp.write_text(page))
+        (work / "report.md").write_text(render_markdown(groups, sections))
+        (work / "report.html").write_text(render_html(groups, sections, work))
     return out / "report.html"
 
 

@@ -74,6 +74,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
         sanity.check_smp_window(config, len(modalities))
     if teacher_of is None:
         sanity.warn_unseen_classes(data)
+        sanity.warn_unused_smp_settings(config, smp_enabled)
     distributed.check_method(method)
     with claimed_run_folder(config) as claim:
         if claim.finished:

@@ -4,7 +4,9 @@
 decides, before anything is written, whether the command may use it: a new or empty folder
 is used; one that holds a finished or interrupted run is refused unless ``trainer.resume=true``
 (continue it; a larger ``trainer.epochs`` extends a finished run) or ``trainer.overwrite=true``
-(replace it). A refused command leaves the folder byte for byte as it was. Whether a resumed
+(replace it); a folder holding another kind of g2d output (a report, a sweep, a dataset:
+``g2d.folders``) is refused either way, and a run's first write marks its folder as a run.
+A refused command leaves the folder byte for byte as it was. Whether a resumed
 run's config matches is ``g2d.training.checkpoint.check_resume``'s to say.
 """
 
@@ -24,6 +26,7 @@ from g2d.training import checkpoint
 from g2d.training.checkpoint import check_resume
 from g2d.config import ExperimentConfig, to_dict
 from g2d.errors import G2DError
+from g2d.folders import KINDS, kind_of, mark
 from g2d.io import atomic_write
 from g2d.locks import FolderLock, make_folder
 
@@ -46,6 +49,7 @@ class Claim:
         if self.overwrite:
             for name in RUN_FILES:
                 remove(self.folder / name)
+        mark(self.folder, "run")
         atomic_write(self.folder / "config.yaml", lambda tmp: tmp.write_text(OmegaConf.to_yaml(to_dict(config))))
 
 
@@ -88,6 +92,10 @@ def inspect(folder: Path, config: ExperimentConfig, lock: FolderLock) -> Claim:
     trainer = config.trainer
     if trainer.resume and trainer.overwrite:
         raise G2DError("config keys trainer.resume and trainer.overwrite: both are true; choose one")
+    held = kind_of(folder)
+    if held not in (None, "run"):
+        raise G2DError(f"out: {folder} holds {KINDS[held]}, not a training run; choose another out= "
+                       "(trainer.overwrite=true replaces only a run)")
     present = [name for name in RUN_FILES if (folder / name).exists() or (folder / name).is_symlink()]
     if not present:
         return Claim(folder, lock)

@@ -6,11 +6,12 @@ refusal naming the key, or, where a run is still meaningful (a short smoke run),
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
 
-from g2d.config import ExperimentConfig
+from g2d.config import ExperimentConfig, SMPConfig, flatten
 from g2d.data.base import MultimodalData
 from g2d.errors import G2DError
 from g2d.core.autotau import check_auto
@@ -55,3 +56,19 @@ def check_smp_window(config: ExperimentConfig, num_modalities: int) -> None:
                        "modalities never train", tau, sum(tau), epochs)
     elif sum(tau) == epochs and config.smp.schedule == "ranked" and config.smp.modulator == "complete":
         logger.warning("warning: smp.tau %s fills all %d epochs: no epoch trains the modalities jointly", tau, epochs)
+
+
+def warn_unused_smp_settings(config: ExperimentConfig, smp_enabled: bool) -> None:
+    """SMP settings changed from their defaults that this run ignores (SMP off, or ``smp.auto.*``
+    without ``smp.tau=auto``) are a visible warning: the user believes they shape the run."""
+    chosen, default = (flatten({"smp": dataclasses.asdict(smp)}) for smp in (config.smp, SMPConfig()))
+    keys = sorted(key for key, value in chosen.items() if key != "smp.enabled" and value != default.get(key))
+    if not smp_enabled:
+        unused = keys
+        why = ("SMP is off (smp.enabled=false)" if config.smp.enabled is False else
+               f"SMP is off (method {config.method_name} does not use it unless smp.enabled=true)")
+    else:
+        unused = [] if config.smp.tau == "auto" else [k for k in keys if k.startswith("smp.auto.")]
+        why = f"smp.auto.* applies only with smp.tau=auto, and smp.tau is {config.smp.tau}"
+    if unused:
+        logger.warning("warning: %s %s no effect: %s", ", ".join(unused), "has" if len(unused) == 1 else "have", why)

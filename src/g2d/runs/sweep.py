@@ -8,6 +8,8 @@ of the grid (each combination is a *point*) for every seed, in ``DIR/<point>/see
   ``DIR/teachers/<dataset>_seed<s>_<hash>``, and trained once, before the runs that use them;
 - a run whose ``metrics.json`` exists is skipped (after checking its config is this one), and
   an interrupted run resumes from its checkpoint, so an interrupted sweep just continues;
+- ``DIR`` must be new, empty or an earlier sweep (``g2d.folders``: never a run or a report),
+  a seed is given once, and every run's config is checked before anything runs or prints;
 - ``--workers N`` runs N experiments at a time in separate processes;
 - the table goes to ``DIR/sweep.md``, ``DIR/sweep.csv`` and ``DIR/sweep.json`` (every
   point's overrides, run folders and per-metric mean, std and values);
@@ -40,7 +42,9 @@ from omegaconf import OmegaConf
 from g2d.config import ExperimentConfig, flatten, load_config, to_dict
 from g2d.data import load_dataset
 from g2d.errors import G2DError
-from g2d.io import write_json
+from g2d.folders import check_target, mark
+from g2d.io import atomic_write, write_json
+from g2d.locks import make_folder
 from g2d.methods import METHODS
 from g2d.results.tables import mean_std, summary_metrics
 from g2d.runs.check import preflight, smp_enabled
@@ -137,6 +141,10 @@ def plan_jobs(config_path: Path | None, overrides: list[str], points: list[Point
     """Every run of the sweep, its config loaded and preflight-checked (so a bad key or combination fails before anything runs)."""
     if not seeds:
         raise G2DError("--seeds: give at least one seed")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise G2DError(f"--seeds: seed {repeated[0]} is given twice; a seed runs once per configuration")
+    check_target(out, "sweep", "--out", overwrite=False, reuse=True)
     folders = [p.folder for p in points]
     if len(set(folders)) != len(folders):
         raise G2DError(f"sweep: two configurations share the folder name {next(f for f in folders if folders.count(f) > 1)!r}")
@@ -249,6 +257,8 @@ def run_sweep(
         raise G2DError(f"--workers: must be >= 1, got {workers}")
     jobs = plan_jobs(config_path, overrides, points, seeds, out)
     pending = [job for job in jobs if not finished(job)]
+    make_folder(out, "--out")
+    mark(out, "sweep")
     started = time.perf_counter()
     leaders = teacher_jobs(pending, all_teachers)
     if leaders:
@@ -322,12 +332,16 @@ def write_tables(out: Path, config_path: Path | None, overrides: list[str], poin
                 row[f"{m}_{key}_mean"], row[f"{m}_{key}_std"] = stats["mean"], stats["std"]
         row["wall_seconds_mean"] = summary["wall_seconds"]["mean"]
         rows.append(row)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.md").write_text(f"{first['dataset']}: test scores, mean ± std over seeds\n\n" + "\n".join(lines) + "\n")
-    with open(out / "sweep.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = f"{first['dataset']}: test scores, mean ± std over seeds\n\n" + "\n".join(lines) + "\n"
+    atomic_write(out / "sweep.md", lambda tmp: tmp.write_text(table))
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(out / "sweep.csv", write_csv)
     write_json(out / "sweep.json", {
         "format": "g2d-sweep/1",
         "config": str(config_path) if config_path else None,

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -91,6 +92,21 @@ def setup(device: torch.device) -> torch.device:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stopped_by_launcher)
     return device
+
+
+# How long a rank other than 0 holds back its refusal line: the launcher, seeing rank 0 fail, stops it sooner.
+REFUSAL_GRACE_SECONDS = 5.0
+
+
+def defer_to_rank_zero(error: BaseException) -> None:
+    """Under torchrun, leave a refusal every rank shares to rank 0's one line: another rank waits
+    (SIGTERM now ends it quietly) so the launcher stops it first; if nobody does (a refusal of
+    its own), it returns and prints its line. ``StoppedByLauncher`` is printed at once."""
+    if not launched() or os.environ.get("RANK") == "0" or isinstance(error, StoppedByLauncher):
+        return
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    time.sleep(REFUSAL_GRACE_SECONDS)
 
 
 class StoppedByLauncher(G2DError):
