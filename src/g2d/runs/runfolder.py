@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from g2d.training import checkpoint
 from g2d.training.checkpoint import check_resume
-from g2d.config import ExperimentConfig, to_dict
+from g2d.config import ExperimentConfig, to_record
 from g2d.errors import G2DError
 from g2d.io import atomic_write
 from g2d.locks import LOCK, FolderLock, make_folder
@@ -46,7 +46,7 @@ class Claim:
         if self.overwrite:
             for name in RUN_FILES:
                 remove(self.folder / name)
-        atomic_write(self.folder / "config.yaml", lambda tmp: tmp.write_text(OmegaConf.to_yaml(to_dict(config))))
+        atomic_write(self.folder / "config.yaml", lambda tmp: tmp.write_text(OmegaConf.to_yaml(to_record(config))))
 
 
 def remove(path: Path) -> None:
