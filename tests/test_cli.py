@@ -101,8 +101,8 @@ def test_results_table_lists_methods_modalities_and_teachers():
     metrics = {"dataset": "mfeat", "task": "classification", "modalities": ["pix", "mor"],
                "test": {"multimodal": {"accuracy": 0.9825}, "per_modality": {"pix": {"accuracy": 0.95},
                                                                               "mor": {"accuracy": 0.3375}}},
-               "teachers": {"pix": {"accuracy": 0.978}, "mor": {"accuracy": 0.715}}}
+               "teachers": {"pix": {"accuracy": 0.978}, "mor": {"accuracy": 0.715}}, "best_epoch": 7, "epochs": 60}
     lines = results_table({"joint": metrics}).splitlines()
-    assert lines[1].split() == ["method", "multimodal", "pix", "mor"]
-    assert lines[3].split() == ["joint", "98.2", "95.0", "33.8"]
-    assert lines[4].split() == ["teachers", "-", "97.8", "71.5"]
+    assert lines[1].split() == ["method", "multimodal", "pix", "mor", "best", "epoch"]
+    assert lines[3].split() == ["joint", "98.2", "95.0", "33.8", "7", "of", "60"]
+    assert lines[4].split() == ["teachers", "-", "97.8", "71.5", "-"]

@@ -242,7 +242,8 @@ def test_two_nodes_through_c10d_rendezvous_train_teachers_and_use_the_teacher_ca
     run(load_config(CONFIG, [*QUICK, "method.name=g2d", "trainer.fast=true", "trainer.batch_size=64",
                              f"out={tmp_path / 'one' / 'g2d'}"]))
     for modality in ("pix", "mor"):
-        single, parallel = (tmp_path / n / "teachers" / "mfeat" / f"teacher_{modality}" for n in ("one", "two"))
+        single, parallel = (load_config(CONFIG, [*QUICK, f"out={tmp_path / n / 'g2d'}"]).teachers_dir() / f"teacher_{modality}"
+                            for n in ("one", "two"))
         assert weights_difference(single / "teacher.safetensors", parallel / "teacher.safetensors") <= WEIGHT_TOLERANCE
     metrics = json.loads((tmp_path / "two" / "g2d" / "metrics.json").read_text())
     assert metrics["environment"]["training_path"]["teacher_cache"] is True

@@ -143,8 +143,8 @@ def test_cross_validation_runs_each_fold_with_its_own_teachers(tmp_path):
 
 def test_fold_runs_default_to_per_fold_teacher_folders():
     config = load_config(MFEAT3, ["dataset.folds=5", "dataset.fold=3", "out=runs/x/g2d"])
-    assert str(config.teachers_dir()) == "runs/x/teachers/mfeat_fold3"
-    assert str(load_config(MFEAT3, ["out=runs/x/g2d"]).teachers_dir()) == "runs/x/teachers/mfeat"
+    assert str(config.teachers_dir()) == "runs/x/teachers/mfeat_fold3_seed0"
+    assert str(load_config(MFEAT3, ["out=runs/x/g2d"]).teachers_dir()) == "runs/x/teachers/mfeat_seed0"
 
 
 def test_analyze_and_report_a_regression_run(regression_csv, tmp_path):

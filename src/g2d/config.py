@@ -277,9 +277,11 @@ class ExperimentConfig:
         return Path("runs") / f"{self.data_label}_{self.method_name}_seed{self.seed}"
 
     def teachers_dir(self) -> Path:
+        """``teachers.root``, or ``<out>/../teachers/<dataset>[_fold<i>]_seed<s>``: a teacher is trained under
+        the run's seed, so runs of other seeds never share (or wait for) each other's teachers."""
         if self.teachers.root:
             return Path(self.teachers.root)
-        return self.run_dir().parent / "teachers" / self.data_label
+        return self.run_dir().parent / "teachers" / f"{self.data_label}_seed{self.seed}"
 
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -366,6 +368,20 @@ def to_yaml(config: ExperimentConfig) -> str:
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """The config as plain data, for metrics.json and checkpoints."""
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def to_record(config: ExperimentConfig) -> dict[str, Any]:
+    """The config as a run folder's ``config.yaml`` keeps it: ``dataset.root`` made absolute, so the
+    run can be analysed or reported from any working folder."""
+    record = to_dict(config)
+    if config.dataset.root:
+        record["dataset"]["root"] = str(Path(config.dataset.root).resolve())
+    return record
+
+
+def same_dataset_root(old: Any, new: Any) -> bool:
+    """Whether two spellings of ``dataset.root`` (relative to this folder, or absolute) name one folder."""
+    return old == new or bool(old and new and Path(old).resolve() == Path(new).resolve())
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

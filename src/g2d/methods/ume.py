@@ -33,6 +33,7 @@ class UME(Method):
     name = "ume"
     label = "UME"
     capturable = True
+    data_parallel = "its loss uses its own unimodal heads, never the fusion's, whose parameters DDP then waits for in vain"
 
     def __init__(self, params: object, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)

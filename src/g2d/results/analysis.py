@@ -46,9 +46,11 @@ from g2d.config import ExperimentConfig
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
 from g2d.folders import building, kind_of
+from g2d.locks import folder_lock
 from g2d.models.fusion import ConcatFusion, DeactivationFusion, LateFusion
 from g2d.models.multimodal import MultimodalModel
 from g2d.registry import Registry
+from g2d.training import checkpoint
 
 NOISE_LEVELS = (0.0, 0.5, 1.0, 2.0, 4.0)
 EMBEDDING_POINTS = 300
@@ -478,7 +480,8 @@ def analyze_run(run_dir: Path, overwrite: bool = False, device: str = "cpu", see
     """
     from g2d.training.engine import select_device
 
-    out = Path(run_dir) / "analysis"
+    run_dir = Path(run_dir)
+    out = run_dir / "analysis"
     if seed < 0:
         raise G2DError(f"--seed: must be at least 0, got {seed}")
     try:
@@ -489,16 +492,49 @@ def analyze_run(run_dir: Path, overwrite: bool = False, device: str = "cpu", see
         raise G2DError(f"{out}: holds something other than an analysis; move it away to analyze {run_dir}")
     if (out / "analysis.json").exists() and not overwrite:
         raise G2DError(f"{out / 'analysis.json'} exists; pass --overwrite to recompute it")
-    loaded = load_run(Path(run_dir))
-    result, embedding = analyze(loaded, chosen, loaded.config.trainer.eval_batch_size, seed)
-    with building(out, "analysis") as work:
-        if embedding:
-            with open(work / "embedding.csv", "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(embedding[0]), lineterminator="\n")
-                writer.writeheader()
-                writer.writerows(embedding)
-        (work / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
+    if not run_dir.is_dir():
+        raise G2DError(f"run folder not found: {run_dir}")
+    # Holding the run folder's lock: a run still training (or being extended) is refused, and none starts meanwhile.
+    with folder_lock(run_dir, "run folder", wait=False, advice="analyze it once that run has finished"):
+        loaded = load_run(run_dir)
+        read = finished_checkpoint(run_dir, loaded.metrics)
+        result, embedding = analyze(loaded, chosen, loaded.config.trainer.eval_batch_size, seed)
+        result["checkpoint"] = read
+        with building(out, "analysis") as work:
+            if embedding:
+                with open(work / "embedding.csv", "w", newline="") as handle:
+                    writer = csv.DictWriter(handle, fieldnames=list(embedding[0]), lineterminator="\n")
+                    writer.writeheader()
+                    writer.writerows(embedding)
+            (work / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def finished_checkpoint(run_dir: Path, metrics: dict) -> dict:
+    """The identity of the checkpoint behind ``metrics.json`` (``checkpoint.identity``); a checkpoint of
+    other epochs (an extension stopped part way) is refused rather than analysed as if it were the result."""
+    read = checkpoint.identity(run_dir)
+    if read is None:
+        raise G2DError(f"{run_dir}: no committed checkpoint to analyse")
+    if read["epochs"] != metrics.get("epochs"):
+        raise G2DError(f"{run_dir}: its checkpoint is after epoch {read['epochs']} but metrics.json is of "
+                       f"{metrics.get('epochs')} epochs (an extension not finished); finish it with "
+                       "trainer.resume=true before analysing it")
+    return read
+
+
+def stale_analysis(run_dir: Path, analysis: dict) -> str | None:
+    """Why ``analysis.json`` no longer describes the run (its checkpoint changed since), or None.
+
+    Analyses written before the checkpoint was recorded cannot be checked and are taken as they are.
+    """
+    read = analysis.get("checkpoint")
+    now = checkpoint.identity(Path(run_dir))
+    if read is None or read == now:
+        return None
+    current = f"{now['name']} after epoch {now['epochs']}" if now else "none"
+    return (f"{Path(run_dir) / 'analysis' / 'analysis.json'}: made from checkpoint {read['name']} after epoch "
+            f"{read['epochs']}, but the run's checkpoint is now {current}; rerun g2d analyze {run_dir} --overwrite")
 
 
 def read_analysis(run_dir: Path) -> dict | None:

@@ -52,13 +52,15 @@ def read_run(run_dir: Path) -> RunRecord:
 
     from g2d.config import flatten, load_config
     from g2d.io import read_metrics
-    from g2d.results.analysis import read_analysis
+    from g2d.results.analysis import read_analysis, stale_analysis
     from g2d.training.teachers import teacher_dir
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise G2DError(f"run folder not found: {run_dir}")
     metrics = read_metrics(run_dir)
+    if metrics.get("method") == "teacher":
+        raise G2DError(f"{run_dir}: a teacher's folder; report the multimodal runs that use it")
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise G2DError(f"config file not found: {config_path}")
@@ -68,7 +70,11 @@ def read_run(run_dir: Path) -> RunRecord:
         epochs = epochs_from_history(run_dir / "history.json", metrics["modalities"])
     teacher_epochs = {m: read_csv(teacher_dir(config, m) / "epochs.csv") for m in metrics["modalities"]}
     flat = flatten(OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
-    return RunRecord(run_dir, metrics, flat, epochs, read_analysis(run_dir),
+    analysis = read_analysis(run_dir)
+    stale = stale_analysis(run_dir, analysis) if analysis is not None else None
+    if stale:
+        raise G2DError(stale)
+    return RunRecord(run_dir, metrics, flat, epochs, analysis,
                      read_csv(run_dir / "analysis" / "embedding.csv"), {m: r for m, r in teacher_epochs.items() if r})
 
 
@@ -225,6 +231,11 @@ def write_report(run_dirs: list[Path], out: Path, overwrite: bool = False) -> Pa
     check_target(out, "report", "--out", overwrite)
     if not run_dirs:
         raise G2DError("report: give at least one run folder")
+    resolved = [Path(d).resolve() for d in run_dirs]
+    for index, folder in enumerate(resolved):
+        if folder in resolved[:index]:
+            raise G2DError(f"report: {run_dirs[index]} is {run_dirs[resolved.index(folder)]} again; give each run "
+                           "folder once (each counts as one seed)")
     records = [read_run(Path(d)) for d in run_dirs]
     tasks = {r.metrics["task"] for r in records}
     datasets = {r.metrics["dataset"] for r in records}

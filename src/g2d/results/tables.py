@@ -27,24 +27,28 @@ def results_table(runs: dict[str, dict]) -> str:
 
     Teachers' own test scores come as a last row from the first run that reports them.
     Classification scores are accuracy in percent; regression scores are MAPE in percent.
+    The last column is the epoch whose weights were tested (the best on validation, counted from 0;
+    ties keep the earliest), of the epochs trained.
     """
     first = next(iter(runs.values()))
     task, modalities = first["task"], first["modalities"]
     name = metric_name(task)
-    header = ["method", "multimodal", *modalities]
+    header = ["method", "multimodal", *modalities, "best epoch"]
     rows = []
     for label, metrics in runs.items():
         per_modality = metrics["test"]["per_modality"]
         rows.append([label, format_value(metrics["test"]["multimodal"][name], task),
-                     *(format_value(per_modality.get(m, {}).get(name), task) for m in modalities)])
+                     *(format_value(per_modality.get(m, {}).get(name), task) for m in modalities),
+                     f"{metrics.get('best_epoch', '?')} of {metrics.get('epochs', '?')}"])
     teachers = next((m["teachers"] for m in runs.values() if m.get("teachers")), {})
     if teachers:
-        rows.append(["teachers", "-", *(format_value(teachers.get(m, {}).get(name), task) for m in modalities)])
+        rows.append(["teachers", "-", *(format_value(teachers.get(m, {}).get(name), task) for m in modalities), "-"])
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
     unit = "test accuracy (%)" if task == "classification" else "test MAPE (%)"
-    return f"{first['dataset']}: {unit}; per-modality columns are each modality inside the model\n" + "\n".join(lines)
+    return (f"{first['dataset']}: {unit}; per-modality columns are each modality inside the model; best epoch is "
+            "the validation-best epoch tested (from 0, ties keep the earliest)\n" + "\n".join(lines))
 
 
 def method_label(name: str) -> str:

@@ -182,7 +182,7 @@ def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of:
         write_json(run_dir / "metrics.json", metrics)
         if teacher_of is not None:
             metadata = expected_metadata(config, data, teacher_of)
-            metadata.update(seed=config.seed, epochs=config.trainer.epochs, best_epoch=result.best_epoch,
+            metadata.update(epochs=config.trainer.epochs, best_epoch=result.best_epoch,
                             val=result.best_val["multimodal"], test=test["multimodal"])
             save_teacher(model.cpu(), run_dir, metadata)
     distributed.barrier()  # no process goes on (to load this teacher, say) before rank 0 has written
@@ -198,7 +198,7 @@ def finished_run(config: ExperimentConfig, data: MultimodalData, teacher_of: str
         model = MultimodalModel(data.modalities, config.model, output_size(data))
         load_weights(run_dir / checkpoint.LINK / "best.safetensors", model)
         metadata = expected_metadata(config, data, teacher_of)
-        metadata.update(seed=config.seed, epochs=config.trainer.epochs, best_epoch=metrics["best_epoch"],
+        metadata.update(epochs=config.trainer.epochs, best_epoch=metrics["best_epoch"],
                         val=metrics["val"]["multimodal"], test=metrics["test"]["multimodal"])
         save_teacher(model, run_dir, metadata)
     logger.info("%s: finished at %s epochs already; nothing to resume (a larger trainer.epochs extends it)",

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from g2d.training import checkpoint
 from g2d.training.checkpoint import check_resume
-from g2d.config import ExperimentConfig, to_dict
+from g2d.config import ExperimentConfig, to_record
 from g2d.errors import G2DError
 from g2d.folders import KINDS, kind_of, mark
 from g2d.io import atomic_write
@@ -50,7 +50,7 @@ class Claim:
             for name in RUN_FILES:
                 remove(self.folder / name)
         mark(self.folder, "run")
-        atomic_write(self.folder / "config.yaml", lambda tmp: tmp.write_text(OmegaConf.to_yaml(to_dict(config))))
+        atomic_write(self.folder / "config.yaml", lambda tmp: tmp.write_text(OmegaConf.to_yaml(to_record(config))))
 
 
 def remove(path: Path) -> None:

@@ -10,7 +10,7 @@ of the grid (each combination is a *point*) for every seed, in ``DIR/<point>/see
   an interrupted run resumes from its checkpoint, so an interrupted sweep just continues;
 - ``DIR`` must be new, empty or an earlier sweep (``g2d.folders``: never a run or a report),
   a seed is given once, and every run's config is checked before anything runs or prints;
-- ``--workers N`` runs N experiments at a time in separate processes;
+- ``--workers N`` runs N experiments at a time in separate processes, which die with the sweep;
 - the table goes to ``DIR/sweep.md``, ``DIR/sweep.csv`` and ``DIR/sweep.json`` (every
   point's overrides, run folders and per-metric mean, std and values);
 - ``--print-commands`` prints one ``g2d train`` command per run for a scheduler's job array
@@ -23,13 +23,17 @@ and call ``run_sweep``.
 from __future__ import annotations
 
 import csv
+import ctypes
 import hashlib
 import itertools
 import json
 import multiprocessing
 import os
 import shlex
+import signal
 import statistics
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -39,7 +43,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import OmegaConf
 
-from g2d.config import ExperimentConfig, flatten, load_config, to_dict
+from g2d.config import ExperimentConfig, flatten, load_config, same_dataset_root, to_dict
 from g2d.data import load_dataset
 from g2d.errors import G2DError
 from g2d.folders import check_target, mark
@@ -175,6 +179,8 @@ def finished(job: Job) -> bool:
     current = flatten(to_dict(job.config))
     # The teachers folder follows from the other keys, so a differing setting is named before it.
     for key in sorted(set(saved) | set(current), key=lambda k: (k == "teachers.root", k)):
+        if key == "dataset.root" and same_dataset_root(saved.get(key), current.get(key)):
+            continue
         if key not in IGNORED_KEYS and saved.get(key) != current.get(key):
             raise G2DError(f"{saved_path}: config key {key} is {saved.get(key)!r} there but {current.get(key)!r} in this "
                            "sweep; use another --out or the same settings")
@@ -216,9 +222,28 @@ def run_one(config_path: Path | None, overrides: list[str]) -> dict:
     return run(load_config(config_path, overrides))
 
 
-def limit_threads(threads: int) -> None:
-    """A worker's share of the CPU, so N workers do not each start a thread per core."""
+def start_worker(threads: int, parent: int) -> None:
+    """A worker's set-up: its share of the CPU (N workers do not each start a thread per core), and
+    death with the sweep that started it, which ``kill -9`` would otherwise leave training and holding
+    run folders' locks."""
     torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        # The kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG).
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # Elsewhere (and should the parent have died before prctl took effect) a thread watches the parent's pid.
+    threading.Thread(target=watch_parent, args=(parent,), name="g2d-watch-parent", daemon=True).start()
+
+
+PR_SET_PDEATHSIG = 1
+PARENT_POLL_SECONDS = 1.0
+
+
+def watch_parent(parent: int) -> None:
+    """End this process at once when its parent ``parent`` is gone (it is then adopted by another process)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
 
 
 def execute(tasks: list[tuple[Callable, Path | None, list[str]]], workers: int,
@@ -230,7 +255,8 @@ def execute(tasks: list[tuple[Callable, Path | None, list[str]]], workers: int,
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # a forked torch process may deadlock in its thread pools
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=limit_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker,
+                             initargs=(threads, os.getpid())) as pool:
         futures = {pool.submit(function, config_path, overrides): index
                    for index, (function, config_path, overrides) in enumerate(tasks)}
         for future in as_completed(futures):

@@ -11,6 +11,7 @@ read; the next save (or the next claim of the run folder) deletes it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -22,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from g2d import faults
-from g2d.config import ExperimentConfig, flatten, to_dict
+from g2d.config import ExperimentConfig, flatten, same_dataset_root, to_dict
 from g2d.errors import G2DError
 
 STORE = ".checkpoints"
@@ -41,6 +42,20 @@ def committed(run_dir: Path) -> Path | None:
         if (folder / STATE).is_file():
             return folder
     return None
+
+
+def identity(run_dir: Path) -> dict | None:
+    """Which committed checkpoint a reader of ``run_dir`` gets: its folder name, the epochs it trained and
+    the sha256 of its best weights (what ``g2d analyze`` reads), or None when the run has none."""
+    saved = committed(run_dir)
+    if saved is None:
+        return None
+    digest = hashlib.sha256()
+    with open(saved / "best.safetensors", "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"name": saved.resolve().name, "epochs": read_state(saved)["state"]["epoch"],
+            "best_sha256": digest.hexdigest()}
 
 
 def fsync_dir(folder: Path) -> None:
@@ -181,7 +196,7 @@ def check_resume(saved: dict, config: ExperimentConfig, path: Path) -> None:
                 continue
             raise G2DError(f"config key trainer.epochs: {new} is fewer than the {old} the run in {path.parent.parent} "
                            "was started with; resuming can only extend a run")
-        if key == "dataset.root" and old and new and Path(old).resolve() == Path(new).resolve():
+        if key == "dataset.root" and same_dataset_root(old, new):
             continue
         raise G2DError(
             f"config key {key}: {new!r} differs from the interrupted run's {old!r} in {path}; "

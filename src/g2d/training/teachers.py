@@ -76,6 +76,8 @@ def expected_metadata(config: ExperimentConfig, data: MultimodalData, modality: 
         "input": {"kind": spec.kind, "shape": list(spec.shape)},
         "encoder": asdict(config.model.encoder_for(modality)),
         "data_fingerprint": data_fingerprint(data, modality),
+        # A teacher is trained under its student's seed: one of another seed is another teacher.
+        "seed": config.seed,
     }
     # A teacher that started from pretrained files records their hashes: if a file at the same
     # path changes, the teacher no longer matches. Encoders from scratch record nothing extra.
