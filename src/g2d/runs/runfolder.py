@@ -29,7 +29,8 @@ from g2d.locks import LOCK, FolderLock, make_folder
 
 logger = logging.getLogger("g2d")
 
-RUN_FILES = ("metrics.json", "history.json", "config.yaml", checkpoint.LINK, checkpoint.STORE, "tb")
+RUN_FILES = ("metrics.json", "history.json", "config.yaml", checkpoint.LINK, checkpoint.STORE, "tb", "tracking.json",
+             "tracking.csv", "wandb")
 
 
 @dataclass

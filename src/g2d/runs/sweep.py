@@ -37,7 +37,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import OmegaConf
 
-from g2d.config import ExperimentConfig, flatten, load_config, to_dict
+from g2d.config import ExperimentConfig, flatten, is_tracking_key, load_config, to_dict
 from g2d.data import load_dataset
 from g2d.errors import G2DError
 from g2d.runs.experiment import run
@@ -50,7 +50,7 @@ from g2d.training.teachers import ensure_teachers, teacher_summary
 IGNORED_KEYS = ("trainer.resume", "trainer.progress")
 # Keys that do not change a run's teachers (a teacher trains one modality with the task loss alone).
 NOT_TEACHER_KEYS = ("out", "teachers.root", "teachers.train_missing", "dataset.modalities", "model.fusion", "method",
-                    "smp", "trainer.resume", "trainer.progress")
+                    "smp", "trainer.resume", "trainer.progress", "trainer.loggers", "trainer.mlflow", "trainer.wandb")
 
 
 @dataclass
@@ -168,7 +168,7 @@ def finished(job: Job) -> bool:
     current = flatten(to_dict(job.config))
     # The teachers folder follows from the other keys, so a differing setting is named before it.
     for key in sorted(set(saved) | set(current), key=lambda k: (k == "teachers.root", k)):
-        if key not in IGNORED_KEYS and saved.get(key) != current.get(key):
+        if key not in IGNORED_KEYS and not is_tracking_key(key) and saved.get(key) != current.get(key):
             raise G2DError(f"{saved_path}: config key {key} is {saved.get(key)!r} there but {current.get(key)!r} in this "
                            "sweep; use another --out or the same settings")
     return True
