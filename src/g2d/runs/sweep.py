@@ -45,6 +45,7 @@ from g2d.io import write_json
 from g2d.methods import METHODS
 from g2d.results.tables import mean_std, summary_metrics
 from g2d.training.teachers import ensure_teachers, teacher_summary
+from g2d.training.tracking import check_loggers, finish_sweep, start_sweep
 
 # Keys that do not change a run's result (resume is how a sweep continues).
 IGNORED_KEYS = ("trainer.resume", "trainer.progress")
@@ -250,6 +251,11 @@ def run_sweep(
         raise G2DError(f"--workers: must be >= 1, got {workers}")
     jobs = plan_jobs(config_path, overrides, points, seeds, out)
     pending = [job for job in jobs if not finished(job)]
+    check_loggers(jobs[0].config)
+    if pending:
+        tracked = start_sweep(jobs[0].config, out, [p.label for p in points])
+        for job in pending:
+            job.overrides.extend(tracked)
     started = time.perf_counter()
     leaders = teacher_jobs(pending, all_teachers)
     if leaders:
@@ -270,6 +276,7 @@ def run_sweep(
         metrics = json.loads((job.out / "metrics.json").read_text())
         results.setdefault(job.point.label, []).append(metrics)
     write_tables(out, config_path, overrides, points, jobs, results, time.perf_counter() - started)
+    finish_sweep(out, [out / "sweep.md", out / "sweep.csv", out / "sweep.json"])
     return results
 
 

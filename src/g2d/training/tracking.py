@@ -391,3 +391,44 @@ def attach_files(run_dir: Path, files: list[Path], folder: str) -> None:
     config.trainer.loggers = [name for name in config.trainer.loggers if name in stored and name in ("mlflow", "wandb")]
     with Tracking().start(config, run_dir) as tracking:
         tracking.call(lambda backend: backend.log_files(files, folder))
+
+
+def start_sweep(config: ExperimentConfig, out: Path, labels: list[str]) -> list[str]:
+    """The overrides that gather a sweep's runs in its trackers: one MLflow store in ``out`` (unless configured)
+    with a parent run (reopened when the sweep continues) whose children they are, and ``out``'s name as the W&B
+    group. ``labels``: the sweep's configurations, recorded on the parent."""
+    overrides = []
+    name = out.resolve().name
+    if "wandb" in config.trainer.loggers and not config.trainer.wandb.group:
+        overrides.append(f"trainer.wandb.group={name}")
+    if "mlflow" not in config.trainer.loggers or config.trainer.mlflow.parent_run_id:
+        return overrides
+    settings = config.trainer.mlflow
+    uri = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out.resolve() / 'mlflow.db'}"
+    try:
+        client = mlflow_client(uri)
+        run_id = read_ids(out).get("mlflow", {}).get("run_id")
+        if run_id is None:
+            experiment = mlflow_experiment(client, settings.experiment, uri)
+            tags = {"g2d.role": "sweep", "g2d.run_dir": str(out.resolve())}
+            run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
+            client.log_param(run_id, "sweep.configurations", " | ".join(labels)[:6000])
+        write_json(out / TRACKING_FILE, {"mlflow": {"run_id": run_id, "tracking_uri": uri}})
+    except Exception as exc:  # the sweep runs untracked rather than not at all
+        warn("mlflow", exc)
+        return overrides
+    return [*overrides, f"trainer.mlflow.tracking_uri={uri}", f"trainer.mlflow.parent_run_id={run_id}"]
+
+
+def finish_sweep(out: Path, files: list[Path]) -> None:
+    """Attach the sweep's tables (mean ± std) to its MLflow parent run and end it."""
+    stored = read_ids(out).get("mlflow")
+    if not stored:
+        return
+    try:
+        client = mlflow_client(stored["tracking_uri"])
+        for path in files:
+            client.log_artifact(stored["run_id"], str(path))
+        client.set_terminated(stored["run_id"], "FINISHED")
+    except Exception as exc:
+        warn("mlflow", exc)
