@@ -193,3 +193,15 @@ def load_weights_of(folder):
     from safetensors.torch import load_file
 
     return load_file(str(folder / "checkpoints" / "best.safetensors"))
+
+
+def test_analyze_and_report_files_become_artifacts_of_the_tracked_run(tmp_path):
+    run(tracked(tmp_path, ["mlflow"], "method.name=joint", "trainer.epochs=1"))
+    assert main(["analyze", str(tmp_path / "run")]) == 0
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
+    client, runs = mlflow_runs(tmp_path)
+    run_id = runs["run"].info.run_id
+    assert [a.path for a in client.list_artifacts(run_id, "analysis")] == ["analysis/analysis.json",
+                                                                           "analysis/embedding.csv"]
+    assert "report/report.html" in [a.path for a in client.list_artifacts(run_id, "report")]
+    assert list(runs) == ["run"] and runs["run"].info.status == "FINISHED"
