@@ -29,8 +29,9 @@ from g2d.locks import LOCK, FolderLock, make_folder
 
 logger = logging.getLogger("g2d")
 
+# wandb/ is kept: a replaced run's offline W&B files can still be sent with wandb sync.
 RUN_FILES = ("metrics.json", "history.json", "config.yaml", checkpoint.LINK, checkpoint.STORE, "tb", "tracking.json",
-             "tracking.csv", "wandb")
+             "tracking.csv")
 
 
 @dataclass

@@ -333,7 +333,8 @@ class Tracking:
                 self.backends[name] = BACKENDS[name](info)
             except Exception as exc:  # an unreachable store must not stop the run
                 warn(name, exc)
-        ids = {name: backend.ids() for name, backend in self.backends.items()}
+        # A backend that could not reopen keeps its stored id, for the next resume.
+        ids = {**stored, **{name: backend.ids() for name, backend in self.backends.items()}}
         if any(ids.values()):
             write_json(run_dir / TRACKING_FILE, ids)
         return self
