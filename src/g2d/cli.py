@@ -192,8 +192,11 @@ def prepare(args: argparse.Namespace) -> int:
 
 def analyze(args: argparse.Namespace) -> int:
     from g2d.results.analysis import analyze_run, summary_lines
+    from g2d.training.tracking import attach_files
 
     result = analyze_run(args.run_dir, overwrite=args.overwrite, device=args.device, seed=args.seed)
+    written = sorted(p for p in (args.run_dir / "analysis").iterdir() if not p.name.startswith("."))  # no markers
+    attach_files(args.run_dir, written, "analysis")
     print("\n".join(summary_lines(result)))
     print(f"analysis written to {args.run_dir / 'analysis'}")
     return 0
@@ -201,8 +204,12 @@ def analyze(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     from g2d.results.report import write_report
+    from g2d.training.tracking import attach_files
 
-    print(f"report written to {write_report(args.run_dirs, args.out, overwrite=args.overwrite)}")
+    page = write_report(args.run_dirs, args.out, overwrite=args.overwrite)
+    for run_dir in args.run_dirs:
+        attach_files(run_dir, sorted(p for p in args.out.iterdir() if p.is_file() and not p.name.startswith(".")), "report")
+    print(f"report written to {page}")
     return 0
 
 

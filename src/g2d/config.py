@@ -207,6 +207,35 @@ class OptimConfig:
 
 
 @dataclass
+class MLflowConfig:
+    """Where ``trainer.loggers: [mlflow]`` logs (docs/tracking.md).
+
+    ``tracking_uri``: a store or server (``sqlite:///runs/mlflow.db``, ``http://host:5000``); null =
+    ``MLFLOW_TRACKING_URI``, else ``sqlite:///<the run folder's parent>/mlflow.db``. ``experiment``: the
+    MLflow experiment's name. ``parent_run_id``: the run this one is a child of (``g2d sweep`` sets it).
+    """
+
+    tracking_uri: Optional[str] = None
+    experiment: str = "g2d"
+    parent_run_id: Optional[str] = None
+
+
+@dataclass
+class WandbConfig:
+    """Where ``trainer.loggers: [wandb]`` logs (docs/tracking.md).
+
+    ``mode``: null = ``WANDB_MODE``, else ``offline`` (files in ``<run folder>/wandb``, sent later by
+    ``wandb sync``); ``online`` needs network and a login. ``group``: null, or the sweep's folder
+    name under ``g2d sweep``.
+    """
+
+    project: str = "g2d"
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    mode: Optional[str] = None
+
+
+@dataclass
 class TrainerConfig:
     """The training loop's settings.
 
@@ -219,7 +248,8 @@ class TrainerConfig:
     partial batch (a remainder of one row is always dropped: BatchNorm cannot train on one row).
     ``resume`` continues the interrupted or finished run in ``out``
     (a larger ``epochs`` extends it); ``overwrite`` replaces the run ``out`` holds. Without
-    either, a folder that holds a run is refused (docs/reliability.md).
+    either, a folder that holds a run is refused (docs/reliability.md). ``loggers`` lists where
+    metrics go each epoch: ``tensorboard``, ``csv``, ``mlflow``, ``wandb`` (docs/tracking.md).
     """
 
     epochs: int = 300
@@ -235,6 +265,9 @@ class TrainerConfig:
     cuda_graph: bool = True
     loader_workers: int = 4
     drop_last: bool = False
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -382,6 +415,15 @@ def to_record(config: ExperimentConfig) -> dict[str, Any]:
 def same_dataset_root(old: Any, new: Any) -> bool:
     """Whether two spellings of ``dataset.root`` (relative to this folder, or absolute) name one folder."""
     return old == new or bool(old and new and Path(old).resolve() == Path(new).resolve())
+
+
+# Keys that say where a run is tracked, not what it trains: a resumed run or a finished sweep run may differ in them.
+TRACKING_KEYS = ("trainer.loggers", "trainer.mlflow", "trainer.wandb")
+
+
+def is_tracking_key(key: str) -> bool:
+    """Whether a flattened config key is one of ``TRACKING_KEYS`` or below one."""
+    return any(key == name or key.startswith(name + ".") for name in TRACKING_KEYS)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -36,6 +36,7 @@ from g2d.training.engine import (
 )
 from g2d.training.epochs import record_epochs
 from g2d.training.evaluate import evaluate
+from g2d.training.tracking import Tracking, check_loggers, mlflow_uri, read_ids
 from g2d.training.teachers import (
     as_modules,
     ensure_teachers,
@@ -59,6 +60,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     before the run folder is claimed (``g2d.runs.runfolder``) and written.
     """
     check.preflight(config)
+    check_loggers(config)
     device = distributed.setup(select_device(config.trainer.device))
     # Encoder settings are checked against every modality the dataset has, selected or not, so one
     # config can hold them all while dataset.modalities picks a subset.
@@ -76,10 +78,10 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
         sanity.warn_unseen_classes(data)
         sanity.warn_unused_smp_settings(config, smp_enabled)
     distributed.check_method(method)
-    with claimed_run_folder(config) as claim:
+    with claimed_run_folder(config) as claim, Tracking() as tracking:
         if claim.finished:
             return finished_run(config, data, teacher_of)
-        metrics = train_and_report(config, data, teacher_of, method, smp_enabled, device, claim)
+        metrics = train_and_report(config, data, teacher_of, method, smp_enabled, device, claim, tracking)
     return metrics
 
 
@@ -120,13 +122,15 @@ def claimed_run_folder(config: ExperimentConfig) -> Iterator[runfolder.Claim]:
 
 
 def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of: str | None, method: Method,
-                     smp_enabled: bool, device: torch.device, claim: runfolder.Claim) -> dict:
-    """The run itself, in its claimed folder: teachers, model, SMP, fit, test, and the result files."""
+                     smp_enabled: bool, device: torch.device, claim: runfolder.Claim, tracking: Tracking) -> dict:
+    """The run itself, in its claimed folder: teachers, model, SMP, fit, test, and the result files; rank 0
+    starts ``tracking`` once the folder is claimed and sends it every epoch and the end-of-run numbers."""
     modalities = list(data.modalities)
     run_dir = claim.folder
     teachers = None
     if method.uses_teachers or smp_enabled:
-        loaded = ensure_teachers(config, data, lambda cfg, m: run(cfg, data.select([m]), teacher_of=m))
+        loaded = ensure_teachers(config, data, lambda cfg, m: run(tracked_teacher(cfg, config), data.select([m]),
+                                                                   teacher_of=m))
         teachers = TeacherEnsemble(as_modules(loaded)).to(device)
         teacher_metrics = teacher_summary(loaded)
     else:
@@ -149,7 +153,10 @@ def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of:
 
     if distributed.is_main():
         claim.begin(config)
-    result = fit(model, method, data, config, run_dir, teachers, modulator, device)
+        tags = {"g2d.role": "teacher" if teacher_of else "student", "g2d.method": method.name, "g2d.dataset": data.name,
+                **({"g2d.teacher_of": teacher_of} if teacher_of else {})}
+        tracking.start(config, run_dir, tags, {m: read_ids(teacher_dir(config, m)) for m in modalities} if teachers else {})
+    result = fit(model, method, data, config, run_dir, teachers, modulator, device, tracking)
     if modulator is not None:
         smp_report["tau"] = modulator.tau
         if modulator.auto is not None:
@@ -177,16 +184,26 @@ def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of:
     }
     if distributed.is_main():
         write_json(run_dir / "history.json", result.history)
-        record_epochs(run_dir, result.history, data, as_modules(loaded) if teachers is not None else
-                      existing_teachers(config, data), modulator, device, config.trainer.eval_batch_size)
+        rows = record_epochs(run_dir, result.history, data, as_modules(loaded) if teachers is not None else
+                             existing_teachers(config, data), modulator, device, config.trainer.eval_batch_size,
+                             tensorboard="tensorboard" in config.trainer.loggers)
         write_json(run_dir / "metrics.json", metrics)
         if teacher_of is not None:
             metadata = expected_metadata(config, data, teacher_of)
             metadata.update(epochs=config.trainer.epochs, best_epoch=result.best_epoch,
                             val=result.best_val["multimodal"], test=test["multimodal"])
             save_teacher(model.cpu(), run_dir, metadata)
+        tracking.finish(metrics, [run_dir / "metrics.json"], {f"teacher/{row['modality']}/val_confidence": row[
+            "teacher_val_confidence"] for row in rows if row["teacher_val_confidence"] != ""})
     distributed.barrier()  # no process goes on (to load this teacher, say) before rank 0 has written
     return metrics
+
+
+def tracked_teacher(teacher: ExperimentConfig, student: ExperimentConfig) -> ExperimentConfig:
+    """A teacher run logs to its student's MLflow store (its own default would sit in the teachers folder)."""
+    if "mlflow" in teacher.trainer.loggers:
+        teacher.trainer.mlflow.tracking_uri = mlflow_uri(student, student.run_dir())
+    return teacher
 
 
 def finished_run(config: ExperimentConfig, data: MultimodalData, teacher_of: str | None) -> dict:

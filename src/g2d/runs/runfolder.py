@@ -32,7 +32,9 @@ from g2d.locks import FolderLock, make_folder
 
 logger = logging.getLogger("g2d")
 
-RUN_FILES = ("metrics.json", "history.json", "config.yaml", checkpoint.LINK, checkpoint.STORE, "tb")
+# wandb/ is kept: a replaced run's offline W&B files can still be sent with wandb sync.
+RUN_FILES = ("metrics.json", "history.json", "config.yaml", checkpoint.LINK, checkpoint.STORE, "tb", "tracking.json",
+             "tracking.csv")
 
 
 @dataclass

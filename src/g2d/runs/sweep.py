@@ -43,7 +43,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import OmegaConf
 
-from g2d.config import ExperimentConfig, flatten, load_config, same_dataset_root, to_dict
+from g2d.config import ExperimentConfig, flatten, is_tracking_key, load_config, same_dataset_root, to_dict
 from g2d.data import load_dataset
 from g2d.errors import G2DError
 from g2d.folders import check_target, mark
@@ -54,12 +54,13 @@ from g2d.results.tables import mean_std, summary_metrics
 from g2d.runs.check import preflight, smp_enabled
 from g2d.runs.experiment import run
 from g2d.training.teachers import ensure_teachers, teacher_summary
+from g2d.training.tracking import check_loggers, finish_sweep, start_sweep
 
 # Keys that do not change a run's result (resume is how a sweep continues).
 IGNORED_KEYS = ("trainer.resume", "trainer.progress")
 # Keys that do not change a run's teachers (a teacher trains one modality with the task loss alone).
 NOT_TEACHER_KEYS = ("out", "teachers.root", "teachers.train_missing", "dataset.modalities", "model.fusion", "method",
-                    "smp", "trainer.resume", "trainer.progress")
+                    "smp", "trainer.resume", "trainer.progress", "trainer.loggers", "trainer.mlflow", "trainer.wandb")
 
 
 @dataclass
@@ -181,7 +182,7 @@ def finished(job: Job) -> bool:
     for key in sorted(set(saved) | set(current), key=lambda k: (k == "teachers.root", k)):
         if key == "dataset.root" and same_dataset_root(saved.get(key), current.get(key)):
             continue
-        if key not in IGNORED_KEYS and saved.get(key) != current.get(key):
+        if key not in IGNORED_KEYS and not is_tracking_key(key) and saved.get(key) != current.get(key):
             raise G2DError(f"{saved_path}: config key {key} is {saved.get(key)!r} there but {current.get(key)!r} in this "
                            "sweep; use another --out or the same settings")
     return True
@@ -283,8 +284,13 @@ def run_sweep(
         raise G2DError(f"--workers: must be >= 1, got {workers}")
     jobs = plan_jobs(config_path, overrides, points, seeds, out)
     pending = [job for job in jobs if not finished(job)]
+    check_loggers(jobs[0].config)
     make_folder(out, "--out")
     mark(out, "sweep")
+    if pending:
+        tracked = start_sweep(jobs[0].config, out, [p.label for p in points])
+        for job in pending:
+            job.overrides.extend(tracked)
     started = time.perf_counter()
     leaders = teacher_jobs(pending, all_teachers)
     if leaders:
@@ -305,6 +311,7 @@ def run_sweep(
         metrics = json.loads((job.out / "metrics.json").read_text())
         results.setdefault(job.point.label, []).append(metrics)
     write_tables(out, config_path, overrides, points, jobs, results, time.perf_counter() - started)
+    finish_sweep(out, [out / "sweep.md", out / "sweep.csv", out / "sweep.json"])
     return results
 
 

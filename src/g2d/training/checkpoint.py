@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from g2d import faults
-from g2d.config import ExperimentConfig, flatten, same_dataset_root, to_dict
+from g2d.config import ExperimentConfig, flatten, is_tracking_key, same_dataset_root, to_dict
 from g2d.errors import G2DError
 
 STORE = ".checkpoints"
@@ -189,7 +189,7 @@ def check_resume(saved: dict, config: ExperimentConfig, path: Path) -> None:
     old_values, new_values = flatten(saved), flatten(to_dict(config))
     for key in sorted(set(old_values) | set(new_values)):
         old, new = old_values.get(key), new_values.get(key)
-        if key in RESUME_IGNORED_KEYS or old == new:
+        if key in RESUME_IGNORED_KEYS or is_tracking_key(key) or old == new:
             continue
         if key == "trainer.epochs" and isinstance(old, int) and isinstance(new, int):
             if new > old:

@@ -22,7 +22,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from g2d.config import ExperimentConfig, OptimConfig, to_dict
@@ -37,6 +36,7 @@ from g2d.registry import Registry
 from g2d.training import checkpoint, distributed
 from g2d.training.evaluate import evaluate, selection_score
 from g2d.training.fast import TrainingPath, plan_training, prepare_modules
+from g2d.training.tracking import Tracking
 
 logger = logging.getLogger("g2d")
 
@@ -189,8 +189,12 @@ def fit(
     teachers: TeacherEnsemble | None = None,
     modulator: SMP | None = None,
     device: torch.device | None = None,
+    tracking: Tracking | None = None,
 ) -> FitResult:
     """Train ``model`` with ``method`` for ``trainer.epochs``; keep the best validation epoch's weights.
+
+    Each epoch's record goes to ``tracking`` (``g2d.training.tracking``; by default the backends of
+    ``trainer.loggers``, opened and closed here) on rank 0, after its checkpoint is committed.
 
     Each batch goes through ``path.step`` (``g2d.training.fast``: the reference path, or the fast one that
     may replay it from a CUDA graph) to the training step itself, ``Method.train_step``.
@@ -215,7 +219,11 @@ def fit(
         if modulator is not None:
             modulator.load_state_dict(state.get("smp", {}))
     main = distributed.is_main()  # rank 0 alone writes logs and checkpoints
-    writer = SummaryWriter(str(run_dir / "tb")) if main else None
+    owned = tracking is None
+    if tracking is None:
+        tracking = Tracking().start(config, run_dir) if main else Tracking()
+    if saved is not None:
+        tracking.replay(state["history"], modulator)
     epochs = config.trainer.epochs
     bar = tqdm(range(state["epoch"], epochs), desc=f"{method.name} {run_dir.name}", unit="epoch", initial=state["epoch"],
                total=epochs, disable=None if config.trainer.progress and main else True, leave=False)
@@ -258,30 +266,20 @@ def fit(
                 state.update(best_epoch=epoch, best_score=score, best_val=val)
             state["epoch"] = epoch + 1
             if main:
-                log_epoch(writer, record, epoch)
                 save_checkpoint(checkpoints, model, optimizer, scheduler, state, config, method)
+                tracking.epoch(record, modulator)
             bar.set_postfix(loss=f"{train_stats['loss']:.3f}", val=f"{score:.3f}")
             if bar.disable and config.trainer.progress:
                 log_progress(method.name, run_dir, record, epochs, score)
     finally:
         path.close()
-        if writer is not None:
-            writer.close()
+        if owned:
+            tracking.close(ok=state["epoch"] == epochs)
         bar.close()
     if main:
         load_weights(checkpoints / "best.safetensors", model)
     distributed.broadcast_module(model)
     return FitResult(state["best_epoch"], state["best_val"], state["history"], state["wall"], path.summary())
-
-
-def log_epoch(writer: Any, record: dict, epoch: int) -> None:
-    for name, value in record["train"].items():
-        writer.add_scalar(f"train/{name}", value, epoch)
-    for scope, metrics in (("val/multimodal", record["val"]["multimodal"]),
-                           *((f"val/{m}", v) for m, v in record["val"]["per_modality"].items())):
-        for name, value in metrics.items():
-            writer.add_scalar(f"{scope}/{name}", value, epoch)
-    writer.add_scalar("lr", record["lr"], epoch)
 
 
 def log_progress(name: str, run_dir: Path, record: dict, epochs: int, score: float) -> None:

@@ -101,13 +101,16 @@ def record_epochs(
     modulator: Modulator | None,
     device: torch.device,
     batch_size: int,
+    tensorboard: bool = True,
 ) -> list[dict]:
-    """Write ``run_dir/epochs.csv`` and the per-epoch teacher confidence and SMP choice to TensorBoard."""
+    """Write ``run_dir/epochs.csv`` and (``tensorboard``) the per-epoch teacher confidence and SMP choice to TensorBoard."""
     from torch.utils.tensorboard import SummaryWriter
 
     confidence = split_confidence(teachers, data, "val", device, batch_size) if teachers else {}
     rows = epoch_rows(history, list(data.modalities), confidence, modulator)
     write_epochs_csv(run_dir / "epochs.csv", rows)
+    if not tensorboard:
+        return rows
     with SummaryWriter(str(run_dir / "tb")) as writer:
         for row in rows:
             if row["teacher_val_confidence"] != "":
