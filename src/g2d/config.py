@@ -137,6 +137,9 @@ class OptimConfig:
     lr_gamma: float = 0.1
 
 
+SELECTION_RULES = ("val", "last", "test")  # trainer.select: the epoch a run keeps
+
+
 @dataclass
 class TrainerConfig:
     """The training loop's settings.
@@ -150,7 +153,9 @@ class TrainerConfig:
     partial batch (a remainder of one row is always dropped: BatchNorm cannot train on one row).
     ``resume`` continues the interrupted or finished run in ``out``
     (a larger ``epochs`` extends it); ``overwrite`` replaces the run ``out`` holds. Without
-    either, a folder that holds a run is refused (docs/reliability.md).
+    either, a folder that holds a run is refused (docs/reliability.md). ``select`` is the epoch whose
+    weights a run keeps: ``val`` (best validation score), ``last``, or ``test`` (best test score, the
+    authors' rule: optimistic, and marked so); metrics.json records the test score under all three.
     """
 
     epochs: int = 300
@@ -166,6 +171,7 @@ class TrainerConfig:
     cuda_graph: bool = True
     loader_workers: int = 4
     drop_last: bool = False
+    select: str = "val"
 
 
 @dataclass
@@ -263,6 +269,8 @@ def check_ranges(config: ExperimentConfig) -> None:
     for key, value in (("optim.lr", config.optim.lr), ("optim.lr_gamma", config.optim.lr_gamma)):
         if not (value > 0 and value != float("inf")):
             raise G2DError(f"config key {key}: must be a positive number, got {value}")
+    if config.trainer.select not in SELECTION_RULES:
+        raise G2DError(f"config key trainer.select: {config.trainer.select!r} is not one of {', '.join(SELECTION_RULES)}")
     modalities = list(config.dataset.modalities)
     repeated = sorted({m for m in modalities if modalities.count(m) > 1})
     if repeated:

@@ -21,14 +21,23 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Te
     return F.mse_loss(torch.sigmoid(logits.squeeze(-1)), labels.float())
 
 
-def feature_distillation(
-    student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Eq. 2 per modality: mean squared error between student and teacher encoder features.
+FEATURE_REDUCTIONS = ("mean", "sum")
 
-    Mean-reduced over batch and feature dimensions, as the authors' code does.
+
+def feature_distillation(
+    student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], reduction: str = "mean"
+) -> dict[str, torch.Tensor]:
+    """Eq. 2 per modality: squared error between student and teacher encoder features.
+
+    ``mean`` averages over batch and feature dimensions, as the authors' code does; ``sum`` is Eq. 2
+    as written, the squared L2 norm summed over feature dimensions, then averaged over the batch
+    (``mean`` times the feature dimension D).
     """
-    return {m: F.mse_loss(student[m].float(), teacher[m].float()) for m in teacher}
+    if reduction not in FEATURE_REDUCTIONS:
+        raise ValueError(f"feature reduction {reduction!r} is not one of {', '.join(FEATURE_REDUCTIONS)}")
+    if reduction == "mean":
+        return {m: F.mse_loss(student[m].float(), teacher[m].float()) for m in teacher}
+    return {m: (student[m].float() - teacher[m].float()).pow(2).flatten(1).sum(dim=1).mean() for m in teacher}
 
 
 def logit_distillation(

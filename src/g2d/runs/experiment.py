@@ -148,6 +148,8 @@ def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of:
         "wall_seconds": round(wall_seconds, 2),
         "test": test,
         "val": result.best_val,
+        "selection": {"rule": config.trainer.select, "optimistic": config.trainer.select == "test",
+                      **result.selection},
         "teachers": teacher_metrics,
         "smp": smp_report,
         "method_params": asdict(method.params),
