@@ -25,6 +25,8 @@ class DatasetConfig:
     ``dataset.options.<key>`` at fault). ``folds: K`` (K >= 2) replaces the fixed test split
     by fold ``fold`` of a seeded K-fold partition (``split_seed``), for cross-validation on
     small datasets; validation is still carved from the remaining rows (``val_fraction``).
+    ``augment``: random resized crops and horizontal flips of the video and 3-channel image modalities
+    in training (``g2d.data.augment``), as the references' loaders do; the teacher cache turns off.
     """
 
     name: str = "mfeat"
@@ -36,6 +38,7 @@ class DatasetConfig:
     folds: int = 0
     fold: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    augment: bool = False
 
 
 @dataclass
