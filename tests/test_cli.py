@@ -77,6 +77,8 @@ def test_teacher_with_other_encoder_is_refused(tmp_path, tiny_overrides, capsys)
         (["method.g2d.alpah=2"], "method.g2d.alpah"),
         (["method.alpha=2"], "method.g2d.alpha"),
         (["method.name=magic"], "method.name"),
+        (["method.g2d.feature_reduction=l2"], "method.g2d.feature_reduction"),
+        (["trainer.select=best"], "trainer.select"),
         (["model.fusion=glue"], "model.fusion"),
         (["smp.tau=[1,2]"], "smp.tau"),
         (["dataset.root=/nonexistent/mfeat"], "/nonexistent/mfeat"),

@@ -42,6 +42,15 @@ def test_feature_distillation_is_mean_squared_error():
     assert feature_distillation(student, teacher)["a"].item() == pytest.approx((1 + 0 + 0 + 4) / 4)
 
 
+def test_feature_distillation_sum_is_eq2_as_written():
+    """Squared L2 norm summed over feature dimensions, then the batch mean: ((1 + 0) + (0 + 4)) / 2."""
+    student = {"a": torch.tensor([[1.0, 2.0], [3.0, 4.0]])}
+    teacher = {"a": torch.tensor([[0.0, 2.0], [3.0, 6.0]])}
+    assert feature_distillation(student, teacher, "sum")["a"].item() == pytest.approx((1 + 4) / 2)
+    with pytest.raises(ValueError, match="l2"):
+        feature_distillation(student, teacher, "l2")
+
+
 def test_kl_direction_and_temperature_by_hand():
     student = torch.tensor([[1.0, 0.0]])
     teacher = torch.tensor([[0.0, 2.0]])
@@ -107,3 +116,12 @@ def test_umt_and_joint_by_hand():
     assert umt.loss(output, batch, teachers)[0].item() == pytest.approx(student + 10 * (1 / 2 + 5 / 3), rel=1e-5)
     joint = build_method({"name": "joint"}, "classification", ["a", "b"])
     assert joint.loss(output, batch, None)[0].item() == pytest.approx(student, rel=1e-6)
+
+
+def test_feature_reduction_sum_in_g2d_and_umt_by_hand():
+    """The same outputs as above: per-row squared errors sum to 1 (a, D=2) and 5 (b, D=3), one row."""
+    output, batch, teachers = make_outputs()
+    g2d = build_method({"name": "g2d", "g2d": {"feature_reduction": "sum"}}, "classification", ["a", "b"])
+    assert g2d.loss(output, batch, teachers)[1]["feature"].item() == pytest.approx(1 + 5, rel=1e-6)
+    umt = build_method({"name": "umt", "umt": {"feature_reduction": "sum"}}, "classification", ["a", "b"])
+    assert umt.loss(output, batch, teachers)[1]["feature"].item() == pytest.approx(1 + 5, rel=1e-6)

@@ -93,6 +93,8 @@ class DatasetConfig:
     small datasets; validation is still carved from the remaining rows (``val_fraction``).
     ``factory`` (``package.module:function``) is the function that ``name: python`` calls, with
     ``options`` as keyword arguments, for the train/validation/test ``torch.utils.data.Dataset``s.
+    ``augment``: random resized crops and horizontal flips of the video and 3-channel image modalities
+    in training (``g2d.data.augment``), as the references' loaders do; the teacher cache turns off.
     """
 
     name: str = "mfeat"
@@ -105,6 +107,7 @@ class DatasetConfig:
     folds: int = 0
     fold: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    augment: bool = False
 
 
 @dataclass
@@ -206,6 +209,9 @@ class OptimConfig:
     lr_gamma: float = 0.1
 
 
+SELECTION_RULES = ("val", "last", "test")  # trainer.select: the epoch a run keeps
+
+
 @dataclass
 class MLflowConfig:
     """Where ``trainer.loggers: [mlflow]`` logs (docs/tracking.md).
@@ -250,6 +256,9 @@ class TrainerConfig:
     (a larger ``epochs`` extends it); ``overwrite`` replaces the run ``out`` holds. Without
     either, a folder that holds a run is refused (docs/reliability.md). ``loggers`` lists where
     metrics go each epoch: ``tensorboard``, ``csv``, ``mlflow``, ``wandb`` (docs/tracking.md).
+    either, a folder that holds a run is refused (docs/reliability.md). ``select`` is the epoch whose
+    weights a run keeps: ``val`` (best validation score), ``last``, or ``test`` (best test score, the
+    authors' rule: optimistic, and marked so); metrics.json records the test score under all three.
     """
 
     epochs: int = 300
@@ -268,6 +277,7 @@ class TrainerConfig:
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    select: str = "val"
 
 
 @dataclass
@@ -387,6 +397,8 @@ def check_ranges(config: ExperimentConfig) -> None:
     for key, value in (("optim.lr", config.optim.lr), ("optim.lr_gamma", config.optim.lr_gamma)):
         if not (value > 0 and value != float("inf")):
             raise G2DError(f"config key {key}: must be a positive number, got {value}")
+    if config.trainer.select not in SELECTION_RULES:
+        raise G2DError(f"config key trainer.select: {config.trainer.select!r} is not one of {', '.join(SELECTION_RULES)}")
     modalities = list(config.dataset.modalities)
     repeated = sorted({m for m in modalities if modalities.count(m) > 1})
     if repeated:

@@ -26,14 +26,23 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Te
     return F.mse_loss(torch.sigmoid(logits.squeeze(-1)), labels.float())
 
 
-def feature_distillation(
-    student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Eq. 2 per modality: mean squared error between student and teacher encoder features.
+FEATURE_REDUCTIONS = ("mean", "sum")
 
-    Mean-reduced over batch and feature dimensions, as the authors' code does.
+
+def feature_distillation(
+    student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], reduction: str = "mean"
+) -> dict[str, torch.Tensor]:
+    """Eq. 2 per modality: squared error between student and teacher encoder features.
+
+    ``mean`` averages over batch and feature dimensions, as the authors' code does; ``sum`` is Eq. 2
+    as written, the squared L2 norm summed over feature dimensions, then averaged over the batch
+    (``mean`` times the feature dimension D).
     """
-    return {m: F.mse_loss(student[m].float(), teacher[m].float()) for m in teacher}
+    if reduction not in FEATURE_REDUCTIONS:
+        raise ValueError(f"feature reduction {reduction!r} is not one of {', '.join(FEATURE_REDUCTIONS)}")
+    if reduction == "mean":
+        return {m: F.mse_loss(student[m].float(), teacher[m].float()) for m in teacher}
+    return {m: (student[m].float() - teacher[m].float()).pow(2).flatten(1).sum(dim=1).mean() for m in teacher}
 
 
 def logit_distillation(
@@ -88,16 +97,23 @@ def confidence(logits: torch.Tensor, targets: torch.Tensor, task: str = "classif
 
 
 class G2DLoss(nn.Module):
-    """Eq. 4: L = L_task + alpha * sum_m L_feat^m + beta * sum_m L_logit^m (Eq. 1-3), as the CLI computes it."""
+    """Eq. 4: L = L_task + alpha * sum_m L_feat^m + beta * sum_m L_logit^m (Eq. 1-3), as the CLI computes it.
+
+    ``feature_reduction``: ``mean`` over feature dimensions (the authors' code, default) or ``sum`` (Eq. 2 as written).
+    """
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, temperature: float = 1.0,
-                 task: str = "classification") -> None:
+                 task: str = "classification", feature_reduction: str = "mean") -> None:
         super().__init__()
         if task not in TASKS:
             raise G2DError(f"G2DLoss(task=...): unknown task {task!r} (choose from {', '.join(TASKS)})")
         if temperature <= 0:
             raise G2DError(f"G2DLoss(temperature=...): must be > 0, got {temperature!r}")
+        if feature_reduction not in FEATURE_REDUCTIONS:
+            raise G2DError(f"G2DLoss(feature_reduction=...): unknown value {feature_reduction!r} "
+                           f"(choose from {', '.join(FEATURE_REDUCTIONS)})")
         self.alpha, self.beta, self.temperature, self.task = alpha, beta, temperature, task
+        self.feature_reduction = feature_reduction
 
     def forward(
         self,
@@ -113,7 +129,7 @@ class G2DLoss(nn.Module):
             raise G2DError(f"G2DLoss(features=...): no student features for teacher modality {missing[0]!r} "
                            f"(features has {', '.join(sorted(features)) or 'none'})")
         student = task_loss(logits, targets, self.task)
-        feature = sum(feature_distillation(features, teacher_features).values())
+        feature = sum(feature_distillation(features, teacher_features, self.feature_reduction).values())
         logit = sum(logit_distillation(logits, teacher_logits, self.task, self.temperature).values())
         total = student + self.alpha * feature + self.beta * logit
         return total, {"task": student.detach(), "feature": feature.detach(), "logit": logit.detach()}

@@ -18,7 +18,8 @@ from torch import nn
 
 from g2d.config import parse_settings
 from g2d.core.balancing import scaled_learning_rates
-from g2d.core.losses import teacher_confidence
+from g2d.core.losses import FEATURE_REDUCTIONS, teacher_confidence
+from g2d.errors import G2DError
 from g2d.models.multimodal import ModelOutput
 from g2d.registry import Registry
 
@@ -259,6 +260,13 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned, when a run resumes."""
+
+
+def check_feature_reduction(value: str, method: str) -> None:
+    """Refuse a ``method.<name>.feature_reduction`` that Eq. 2's term does not know."""
+    if value not in FEATURE_REDUCTIONS:
+        raise G2DError(f"config key method.{method}.feature_reduction: {value!r} is not one of "
+                       f"{', '.join(FEATURE_REDUCTIONS)}")
 
 
 def parse_params(params_type: type, values: dict[str, Any], prefix: str) -> Any:

@@ -11,17 +11,22 @@ from dataclasses import dataclass
 import torch
 
 from g2d.core.losses import G2DLoss
-from g2d.methods.base import Method, TeacherOutputs, register_method
+from g2d.methods.base import Method, TeacherOutputs, check_feature_reduction, register_method
 from g2d.models.multimodal import ModelOutput
 
 
 @dataclass
 class G2DParams:
-    """alpha weighs feature distillation, beta logit distillation; T is the KL temperature (A.4.2)."""
+    """alpha weighs feature distillation, beta logit distillation; T is the KL temperature (A.4.2).
+    ``feature_reduction``: ``mean`` over feature dimensions (the authors' code) or ``sum`` (Eq. 2 as written)."""
 
     alpha: float = 1.0
     beta: float = 1.0
     temperature: float = 1.0
+    feature_reduction: str = "mean"
+
+    def __post_init__(self) -> None:
+        check_feature_reduction(self.feature_reduction, "g2d")
 
 
 @register_method
@@ -37,7 +42,8 @@ class G2D(Method):
 
     def __init__(self, params: G2DParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
-        self.loss_fn = G2DLoss(alpha=params.alpha, beta=params.beta, temperature=params.temperature, task=task)
+        self.loss_fn = G2DLoss(alpha=params.alpha, beta=params.beta, temperature=params.temperature, task=task,
+                              feature_reduction=params.feature_reduction)
 
     def loss(
         self, output: ModelOutput, batch: dict[str, torch.Tensor], teachers: TeacherOutputs | None

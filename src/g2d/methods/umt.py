@@ -7,15 +7,20 @@ from dataclasses import dataclass
 import torch
 
 from g2d.core.losses import feature_distillation, task_loss
-from g2d.methods.base import Method, TeacherOutputs, register_method
+from g2d.methods.base import Method, TeacherOutputs, check_feature_reduction, register_method
 from g2d.models.multimodal import ModelOutput
 
 
 @dataclass
 class UMTParams:
-    """Weight of the feature-distillation term (10 in a public implementation of UMT)."""
+    """Weight of the feature-distillation term (10 in a public implementation of UMT) and its
+    ``feature_reduction`` over feature dimensions (``mean``, that implementation's, or ``sum``)."""
 
     feature_weight: float = 10.0
+    feature_reduction: str = "mean"
+
+    def __post_init__(self) -> None:
+        check_feature_reduction(self.feature_reduction, "umt")
 
 
 @register_method
@@ -33,6 +38,6 @@ class UMT(Method):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teachers is not None, "UMT needs teacher outputs"
         student = task_loss(output.logits, batch["label"], self.task)
-        feature = sum(feature_distillation(output.features, teachers.features).values())
+        feature = sum(feature_distillation(output.features, teachers.features, self.params.feature_reduction).values())
         loss = student + self.params.feature_weight * feature
         return loss, {"task": student.detach(), "feature": feature.detach()}

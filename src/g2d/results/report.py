@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from g2d.errors import G2DError
 from g2d.folders import building, check_target
-from g2d.results.tables import cell, main_metric, method_label
+from g2d.results.tables import OPTIMISTIC_MARK, OPTIMISTIC_NOTE, cell, is_optimistic, main_metric, method_label
 
 IGNORED_CONFIG_KEYS = ("seed", "out", "teachers.root", "dataset.root", "trainer.progress", "trainer.resume",
                        "trainer.device")
@@ -101,7 +101,7 @@ def run_label(metrics: dict) -> str:
     enabled = bool(metrics.get("smp", {}).get("enabled"))
     if enabled != default:
         label += " + SMP" if enabled else " (no SMP)"
-    return label
+    return f"{label} {OPTIMISTIC_MARK}" if is_optimistic(metrics) else label
 
 
 def group_runs(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
@@ -322,7 +322,9 @@ def intro(groups: dict[str, list[RunRecord]]) -> str:
     runs = sum(len(v) for v in groups.values())
     return (f"{runs} runs of {len(groups)} configurations on {m['dataset']} ({' + '.join(m['modalities'])}, "
             f"{m['fusion']} fusion, {m['epochs']} epochs), compared on the test split. Runs that differ only in "
-            "seed are grouped; models are chosen by validation score, and test is read once.")
+            "seed are grouped; models are chosen by validation score, and test is read once."
+            + (f" Except: {OPTIMISTIC_NOTE}." if any(is_optimistic(r.metrics) for v in groups.values() for r in v)
+               else ""))
 
 
 def render_markdown(groups: dict[str, list[RunRecord]], sections: list[dict]) -> str:

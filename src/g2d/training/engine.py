@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from g2d.config import ExperimentConfig, OptimConfig, to_dict
+from g2d.config import SELECTION_RULES, ExperimentConfig, OptimConfig, to_dict
 from g2d.core.losses import teacher_confidence
 from g2d.core.smp import SMP, phase_of
 from g2d.data.base import Batches, MultimodalData, to_device
@@ -144,13 +144,15 @@ def dataset_confidence(
 
 @dataclass
 class FitResult:
-    """What a finished run knows: the epoch chosen on validation, its metrics, and the history."""
+    """What a finished run knows: the epoch chosen by ``trainer.select``, its validation metrics, the history,
+    and each selection rule's epoch and test metrics (``selection``)."""
 
     best_epoch: int
     best_val: dict
     history: list[dict] = field(default_factory=list)
     wall_seconds: float = 0.0
     path: dict = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)
 
 
 def prepare_training(
@@ -212,7 +214,8 @@ def fit(
     optimizer, path = prepare_training(model, method, data, config, device, batches, teachers, modulator)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.optim.lr_step, gamma=config.optim.lr_gamma)
     checkpoints = run_dir / checkpoint.LINK
-    state = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": -math.inf, "best_val": {}, "wall": 0.0}
+    state = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": -math.inf, "best_val": {}, "wall": 0.0,
+             "selection": {rule: {"epoch": -1, "score": -math.inf, "test": {}} for rule in SELECTION_RULES}}
     saved = distributed.from_main(checkpoint.committed(run_dir) if config.trainer.resume else None)
     if saved is not None:
         state = resume(saved, model, optimizer, scheduler, config, method)
@@ -251,19 +254,22 @@ def fit(
                         if state["epoch"] else "no checkpoint was written")
                 raise G2DError(f"epoch {epoch}: training produced a non-finite value ({train_stats}); {kept}")
             val = evaluate(model, data, "val", device, config.trainer.eval_batch_size, method)
+            test = evaluate(model, data, "test", device, config.trainer.eval_batch_size, method)
             method.on_epoch_end(epoch, val)
             score = selection_score(val, data.task)
             seconds = time.perf_counter() - started
             state["wall"] += seconds
-            record = {"epoch": epoch, "train": train_stats, "val": val, "lr": optimizer.param_groups[0]["lr"],
-                      "seconds": round(seconds, 3)}
+            record = {"epoch": epoch, "train": train_stats, "val": val, "test": test,
+                      "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
             if modulator is not None:
                 record["smp_phase"] = phase_of(epoch, modulator.tau)
                 modulator.end_epoch(epoch, val, data.task)
                 state["smp"] = modulator.state_dict()
             state["history"].append(record)
-            if score > state["best_score"]:
-                state.update(best_epoch=epoch, best_score=score, best_val=val)
+            update_selection(state["selection"], epoch, val, test, data.task)
+            chosen = state["selection"][config.trainer.select]
+            if chosen["epoch"] == epoch:
+                state.update(best_epoch=epoch, best_score=chosen["score"], best_val=val)
             state["epoch"] = epoch + 1
             if main:
                 save_checkpoint(checkpoints, model, optimizer, scheduler, state, config, method)
@@ -279,7 +285,17 @@ def fit(
     if main:
         load_weights(checkpoints / "best.safetensors", model)
     distributed.broadcast_module(model)
-    return FitResult(state["best_epoch"], state["best_val"], state["history"], state["wall"], path.summary())
+    selection = {rule: {"best_epoch": chosen["epoch"], "test": chosen["test"]} for rule, chosen in state["selection"].items()}
+    return FitResult(state["best_epoch"], state["best_val"], state["history"], state["wall"], path.summary(), selection)
+
+
+def update_selection(selection: dict, epoch: int, val: dict, test: dict, task: str) -> None:
+    """Track the epoch each rule (``trainer.select``) keeps and its test metrics: the best validation
+    score, the last epoch, or the best test score (the authors' rule, optimistic: it selects on test)."""
+    scores = {"val": selection_score(val, task), "last": float(epoch), "test": selection_score(test, task)}
+    for rule, score in scores.items():
+        if score > selection[rule]["score"]:
+            selection[rule].update(epoch=epoch, score=score, test=test)
 
 
 def log_progress(name: str, run_dir: Path, record: dict, epochs: int, score: float) -> None:

@@ -39,6 +39,7 @@ import torch
 
 from g2d.config import ExperimentConfig
 from g2d.core.smp import Modulator
+from g2d.data.augment import Augmenter
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.data.feed import DeviceFeed, HostFeed, split_bytes
 from g2d.errors import G2DError
@@ -78,6 +79,7 @@ class TrainingPlan:
     fused_optimizer: bool = False
     cuda_graph: bool = False
     teacher_cache: bool = False
+    augment_seed: int | None = None
     loader_workers: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -106,19 +108,20 @@ def plan_training(
 ) -> TrainingPlan:
     """Decide the training path from the config, the device, the method and the data."""
     trainer = config.trainer
+    augment_seed = config.seed if config.dataset.augment else None
     mode = choice(trainer.fast, FAST_CHOICES, "trainer.fast")
     precision = choice(trainer.precision, ("auto", *PRECISIONS), "trainer.precision")
     if trainer.reference:
-        plan = TrainingPlan(fast=False, device=device)
+        plan = TrainingPlan(fast=False, device=device, augment_seed=augment_seed)
         if mode == "true":
             plan.notes.append("trainer.reference=true overrides trainer.fast=true: fp32, eager, no caches")
         return plan
     cuda = device.type == "cuda"
     if mode == "false" or (mode == "auto" and not cuda):
-        return TrainingPlan(fast=False, device=device)
+        return TrainingPlan(fast=False, device=device, augment_seed=augment_seed)
     if mode == "auto" and not FAST_PATH_VERIFIED_ON_GPU:
-        return TrainingPlan(fast=False, device=device, notes=[UNVERIFIED_NOTE])
-    plan = TrainingPlan(fast=True, device=device, channels_last=cuda, fused_optimizer=cuda)
+        return TrainingPlan(fast=False, device=device, augment_seed=augment_seed, notes=[UNVERIFIED_NOTE])
+    plan = TrainingPlan(fast=True, device=device, channels_last=cuda, fused_optimizer=cuda, augment_seed=augment_seed)
     if precision == "auto":
         precision = "bf16" if cuda else "fp32"
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
@@ -133,6 +136,9 @@ def plan_training(
                 f"method {method.name!r} does not declare its step capturable (several backward passes or "
                 "alternating updates); its steps run eagerly (no CUDA graph)"
             )
+    if config.dataset.augment and plan.cuda_graph:
+        plan.cuda_graph = False
+        plan.notes.append("dataset.augment=true draws new crops every step; steps run eagerly (no CUDA graph)")
     if teachers is not None:
         if data.deterministic:
             plan.teacher_cache = True
@@ -345,6 +351,8 @@ class TrainingPath:
         self.placement = "host"
         self.cache_seconds = 0.0
         self.cudnn_benchmark = torch.backends.cudnn.benchmark
+        self.augmenter = Augmenter(data.modalities, plan.augment_seed) if plan.augment_seed is not None else None
+        self.epoch, self.epoch_step = 0, 0
         if teachers is not None:
             self.teachers = FrozenTeachers(teachers, self.device, plan.dtype)
             if plan.teacher_cache:
@@ -390,6 +398,7 @@ class TrainingPath:
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
 
     def batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        self.epoch, self.epoch_step = epoch, 0
         if self.feed is None:
             self.source.set_epoch(epoch)
             return iter(self.source)
@@ -399,12 +408,20 @@ class TrainingPath:
         """The step's float inputs on the device (channels_last images on the fast CUDA path)."""
         if self.feed is not None:
             batch = self.feed.materialize(batch)
-        inputs = to_device(batch, self.data, self.device)
+        inputs = self.augment(to_device(batch, self.data, self.device))
         if self.plan.channels_last:
             for modality, spec in self.data.modalities.items():
                 if spec.kind == "image":
                     inputs[modality] = inputs[modality].contiguous(memory_format=torch.channels_last)
         return inputs
+
+    def augment(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's visual modalities cropped and flipped (``dataset.augment``), the draws fixed by the
+        seed, the epoch and the step within it; unchanged when augmentation is off."""
+        if self.augmenter is None:
+            return inputs
+        self.epoch_step += 1
+        return self.augmenter(inputs, self.epoch, self.epoch_step - 1)
 
     def eager_step(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
         # Autocast's cast cache is off when steps are captured, as PyTorch asks for graphs:
@@ -415,7 +432,7 @@ class TrainingPath:
     def step(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
         """One training step; returns the method's device tensors (static buffers when replayed)."""
         if not self.plan.fast:
-            return self.method.train_step(to_device(batch, self.data, self.device), epoch)
+            return self.method.train_step(self.augment(to_device(batch, self.data, self.device)), epoch)
         if self.graphed is not None:
             return self.graphed(batch, epoch)
         return self.eager_step(batch, epoch)
