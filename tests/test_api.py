@@ -181,7 +181,7 @@ def test_own_loop_equals_the_cli_and_lifts_the_weak_view(tmp_path: Path) -> None
     history = json.loads((tmp_path / "cli" / "history.json").read_text())
     cli_losses = [epoch["train"]["loss"] for epoch in history]
     assert g2d_result["train_loss"] == pytest.approx(cli_losses, rel=1e-5)
-    teacher = g2d.load_teacher(tmp_path / "teachers" / "mfeat" / "teacher_mor")
+    teacher = g2d.load_teacher(tmp_path / "teachers" / "mfeat_seed0" / "teacher_mor")
     features, logits = teacher(torch.zeros(5, 6))
     assert features.shape == (5, 128) and logits.shape == (5, 10)
     assert not any(p.requires_grad for p in teacher.parameters())

@@ -160,7 +160,7 @@ def test_g2d_train_runs_the_paper_config_on_the_prepared_folder(prepared: tuple[
 
 def test_bad_inputs_are_errors_naming_the_file(raw: Path, prepared: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = prepared
-    with pytest.raises(G2DError, match="not empty"):
+    with pytest.raises(G2DError, match="already holds a prepared dataset"):
         prepare_cremad(raw, out, **SETTINGS)
     with pytest.raises(G2DError, match="train.csv: CREMA-D split list not found"):
         prepare_cremad(raw, tmp_path / "x", split_dir=tmp_path, **SETTINGS)

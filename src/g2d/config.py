@@ -255,8 +255,7 @@ class TrainerConfig:
     ``resume`` continues the interrupted or finished run in ``out``
     (a larger ``epochs`` extends it); ``overwrite`` replaces the run ``out`` holds. Without
     either, a folder that holds a run is refused (docs/reliability.md). ``loggers`` lists where
-    metrics go each epoch: ``tensorboard``, ``csv``, ``mlflow``, ``wandb`` (docs/tracking.md).
-    either, a folder that holds a run is refused (docs/reliability.md). ``select`` is the epoch whose
+    metrics go each epoch: ``tensorboard``, ``csv``, ``mlflow``, ``wandb`` (docs/tracking.md). ``select`` is the epoch whose
     weights a run keeps: ``val`` (best validation score), ``last``, or ``test`` (best test score, the
     authors' rule: optimistic, and marked so); metrics.json records the test score under all three.
     """

@@ -70,7 +70,8 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     if config.dataset.modalities:
         data = data.select(config.dataset.modalities)
     if config.dataset.augment:
-        check_augmentable(data)
+        if teacher_of is None:  # a teacher of one modality trains whatever that modality is, augmented or not
+            check_augmentable(data)
         data.deterministic = False  # a row's teacher outputs change with its crop: no teacher cache
     modalities = list(data.modalities)
     method = build_method(config.method, data.task, modalities)
