@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -140,12 +142,15 @@ def comparison_rows(table: dict[str, dict[int, dict]], rule: str) -> list[str]:
 
 def render(table: dict[str, dict[int, dict]], meta: dict) -> str:
     """The markdown page: setup, Table 4, paired comparisons under val and test selection, the selection rule."""
+    parts = meta.get("parts", [])
     lines = ["# Paper tables on avdigits (CPU schedule), generated from paper_tables.csv", "",
-             f"- command: `{meta.get('command', '?')}`; tables: `python benchmarks/paper_tables.py --tables-only`",
+             "- tables: `python benchmarks/paper_tables.py --tables-only`",
              f"- data: {meta.get('data', '?')}", f"- schedule: {meta.get('schedule', '?')}",
-             f"- seeds: {meta.get('seeds', '?')}; machine: {meta.get('machine', '?')}",
-             f"- wall time of the grid: {meta.get('elapsed_seconds', 0) / 60:.0f} min "
-             f"({meta.get('workers', '?')} workers); per run below", "",
+             f"- seeds: {meta.get('seeds', '?')}; workers: {meta.get('workers', '?')}; machine: {meta.get('machine', '?')}",
+             f"- the grid ran in {len(parts)} part(s), {sum(p['elapsed_seconds'] for p in parts) / 60:.0f} min of wall "
+             "time in all; a configuration rerun in a later part replaced its rows (per-run wall times follow "
+             "the load of their part):",
+             *(f"  - `{p['command']}`: {p['elapsed_seconds'] / 60:.0f} min, load {p['load']}" for p in parts), "",
              "## Table 4 analogue: test accuracy (%), mean ± std over seeds, epoch chosen on validation", "",
              "| method | seeds | multimodal | audio | image | wall s/run |", "| --- | --- | --- | --- | --- | --- |"]
     for label in [*TABLE4, *(p for p in POINTS if p not in TABLE4)]:
@@ -205,19 +210,19 @@ def main() -> None:
         unknown = [p for p in args.points if p not in POINTS]
         if unknown:
             parser.error(f"--points: unknown configuration {unknown[0]!r}; known: {', '.join(POINTS)}")
-        started = time.perf_counter()
+        started, load_before = time.perf_counter(), os.getloadavg()[0]
         results = run_sweep(CONFIG, [f"dataset.root={args.data}", *SCHEDULE], [Point(p, POINTS[p]) for p in args.points],
                             args.seeds, args.out, workers=args.workers, log=lambda line: print(line, flush=True))
         RESULTS.mkdir(parents=True, exist_ok=True)
         write_csv(results, CSV_PATH)
-        meta = {"command": "python benchmarks/paper_tables.py " + " ".join(sys.argv[1:]),
-                "data": f"avdigits capped ({args.data.name}: see docs/results.md)",
+        part = {"command": shlex.join(["python", "benchmarks/paper_tables.py", *sys.argv[1:]]),
+                "elapsed_seconds": round(time.perf_counter() - started),
+                "load": f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (1-minute average)"}
+        before = json.loads(META_PATH.read_text()) if META_PATH.is_file() else {}
+        meta = {"data": f"avdigits capped ({args.data.name}: see docs/results.md)",
                 "schedule": f"{CONFIG.name} with {' '.join(SCHEDULE)}", "seeds": args.seeds, "workers": args.workers,
                 "machine": f"{args.machine} ({platform.machine()}, OMP_NUM_THREADS=1 per worker)",
-                "elapsed_seconds": round(time.perf_counter() - started)}
-        if META_PATH.is_file():  # a grid run in parts: the wall time adds up, the first command is kept
-            before = json.loads(META_PATH.read_text())
-            meta.update(command=before["command"], elapsed_seconds=before["elapsed_seconds"] + meta["elapsed_seconds"])
+                "parts": [*before.get("parts", []), part]}  # a grid run in parts keeps every part's command
         META_PATH.write_text(json.dumps(meta, indent=2) + "\n")
     if not CSV_PATH.is_file():
         sys.exit(f"{CSV_PATH}: no raw results yet; run the grid first")
