@@ -1,5 +1,6 @@
 """The paper's protocol around the step (issue 23): model selection rules and training-time augmentation."""
 
+import importlib.util
 import json
 
 import pytest
@@ -7,9 +8,11 @@ import torch
 from conftest import ROOT, TINY, run_interrupted
 
 from g2d.cli import main
-from g2d.config import load_config
-from g2d.data.augment import Augmenter, crop_and_flip
+from g2d.config import DatasetConfig, load_config
+from g2d.data import load_dataset
+from g2d.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmenter, crop_and_flip, normalize_visual
 from g2d.data.base import Batches, ModalitySpec, MultimodalData, to_device
+from g2d.errors import G2DError
 from g2d.faults import run_outcome
 from g2d.methods import build_method
 from g2d.models.multimodal import MultimodalModel
@@ -140,3 +143,44 @@ def test_killed_augmented_run_resumes_bit_identical(tmp_path, monkeypatch):
     assert run_outcome(tmp_path / "killed") == run_outcome(tmp_path / "whole")
     metrics = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     assert metrics["environment"]["training_path"]["teacher_cache"] is False
+
+
+def test_normalize_standardises_visual_channels_by_hand():
+    """Pixel 0 reads -mean/std and pixel 255 reads (1 - mean)/std per channel; other modalities are untouched."""
+    data = normalize_visual(visual_data())
+    batch = {"rgb": torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 16, 16),
+             "grey": torch.full((2, 1, 16, 16), 255, dtype=torch.uint8), "vec": torch.ones(2, 4)}
+    x = to_device(batch, data, torch.device("cpu"))
+    for c, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD)):
+        assert torch.allclose(x["rgb"][0, c], torch.full((16, 16), -mean / std))
+        assert torch.allclose(x["rgb"][1, c], torch.full((16, 16), (1 - mean) / std))
+    assert torch.equal(x["grey"], torch.ones(2, 1, 16, 16)) and torch.equal(x["vec"], torch.ones(2, 4))
+    assert visual_data().modalities["rgb"].mean is None  # the loader's own specs are not changed in place
+
+
+def test_normalize_is_refused_without_a_visual_modality():
+    with pytest.raises(G2DError, match=r"config key dataset.normalize: mfeat has no video or 3-channel image"):
+        load_dataset(DatasetConfig(name="mfeat", normalize=True))
+
+
+def test_teachers_record_normalisation_and_a_student_with_other_inputs_refuses_them(tmp_path):
+    overrides = ["model.encoder.width=4", "model.encoder.hidden=[8]", "trainer.batch_size=8", "trainer.epochs=1",
+                 "method.name=g2d", "smp.enabled=false", "trainer.progress=false", f"teachers.root={tmp_path / 't'}"]
+    run(load_config(None, [*overrides, "dataset.normalize=true", f"out={tmp_path / 'a'}"]), visual_data())
+    teacher = json.loads(next((tmp_path / "t").rglob("teacher_rgb/teacher.json")).read_text())
+    assert teacher["input"]["normalize"] == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    grey = json.loads(next((tmp_path / "t").rglob("teacher_grey/teacher.json")).read_text())
+    assert "normalize" not in grey["input"]
+    with pytest.raises(G2DError, match=r"teacher field 'input'"):
+        run(load_config(None, [*overrides, f"out={tmp_path / 'b'}"]), visual_data())
+
+
+def test_committed_paper_tables_are_generated_from_the_committed_raw_results():
+    """docs/results/paper_tables.md is what the script renders from paper_tables.csv, 5 seeds per configuration."""
+    spec = importlib.util.spec_from_file_location("paper_tables", ROOT / "benchmarks" / "paper_tables.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    table = script.read_rows(script.CSV_PATH)
+    assert {label: sorted(runs) for label, runs in table.items()} == {label: [0, 1, 2, 3, 4] for label in script.POINTS}
+    page = script.render(table, json.loads(script.META_PATH.read_text()))
+    assert page == script.TABLES_PATH.read_text()

@@ -1,5 +1,6 @@
 """``g2d sweep``: the cross product over seeds, shared teachers, skipped finished runs, one table."""
 
+import hashlib
 import json
 import shlex
 import statistics
@@ -26,6 +27,16 @@ def test_grid_is_the_cross_product_and_keeps_bracketed_values_whole():
     for bad in (["method.name"], ["seed=1,2"], ["a=1", "a=2"], ["a=1,,2"]):
         with pytest.raises(G2DError, match="--grid"):
             grid_points(bad)
+
+
+def test_teacher_key_hashes_only_settings_that_differ_from_the_defaults():
+    """A new key left at its default (as ``dataset.normalize`` was when added) moves no sweep's teachers."""
+    def digest(settings):
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+    assert sweep.teacher_key(load_config(None, [])) == digest({})
+    assert sweep.teacher_key(load_config(None, ["dataset.normalize=false", "method.name=joint"])) == digest({})
+    assert sweep.teacher_key(load_config(None, ["dataset.normalize=true"])) == digest({"dataset.normalize": True})
 
 
 def test_sweep_shares_teachers_skips_finished_runs_and_tabulates_mean_and_std(tmp_path, monkeypatch):

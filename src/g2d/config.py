@@ -95,6 +95,8 @@ class DatasetConfig:
     ``options`` as keyword arguments, for the train/validation/test ``torch.utils.data.Dataset``s.
     ``augment``: random resized crops and horizontal flips of the video and 3-channel image modalities
     in training (``g2d.data.augment``), as the references' loaders do; the teacher cache turns off.
+    ``normalize``: standardise the same modalities with ImageNet's channel mean and std, in training
+    and evaluation, as the references' loaders do (teachers record it and must match).
     """
 
     name: str = "mfeat"
@@ -108,6 +110,7 @@ class DatasetConfig:
     fold: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     augment: bool = False
+    normalize: bool = False
 
 
 @dataclass

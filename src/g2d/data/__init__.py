@@ -24,6 +24,8 @@ from g2d.data.base import (
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
+from g2d.data.augment import normalize_visual  # noqa: E402 (after the registering imports above)
+
 
 def prepare_commands() -> dict[str, Any]:
     """The ``g2d prepare`` subcommands: each dataset record's ``prepare`` command, by dataset name."""
@@ -31,9 +33,12 @@ def prepare_commands() -> dict[str, Any]:
 
 
 def load_dataset(config: DatasetConfig) -> MultimodalData:
-    """Load the configured dataset, restricted to ``dataset.modalities`` when given."""
+    """Load the configured dataset (visual modalities standardised under ``dataset.normalize``), restricted to
+    ``dataset.modalities`` when given."""
     options = dataset_options(config)
     data = DATASETS[config.name].load(config, options)
+    if config.normalize:
+        data = normalize_visual(data)
     return data.select(config.modalities) if config.modalities else data
 
 

@@ -5,6 +5,10 @@ flip with probability 1/2, applied to the float batch on the training device. Ev
 stored frames unchanged (they were resized once when the dataset was prepared). Frames of a clip are
 augmented independently, as the references' loaders transform each frame on its own.
 
+``dataset.normalize`` standardises the same modalities with ImageNet's channel statistics in training
+and evaluation, the references' ``Normalize`` (applied before the crop here, which is the same: a
+bilinear crop commutes with a per-channel affine map).
+
 Plain torch (``affine_grid`` + ``grid_sample``): the parameters come from a ``torch.Generator`` of
 its own, seeded from the run's seed, the epoch and the step, so the global RNG streams are untouched
 and a resumed run draws the same crops as an uninterrupted one.
@@ -14,19 +18,40 @@ from __future__ import annotations
 
 import math
 
+import dataclasses
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from g2d.data.base import ModalitySpec
+from g2d.data.base import ModalitySpec, MultimodalData
+from g2d.errors import G2DError
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
+# ImageNet's per-channel statistics of RGB in [0, 1], which the references' loaders normalise frames with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def augmentable(spec: ModalitySpec) -> bool:
     """Video, and images of 3 channels (photographs, frames); 1-channel images (spectrograms, digits) are not."""
     return spec.kind == "video" or (spec.kind == "image" and spec.shape[0] == 3)
+
+
+def check_augmentable(data: MultimodalData, key: str) -> None:
+    """``key`` (``dataset.augment`` or ``dataset.normalize``) needs a video or a 3-channel image modality."""
+    if not any(augmentable(spec) for spec in data.modalities.values()):
+        kinds = ", ".join(f"{m} ({spec.kind} {list(spec.shape)})" for m, spec in data.modalities.items())
+        raise G2DError(f"config key {key}: {data.name} has no video or 3-channel image modality to transform ({kinds})")
+
+
+def normalize_visual(data: MultimodalData) -> MultimodalData:
+    """``data`` with its video and 3-channel image modalities standardised by ImageNet's channel statistics."""
+    check_augmentable(data, "dataset.normalize")
+    specs = {m: dataclasses.replace(spec, mean=IMAGENET_MEAN, std=IMAGENET_STD) if augmentable(spec) else spec
+             for m, spec in data.modalities.items()}
+    return dataclasses.replace(data, modalities=specs)
 
 
 def crop_and_flip(images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:

@@ -37,11 +37,27 @@ class ModalitySpec:
     from a tokenizer, padded, with the same mask: True for real tokens; kept integer on the
     device, for the ``hf`` encoder). ``scale`` multiplies the stored values
     after conversion to float (1/255 for uint8 pixels), so data can stay compact in memory.
+    ``mean`` and ``std`` (per channel, set by ``dataset.normalize``) then standardise the
+    scaled values channel by channel, as the references' image transforms do.
     """
 
     kind: str
     shape: tuple[int, ...]
     scale: float = 1.0
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
+
+    def as_input(self, value: torch.Tensor) -> torch.Tensor:
+        """Stored values as the model sees them: float, scaled, and standardised per channel when set."""
+        value = value.float()
+        if self.scale != 1.0:
+            value = value * self.scale
+        if self.mean is not None and self.std is not None:
+            view = (-1, 1, 1)  # channels sit third from the end in images [N, C, H, W] and videos [N, T, C, H, W]
+            mean = torch.tensor(self.mean, dtype=value.dtype, device=value.device).view(view)
+            std = torch.tensor(self.std, dtype=value.dtype, device=value.device).view(view)
+            value = (value - mean) / std
+        return value
 
 
 @dataclass
@@ -281,15 +297,12 @@ class Batches:
 
 
 def to_device(batch: dict[str, torch.Tensor], data: MultimodalData, device: torch.device) -> dict[str, torch.Tensor]:
-    """Move a batch to ``device`` and turn stored modality arrays into scaled float32 tensors (token ids stay integer)."""
+    """Move a batch to ``device`` and turn stored modality arrays into the float32 inputs the model sees (token ids stay integer)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in batch.items():
         value = value.to(device, non_blocking=True)
         if key in data.modalities and data.modalities[key].kind != "tokens":
-            value = value.float()
-            scale = data.modalities[key].scale
-            if scale != 1.0:
-                value = value * scale
+            value = data.modalities[key].as_input(value)
         out[key] = value
     return out
 

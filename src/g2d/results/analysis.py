@@ -285,8 +285,8 @@ def noise_corruption(modality: str, sigma: float, scale: float, seed: int) -> Ca
 
 
 def input_std(data: MultimodalData, modality: str, rows: int = 2048) -> float:
-    """Standard deviation of ``modality``'s scaled training inputs (at most ``rows`` rows), the unit of the noise levels."""
-    x = data.splits["train"][modality][:rows].float() * data.modalities[modality].scale
+    """Standard deviation of ``modality``'s training inputs as the model sees them (at most ``rows`` rows), the unit of the noise levels."""
+    x = data.modalities[modality].as_input(data.splits["train"][modality][:rows])
     return x.std().item()
 
 

@@ -20,7 +20,7 @@ import torch
 from g2d.config import ExperimentConfig
 from g2d.core.smp import Modulator
 from g2d.data import MultimodalData, load_dataset
-from g2d.data.augment import augmentable
+from g2d.data.augment import check_augmentable, normalize_visual
 from g2d.errors import G2DError
 from g2d.io import load_weights, read_metrics, write_json
 from g2d.methods import Method, build_method
@@ -69,9 +69,11 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     sanity.check_encoders(config, data)
     if config.dataset.modalities:
         data = data.select(config.dataset.modalities)
+    if config.dataset.normalize and teacher_of is None:  # data a caller passed in sees what load_dataset gives
+        data = normalize_visual(data)
     if config.dataset.augment:
         if teacher_of is None:  # a teacher of one modality trains whatever that modality is, augmented or not
-            check_augmentable(data)
+            check_augmentable(data, "dataset.augment")
         data.deterministic = False  # a row's teacher outputs change with its crop: no teacher cache
     modalities = list(data.modalities)
     method = build_method(config.method, data.task, modalities)
@@ -237,11 +239,3 @@ def check_pretrained_encoders(config: ExperimentConfig, data: MultimodalData) ->
         return
     with torch.random.fork_rng(devices=[]):
         MultimodalModel(data.modalities, config.model, output_size(data))
-
-
-def check_augmentable(data: MultimodalData) -> None:
-    """``dataset.augment=true`` needs a modality that augmentation transforms (video or a 3-channel image)."""
-    if not any(augmentable(spec) for spec in data.modalities.values()):
-        kinds = ", ".join(f"{m} ({spec.kind} {tuple(spec.shape)})" for m, spec in data.modalities.items())
-        raise G2DError(f"config key dataset.augment: {data.name} has no video or 3-channel image modality to "
-                       f"augment ({kinds})")

@@ -128,11 +128,16 @@ def grid_points(grid: list[str]) -> list[Point]:
 
 
 def teacher_key(config: ExperimentConfig) -> str:
-    """A short hash of everything a run's teachers depend on (``NOT_TEACHER_KEYS`` left out)."""
-    flat = flatten(to_dict(config))
+    """A short hash of everything a run's teachers depend on (``NOT_TEACHER_KEYS`` left out).
+
+    Only settings that differ from the defaults count, so a key added to the config later (with a
+    default that changes nothing) leaves the teachers of existing sweeps where they are.
+    """
+    flat, defaults = flatten(to_dict(config)), flatten(to_dict(ExperimentConfig()))
     if config.teachers.epochs is not None:
         flat.pop("trainer.epochs")
-    kept = {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_TEACHER_KEYS)}
+    kept = {k: v for k, v in flat.items()
+            if not any(k == n or k.startswith(n + ".") for n in NOT_TEACHER_KEYS) and (k not in defaults or defaults[k] != v)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -79,6 +79,10 @@ def expected_metadata(config: ExperimentConfig, data: MultimodalData, modality: 
         # A teacher is trained under its student's seed: one of another seed is another teacher.
         "seed": config.seed,
     }
+    # Inputs standardised per channel (dataset.normalize) are other inputs: recorded only when set,
+    # so teachers trained before the setting existed still match.
+    if spec.mean is not None:
+        metadata["input"]["normalize"] = {"mean": list(spec.mean), "std": list(spec.std)}
     # A teacher that started from pretrained files records their hashes: if a file at the same
     # path changes, the teacher no longer matches. Encoders from scratch record nothing extra.
     pretrained = pretrained_fingerprint(config.model.encoder_for(modality))
@@ -224,7 +228,8 @@ def existing_teachers(config: ExperimentConfig, data: MultimodalData) -> dict[st
 class Teacher(torch.nn.Module):
     """A trained unimodal teacher as a plain module: ``teacher(x)`` returns ``(features, logits)``.
 
-    ``x`` is the modality's float input batch as the model sees it (after the dataset's scaling);
+    ``x`` is the modality's float input batch as the model sees it (after the dataset's scaling, and
+    standardised by ``metadata["input"]["normalize"]`` when the teacher recorded one);
     sequence and token inputs also take their ``mask`` (True for real steps).
     """
 
