@@ -13,7 +13,7 @@
 # OUTDIR (empty) gets at most 8 files, no subfolders (what the device tool brings back):
 #   summary.txt  env.txt  cuda_tests.txt  cuda_tests.xml  cuda_report.json
 #   student_step.txt  student_step.json  avdigits.txt
-# Stages, in order: environment cuda_tests profile student_step prepare grid grid_report.
+# Stages, in order: environment cuda_tests profile student_step augment_cost prepare grid grid_report.
 # docs/results/gpu.md says what each does and how to fire the whole check.
 set -uo pipefail
 
@@ -73,9 +73,10 @@ GRID_OVERRIDES=(trainer.epochs=$EPOCHS "smp.tau=[$((EPOCHS / 2))]" optim.lr=1.0e
 PREPARE_CAPS=()
 STUDENT_ARGS=(--warmup 6 --steps 30)
 PROFILE_ARGS=(--profile-only)
+AUGMENT_ARGS=(--device cuda --rounds 7 --batches 5)
 # Budgets (seconds) per stage; the whole run stops starting stages at TOTAL_S.
 TOTAL_S=440
-B_ENV=20; B_TESTS=120; B_PROFILE=40; B_STEP=120; B_PREPARE=45; B_GRID=300
+B_ENV=20; B_TESTS=120; B_PROFILE=40; B_STEP=120; B_AUGMENT=20; B_PREPARE=45; B_GRID=300
 if [ "$DRY" = 1 ]; then
   export CUDA_VISIBLE_DEVICES=""
   EPOCHS=2
@@ -84,9 +85,10 @@ if [ "$DRY" = 1 ]; then
   PREPARE_CAPS=(--max-train 160 --max-test 60 --test-images 60)
   STUDENT_ARGS=(--width 4 --batch-sizes 2 --warmup 1 --steps 1)
   PROFILE_ARGS=(--profile-only --width 4 --batch-sizes 2)
+  AUGMENT_ARGS=(--size 32 --rounds 2 --batches 1)
   # Generous: the CPU run proves the stages work, and a shared 2-core machine can be slow.
   TOTAL_S=3600
-  B_ENV=300; B_TESTS=600; B_PROFILE=600; B_STEP=900; B_PREPARE=300; B_GRID=1500
+  B_ENV=300; B_TESTS=600; B_PROFILE=600; B_STEP=900; B_AUGMENT=300; B_PREPARE=300; B_GRID=1500
 fi
 # The paper's Table 4 rows that issue 11 asks for; the first run that needs teachers (G²D) trains them.
 VARIANTS=("Joint-Train" "G²D" "Joint-Train + SMP" "G²D loss (no SMP)")
@@ -131,6 +133,12 @@ student_step() {
   "$PYTHON" benchmarks/student_step.py "${STUDENT_ARGS[@]}" --json "$OUTDIR/student_step.json"
 }
 
+# dataset.augment's and dataset.normalize's cost per batch at CREMA-D's shape (issue 23), on the device.
+augment_cost() {
+  echo "== augmentation cost (benchmarks/augment_cost.py ${AUGMENT_ARGS[*]})"
+  "$PYTHON" benchmarks/augment_cost.py "${AUGMENT_ARGS[@]}"
+}
+
 prepare() {
   echo "== g2d prepare avdigits (raw files from $DATA)"
   "$PYTHON" -m g2d.cli prepare avdigits --fsdd "$DATA/fsdd" --mnist "$DATA/mnist" --noise "$DATA/noise" \
@@ -166,7 +174,7 @@ PY
 
 if [ -n "$STAGE" ]; then
   case "$STAGE" in
-    environment|cuda_tests|profile|student_step|prepare|grid|grid_report) cd "$ROOT" && "$STAGE"; exit $? ;;
+    environment|cuda_tests|profile|student_step|augment_cost|prepare|grid|grid_report) cd "$ROOT" && "$STAGE"; exit $? ;;
     *) fail "unknown stage $STAGE" ;;
   esac
 fi
@@ -207,6 +215,7 @@ stage environment "$B_ENV" env.txt
 stage cuda_tests "$B_TESTS" cuda_tests.txt
 stage profile "$B_PROFILE" student_step.txt
 stage student_step "$B_STEP" student_step.txt
+stage augment_cost "$B_AUGMENT" student_step.txt
 stage prepare "$B_PREPARE" avdigits.txt
 if [ -d "$WORK/avdigits" ]; then
   stage grid "$B_GRID" avdigits.txt

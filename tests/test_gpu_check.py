@@ -217,7 +217,8 @@ def test_dry_run_runs_every_stage_at_toy_size_into_at_most_eight_small_files(tmp
                      "student_step.txt", "summary.txt"]  # cuda_report.json only where CUDA tests ran
     assert all((out / name).stat().st_size < 1_000_000 for name in files)
     summary = (out / "summary.txt").read_text()
-    for stage in ("environment", "cuda_tests", "profile", "student_step", "prepare", "grid", "grid_report"):
+    for stage in ("environment", "cuda_tests", "profile", "student_step", "augment_cost", "prepare", "grid",
+                  "grid_report"):
         assert any(line.split()[:2] == [stage, "ok"] for line in summary.splitlines()), summary
     assert "device: no CUDA device" in (out / "env.txt").read_text()
     tests = (out / "cuda_tests.txt").read_text()
@@ -228,6 +229,7 @@ def test_dry_run_runs_every_stage_at_toy_size_into_at_most_eight_small_files(tmp
     assert all(r[p]["samples_per_s"] > 0 for r in records for p in ("reference", "fast"))
     step_text = (out / "student_step.txt").read_text()
     assert "profile: avmnist shapes" in step_text and "profile: cremad shapes" in step_text
+    assert "+ normalize + crop/flip" in step_text  # the augmentation cost stage
     avdigits = (out / "avdigits.txt").read_text()
     assert "avdigits written to" in avdigits and "160 train and 60 test pairs" in avdigits
     table = avdigits[avdigits.index("== summary"):]
