@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fill the git-ignored folders that travel to a lent GPU machine, then print the device call.
 #
-# The GPU machine (python 3.12, x86-64, its own torch; no network) lacks omegaconf and soundfile
-# (+ cffi, pycparser), and ../shared/data does not travel. This script, run here before the call:
+# The GPU machine (python 3.12, x86-64, its own torch; no network) lacks omegaconf, soundfile
+# (+ cffi, pycparser) and kornia (+ kornia_rs), and ../shared/data does not travel. This script, run here before the call:
 #   .whl/       wheels for those packages (python 3.12, manylinux x86_64), the versions this venv uses;
 #   .gpu_data/  the raw avdigits inputs: FSDD recordings, the MNIST files, two ESC-10 noise clips
 #               per class (a subset: the whole ESC-10 folder would not fit the 64 MiB that travels).
@@ -27,7 +27,7 @@ NOISE_PER_CLASS=2
 PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64)
 # What the GPU image lacks (KINDS.md lists what it has: numpy, pyyaml, safetensors, tqdm, tensorboard,
 # pillow, pytest, typing-extensions are there). antlr4 is no longer an omegaconf >= 2.4 dependency.
-PACKAGES=(omegaconf soundfile cffi pycparser)
+PACKAGES=(omegaconf soundfile cffi pycparser kornia kornia_rs)
 
 cd "$ROOT"
 for folder in fsdd/recordings mnist esc10/audio; do

@@ -179,3 +179,21 @@ def test_reference_resume_is_bit_identical_on_cuda(tmp_path, monkeypatch):
     assert not differing, f"the resumed run differs from the uninterrupted one: {differing[:5]}"
     histories = [json.loads((tmp_path / name / "history.json").read_text()) for name in ("once", "resumed")]
     assert [h["train"] for h in histories[0]] == [h["train"] for h in histories[1]]
+
+
+def test_augmentation_on_the_gpu_draws_the_cpu_crops_and_leaves_cuda_streams_alone():
+    """kornia samples crop and flip on the CPU generator: a CUDA batch gets the same crops as on the CPU
+    (up to interpolation rounding), and the CUDA generator (dropout, noise) is not advanced."""
+    from g2d.data.augment import Augmenter
+    from g2d.data.base import ModalitySpec
+
+    specs = {"clip": ModalitySpec("video", (3, 3, 64, 64))}
+    batch = torch.rand(8, 3, 3, 64, 64)
+    on_cpu = Augmenter(specs, seed=0)({"clip": batch}, epoch=1, step=2)["clip"]
+    cuda_state = torch.cuda.get_rng_state()
+    on_gpu = Augmenter(specs, seed=0)({"clip": batch.to(CUDA)}, epoch=1, step=2)["clip"]
+    assert on_gpu.device.type == "cuda"
+    difference = (on_gpu.cpu() - on_cpu).abs().max().item()
+    REPORT.setdefault("augmentation", {})["max_abs_difference_cpu_gpu"] = difference
+    assert difference < 1e-4
+    assert torch.equal(torch.cuda.get_rng_state(), cuda_state)

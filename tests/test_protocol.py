@@ -10,7 +10,7 @@ from conftest import ROOT, TINY, run_interrupted
 from g2d.cli import main
 from g2d.config import DatasetConfig, load_config
 from g2d.data import load_dataset
-from g2d.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmenter, crop_and_flip, normalize_visual
+from g2d.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmenter, normalize_visual
 from g2d.data.base import Batches, ModalitySpec, MultimodalData, to_device
 from g2d.errors import G2DError
 from g2d.faults import run_outcome
@@ -88,13 +88,24 @@ def visual_data(rows: int = 32) -> MultimodalData:
                           splits={s: split() for s in ("train", "val", "test")})
 
 
-def test_full_crop_is_the_identity_and_a_flip_mirrors():
-    """Area 1 and aspect ratio 1 (draws 1 and 1/2) crop the whole image; draw 4 below 1/2 flips it."""
-    images = torch.rand(2, 3, 8, 8)
-    whole = torch.tensor([[1.0, 0.5, 0.3, 0.7, 0.9], [1.0, 0.5, 0.3, 0.7, 0.1]])
-    out = crop_and_flip(images, whole)
-    assert torch.allclose(out[0], images[0], atol=1e-5)
-    assert torch.allclose(out[1], images[1].flip(-1), atol=1e-5)
+def test_augmenter_crops_within_the_image_and_flips():
+    """A horizontal ramp stays a ramp inside its own range: crops never pad, and some frames run right to left."""
+    ramp = torch.linspace(0, 1, 32).expand(64, 3, 32, 32).contiguous()
+    out = Augmenter({"rgb": ModalitySpec("image", (3, 32, 32))}, seed=0)({"rgb": ramp}, epoch=0, step=0)["rgb"]
+    assert out.min() >= 0 and out.max() <= 1 and not torch.equal(out, ramp)
+    rising = out[:, 0, 16, -1] > out[:, 0, 16, 0]
+    assert 0 < rising.sum() < 64  # both directions among 64 draws of a flip with p = 1/2
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 0, 0], out[:, 0, -1])  # channels and rows alike
+
+
+def test_augmenter_leaves_the_global_random_streams_alone():
+    """Kornia draws from the global CPU generator: the augmenter seeds and restores it around each call."""
+    batch = torch.zeros(4, 3, 16, 16)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Augmenter({"rgb": ModalitySpec("image", (3, 16, 16))}, seed=0)({"rgb": batch}, 0, 0)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_augmenter_draws_are_fixed_by_seed_epoch_and_step():

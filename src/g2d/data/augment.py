@@ -9,20 +9,20 @@ augmented independently, as the references' loaders transform each frame on its 
 and evaluation, the references' ``Normalize`` (applied before the crop here, which is the same: a
 bilinear crop commutes with a per-channel affine map).
 
-Plain torch (``affine_grid`` + ``grid_sample``): the parameters come from a ``torch.Generator`` of
-its own, seeded from the run's seed, the epoch and the step, so the global RNG streams are untouched
-and a resumed run draws the same crops as an uninterrupted one.
+The transforms are kornia's (``RandomResizedCrop``, ``RandomHorizontalFlip``): torchvision's
+semantics, up to ten draws of area and ratio and a centre crop when none fits, on tensors already on
+the device, without torchvision. Kornia draws its parameters from the global CPU generator, so each
+call runs inside ``torch.random.fork_rng`` with that generator seeded from the run's seed, the epoch
+and the step: the run's own random streams are untouched and a resumed run draws the same crops as an
+uninterrupted one.
 """
 
 from __future__ import annotations
-
-import math
 
 import dataclasses
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from g2d.data.base import ModalitySpec, MultimodalData
 from g2d.errors import G2DError
@@ -54,44 +54,26 @@ def normalize_visual(data: MultimodalData) -> MultimodalData:
     return dataclasses.replace(data, modalities=specs)
 
 
-def crop_and_flip(images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-    """Random resized crop and horizontal flip of ``images [N, C, H, W]``, resampled to ``H x W``.
-
-    ``draws [N, 5]`` are uniform in [0, 1): area, log aspect ratio, horizontal and vertical position, flip.
-    A crop wider or taller than the image is clipped to it (torchvision retries instead).
-    """
-    n, _, height, width = images.shape
-    area = SCALE[0] + (SCALE[1] - SCALE[0]) * draws[:, 0]
-    ratio = torch.exp(math.log(RATIO[0]) + (math.log(RATIO[1]) - math.log(RATIO[0])) * draws[:, 1])
-    crop_w = torch.sqrt(area * ratio * height / width).clamp(max=1.0)  # fractions of the width and height
-    crop_h = torch.sqrt(area / ratio * width / height).clamp(max=1.0)
-    centre_x = (crop_w + (1 - crop_w) * 2 * draws[:, 2]) - 1  # in [-1 + w, 1 - w], the grid's coordinates
-    centre_y = (crop_h + (1 - crop_h) * 2 * draws[:, 3]) - 1
-    flip = torch.where(draws[:, 4] < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, dtype=images.dtype, device=images.device)
-    theta[:, 0, 0] = (crop_w * flip).to(images)
-    theta[:, 0, 2] = centre_x.to(images)
-    theta[:, 1, 1] = crop_h.to(images)
-    theta[:, 1, 2] = centre_y.to(images)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
 class Augmenter:
     """Augments the visual modalities of a training batch; ``(epoch, step)`` and the seed fix every draw."""
 
     def __init__(self, modalities: dict[str, ModalitySpec], seed: int) -> None:
-        self.modalities = [m for m, spec in modalities.items() if augmentable(spec)]
+        import kornia.augmentation as K  # imported here: only runs that augment pay its 0.2 s of import
+
+        self.transforms = {m: K.AugmentationSequential(K.RandomResizedCrop(tuple(spec.shape[-2:]), scale=SCALE, ratio=RATIO),
+                                                       K.RandomHorizontalFlip(p=0.5))
+                           for m, spec in modalities.items() if augmentable(spec)}
+        self.modalities = list(self.transforms)
         self.seed = seed
 
     def __call__(self, inputs: dict[str, torch.Tensor], epoch: int, step: int) -> dict[str, torch.Tensor]:
         # The CPU generator keeps 32 bits of a seed: SeedSequence mixes all three numbers into them.
         state = np.random.SeedSequence([self.seed % 2**32, epoch, step]).generate_state(1)[0]
-        generator = torch.Generator().manual_seed(int(state))
         out = dict(inputs)
-        for modality in self.modalities:
-            x = inputs[modality]
-            frames = x.flatten(0, 1) if x.dim() == 5 else x  # video: each frame on its own
-            draws = torch.rand(frames.shape[0], 5, generator=generator).to(frames.device, non_blocking=True)
-            out[modality] = crop_and_flip(frames, draws).view_as(x)
+        with torch.random.fork_rng(devices=[]):  # kornia samples on the CPU generator; CUDA streams are not touched
+            torch.random.default_generator.manual_seed(int(state))
+            for modality, transform in self.transforms.items():
+                x = inputs[modality]
+                frames = x.flatten(0, 1) if x.dim() == 5 else x  # video: each frame on its own
+                out[modality] = transform(frames).view_as(x)
         return out
