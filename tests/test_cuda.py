@@ -35,7 +35,8 @@ from path_compare import (
 from safetensors.torch import load_file
 
 from g2d.config import load_config
-from g2d.data.base import to_device
+from g2d.data.augment import Augmenter
+from g2d.data.base import ModalitySpec, to_device
 from g2d.data.feed import INDEX_KEY
 from g2d.methods import METHODS
 from g2d.runs.experiment import run
@@ -184,9 +185,6 @@ def test_reference_resume_is_bit_identical_on_cuda(tmp_path, monkeypatch):
 def test_augmentation_on_the_gpu_draws_the_cpu_crops_and_leaves_cuda_streams_alone():
     """kornia samples crop and flip on the CPU generator: a CUDA batch gets the same crops as on the CPU
     (up to interpolation rounding), and the CUDA generator (dropout, noise) is not advanced."""
-    from g2d.data.augment import Augmenter
-    from g2d.data.base import ModalitySpec
-
     specs = {"clip": ModalitySpec("video", (3, 3, 64, 64))}
     batch = torch.rand(8, 3, 3, 64, 64)
     on_cpu = Augmenter(specs, seed=0)({"clip": batch}, epoch=1, step=2)["clip"]

@@ -63,7 +63,6 @@ class Augmenter:
         self.transforms = {m: K.AugmentationSequential(K.RandomResizedCrop(tuple(spec.shape[-2:]), scale=SCALE, ratio=RATIO),
                                                        K.RandomHorizontalFlip(p=0.5))
                            for m, spec in modalities.items() if augmentable(spec)}
-        self.modalities = list(self.transforms)
         self.seed = seed
 
     def __call__(self, inputs: dict[str, torch.Tensor], epoch: int, step: int) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ Datasets are decoded once into arrays; a batch is a dict keyed by modality name 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
@@ -53,11 +54,17 @@ class ModalitySpec:
         if self.scale != 1.0:
             value = value * self.scale
         if self.mean is not None and self.std is not None:
-            view = (-1, 1, 1)  # channels sit third from the end in images [N, C, H, W] and videos [N, T, C, H, W]
-            mean = torch.tensor(self.mean, dtype=value.dtype, device=value.device).view(view)
-            std = torch.tensor(self.std, dtype=value.dtype, device=value.device).view(view)
+            mean, std = channel_statistics(self.mean, self.std, value.device)
             value = (value - mean) / std
         return value
+
+
+@functools.lru_cache(maxsize=16)
+def channel_statistics(mean: tuple[float, ...], std: tuple[float, ...],
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as float32 ``[C, 1, 1]`` tensors on ``device`` (channels sit third from the end
+    in images and videos), made once per device rather than copied to it with every batch."""
+    return (torch.tensor(mean, device=device).view(-1, 1, 1), torch.tensor(std, device=device).view(-1, 1, 1))
 
 
 @dataclass
