@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +107,29 @@ def test_map_items_keeps_input_order_with_workers() -> None:
     assert list(map_items(square, list(range(20)), workers=2)) == [v * v for v in range(20)]
     with pytest.raises(G2DError, match="--workers"):
         list(map_items(square, [1], workers=0))
+
+
+HELD = threading.Lock()
+
+
+def held_lock_is_free(_: int) -> bool:
+    """In a worker: whether the module's lock can be taken, i.e. the worker did not inherit it held."""
+    acquired = HELD.acquire(timeout=1.0)
+    if acquired:
+        HELD.release()
+    return acquired
+
+
+def test_workers_do_not_inherit_a_lock_another_thread_holds() -> None:
+    """The fork-after-threads hang made deterministic: a thread holds a lock (as torch's pool threads
+    may) while the pool starts; a forked worker would inherit it held and could never take it."""
+    release = threading.Event()
+    holder = threading.Thread(target=lambda: (HELD.acquire(), release.wait(), HELD.release()))
+    holder.start()
+    try:
+        while not HELD.locked():
+            time.sleep(0.01)
+        assert list(map_items(held_lock_is_free, [0, 1, 2, 3], workers=2)) == [True] * 4
+    finally:
+        release.set()
+        holder.join()

@@ -164,6 +164,7 @@ def map_items(function: Callable[[Any], Any], items: list[Any], workers: int) ->
     """``function`` over ``items`` in order, in ``workers`` processes when more than one.
 
     Results come back in input order, so a preparation is identical for any worker count.
+    ``function`` must be importable by name (a module-level function), as workers are spawned.
     """
     if workers < 1:
         raise G2DError(f"--workers must be >= 1, got {workers}")
@@ -171,8 +172,10 @@ def map_items(function: Callable[[Any], Any], items: list[Any], workers: int) ->
         yield from map(function, items)
         return
     chunk = max(1, min(64, len(items) // (4 * workers)))
-    # fork (as torch's DataLoader workers) starts workers without re-importing torch; spawn where there is no fork.
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    # spawn, never fork: a child forked after torch (or PyAV) started its thread pools can inherit a lock
+    # one of those threads held, and block on it forever (the suite hung so in 2 of 3 runs). A spawned
+    # worker starts a fresh interpreter, at the cost of importing torch once per worker.
+    context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_single_thread) as pool:
         yield from pool.map(function, items, chunksize=chunk)
 
