@@ -1,8 +1,8 @@
 """``g2d tune`` against the 3x3 ``g2d sweep`` grid on avdigits (CPU schedule), same budget and seeds.
 
-    nice -n 10 python benchmarks/tune_vs_grid.py [--out runs/tune_bench] [--seeds 0]
+    nice -n 10 python benchmarks/tune_vs_grid.py [--dataset avdigits|mfeat] [--only grid|tune] [--seeds 0]
 
-The grid crosses smp.tau in [1],[2],[3] with optim.lr in 3e-3,1e-2,3e-2 (9 runs per seed, alpha = beta
+The grid crosses three values of smp.tau with optim.lr in 3e-3,1e-2,3e-2 (9 runs per seed, alpha = beta
 = 1); the tune searches tau, alpha, beta and lr over ranges spanning those values for 9 trials. Both
 distil from one pair of teachers per seed (``teachers.root`` set), trained once at the config's lr, so
 the comparison is about the students' settings. Each best configuration is picked by its validation
@@ -22,9 +22,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = "configs/avdigits_cpu.yaml"
-GRID = ["smp.tau=[1],[2],[3]", "optim.lr=3e-3,1e-2,3e-2"]
-SPACE = ["smp.tau=[1:3]", "method.g2d.alpha=0.1:10:log", "method.g2d.beta=0.1:10:log", "optim.lr=3e-3:3e-2:log"]
+LR_GRID, LR_SPACE = "optim.lr=3e-3,1e-2,3e-2", "optim.lr=3e-3:3e-2:log"
+WEIGHTS = ["method.g2d.alpha=0.1:10:log", "method.g2d.beta=0.1:10:log"]
+# dataset: (config and overrides, grid, space). avdigits is the CPU schedule (4 epochs, tau 2 of them);
+# mfeat (60 epochs in its config) runs 15 epochs here, so the grid's tau spans 2 to 6.
+SETTINGS = {
+    "avdigits": (["configs/avdigits_cpu.yaml"], ["smp.tau=[1],[2],[3]", LR_GRID], ["smp.tau=[1:3]", *WEIGHTS, LR_SPACE]),
+    "mfeat": (["configs/mfeat.yaml", "trainer.epochs=15"], ["smp.tau=[2],[4],[6]", LR_GRID],
+              ["smp.tau=[1:7]", *WEIGHTS, LR_SPACE]),
+}
 
 
 def g2d(args: list[str], walls: Path, name: str) -> None:
@@ -40,21 +46,23 @@ def g2d(args: list[str], walls: Path, name: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/tune_bench"))
+    parser.add_argument("--dataset", choices=sorted(SETTINGS), default="avdigits")
+    parser.add_argument("--out", type=Path, help="default runs/tune_bench_<dataset>")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--only", choices=["grid", "tune"], help="run one side (two processes can run both at once)")
     args = parser.parse_args()
-    out = (ROOT / args.out).resolve()
+    config, grid_keys, space = SETTINGS[args.dataset]
+    out = (ROOT / (args.out or Path(f"runs/tune_bench_{args.dataset}"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if len(args.seeds) != 1:
         sys.exit("one seed: the teachers.root below is per seed")
     seed = args.seeds[0]
-    common = [CONFIG, "trainer.progress=false", f"teachers.root={out / 'teachers' / f'avdigits_seed{seed}'}"]
+    common = [*config, "trainer.progress=false", f"teachers.root={out / 'teachers' / f'{args.dataset}_seed{seed}'}"]
     seeds = ["--seeds", *map(str, args.seeds)]
     if args.only in (None, "grid") and not (out / "grid" / "sweep.json").is_file():
-        g2d(["sweep", *common, *seeds, "--grid", *GRID, "--out", str(out / "grid")], out / f"walls_grid.json", "grid")
+        g2d(["sweep", *common, *seeds, "--grid", *grid_keys, "--out", str(out / "grid")], out / f"walls_grid.json", "grid")
     if args.only in (None, "tune") and not (out / "tune" / "tune.json").is_file():
-        g2d(["tune", *common, *seeds, "--space", *SPACE, "--trials", "9", "--out", str(out / "tune")],
+        g2d(["tune", *common, *seeds, "--space", *space, "--trials", "9", "--out", str(out / "tune")],
             out / "walls_tune.json", "tune")
     if not ((out / "grid" / "sweep.json").is_file() and (out / "tune" / "tune.json").is_file()):
         return

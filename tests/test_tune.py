@@ -260,3 +260,17 @@ def test_a_study_in_postgresql_is_shared_by_two_tune_folders(tmp_path, postgres,
     assert "postgresql://g2d@127.0.0.1" in (tmp_path / "b" / "tune.md").read_text()
     assert main([*cli(tmp_path, "--trials", "2", out="c"), "--storage", postgres.replace("/postgres", "/nosuch")]) == 2
     assert "cannot be opened" in capsys.readouterr().err
+
+
+def test_trials_are_mlflow_children_of_the_study(tmp_path, capsys):
+    MlflowClient = pytest.importorskip("mlflow.tracking").MlflowClient
+    out = tmp_path / "tune"
+    assert main(["tune", str(CONFIG), *QUICK, "trainer.loggers=[mlflow]", "--space", LR, "--trials", "2",
+                 "--prune", "none", "--out", str(out)]) == 0
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("g2d").experiment_id])}
+    parent = runs.pop("tune")
+    assert parent.info.status == "FINISHED" and {a.path for a in client.list_artifacts(parent.info.run_id)} == {
+        "tune.md", "best.yaml"}
+    assert sorted(runs) == ["0000/seed0", "0001/seed0"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs.values())
