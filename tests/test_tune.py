@@ -274,3 +274,12 @@ def test_trials_are_mlflow_children_of_the_study(tmp_path, capsys):
         "tune.md", "best.yaml"}
     assert sorted(runs) == ["0000/seed0", "0001/seed0"]
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs.values())
+
+
+def test_trials_of_one_seed_share_their_teachers_as_in_a_sweep(tmp_path):
+    out = tmp_path / "tune"
+    assert main(["tune", str(CONFIG), *TINY, "trainer.epochs=1", "smp.tau=[1]", "--space", "method.g2d.alpha=0.1:10:log",
+                 "--trials", "2", "--prune", "none", "--out", str(out)]) == 0
+    roots = {load_config(p).teachers.root for p in out.glob("trials/*/seed0/config.yaml")}
+    assert len(roots) == 1 and [p.name for p in (out / "teachers").iterdir()] == [Path(roots.pop()).name]
+    assert sorted(p.name for p in next((out / "teachers").iterdir()).iterdir()) == ["teacher_mor", "teacher_pix"]
