@@ -114,6 +114,9 @@ def test_trials_are_run_folders_the_value_is_validation_and_outputs_are_written(
     config = load_config(out / "best.yaml")
     assert config.optim.lr == pytest.approx(best.params["optim.lr"]) and config.trainer.epochs == 2
     assert config.method_name == "joint" and config.out == str(out / "best")
+    # g2d train runs it as is, and retrains the best trial: same seed, same validation score.
+    assert main(["train", str(out / "best.yaml")]) == 0
+    assert json.loads((out / "best" / "metrics.json").read_text())["val"]["multimodal"]["accuracy"] == best.value
 
     # A rerun of a finished study trains nothing; g2d report reads the tune folder's trials.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("trials/*/seed0/metrics.json")}
