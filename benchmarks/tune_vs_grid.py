@@ -4,8 +4,9 @@
 
 The grid crosses three values of smp.tau with optim.lr in 3e-3,1e-2,3e-2 (9 runs per seed, alpha = beta
 = 1); the tune searches tau, alpha, beta and lr over ranges spanning those values for 9 trials. Both
-distil from one pair of teachers per seed (``teachers.root`` set), trained once at the config's lr, so
-the comparison is about the students' settings. Each best configuration is picked by its validation
+distil from one pair of teachers per seed (``teachers.root`` set), trained once by the grid's first
+configuration (lr 3e-3; a sweep trains a shared teachers folder with its first run's settings), so the
+comparison is about the students' settings. Each best configuration is picked by its validation
 score; its test score is the mean over the tuning seed's run and runs with --retrain-seeds. Resumable:
 a rerun continues the sweep and the study where they stopped and adds its wall time to the record.
 Writes OUT/result.json and prints the Markdown rows for docs/results/tune.md; commits nothing.
@@ -77,6 +78,13 @@ def main() -> None:
     # Each side's best config, retrained with further seeds (the tuning seed's run is the retrain with that seed).
     best = {"grid": ([*config, "trainer.progress=false", *best_point["overrides"]], best_point["runs"]),
             "tune": ([str(out / "tune" / "best.yaml")], [str(Path(tune["best"]["folder"]) / f"seed{s}") for s in args.seeds])}
+    first = grid["points"][0]["overrides"]
+    for extra in args.retrain_seeds:  # the further seeds' teachers, trained as the tuning seed's were
+        folder = out / "retrain" / f"teachers_seed{extra}"
+        if args.only in (None, "retrain-grid", "retrain-tune") and not (folder / ".g2d.json").is_file():
+            g2d(["sweep", *config, "trainer.progress=false", *first, "--seeds", str(extra), "--out", str(folder),
+                 f"teachers.root={out / 'teachers' / f'{args.dataset}_seed{extra}'}", "--teachers-only"],
+                out / "walls_retrain_teachers.json", "teachers")
     for side, (train, runs) in best.items():
         for extra in args.retrain_seeds:
             run_dir = out / "retrain" / side / f"seed{extra}"
