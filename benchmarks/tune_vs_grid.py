@@ -80,10 +80,10 @@ def main() -> None:
             "tune": ([str(out / "tune" / "best.yaml")], [str(Path(tune["best"]["folder"]) / f"seed{s}") for s in args.seeds])}
     first = grid["points"][0]["overrides"]
     for extra in args.retrain_seeds:  # the further seeds' teachers, trained as the tuning seed's were
-        folder = out / "retrain" / f"teachers_seed{extra}"
-        if args.only in (None, "retrain-grid", "retrain-tune") and not (folder / ".g2d.json").is_file():
-            g2d(["sweep", *config, "trainer.progress=false", *first, "--seeds", str(extra), "--out", str(folder),
-                 f"teachers.root={out / 'teachers' / f'{args.dataset}_seed{extra}'}", "--teachers-only"],
+        if args.only in (None, "retrain-grid", "retrain-tune"):  # existing teachers are checked, not retrained
+            g2d(["sweep", *config, "trainer.progress=false", *first,
+                 f"teachers.root={out / 'teachers' / f'{args.dataset}_seed{extra}'}", "--seeds", str(extra),
+                 "--out", str(out / "retrain" / f"teachers_seed{extra}"), "--teachers-only"],
                 out / "walls_retrain_teachers.json", "teachers")
     for side, (train, runs) in best.items():
         for extra in args.retrain_seeds:
