@@ -174,6 +174,7 @@ def counted(trials):
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_study_split_the_trials_and_stop_at_n(tmp_path):
     out = tmp_path / "tune"
     out.mkdir()
@@ -190,6 +191,7 @@ def test_two_processes_on_one_study_split_the_trials_and_stop_at_n(tmp_path):
                                                                    if trials[n].state == TrialState.COMPLETE]
 
 
+@pytest.mark.slow
 def test_kill_9_then_a_rerun_retries_the_trial_in_its_folder_and_counts_it_once(tmp_path):
     out = tmp_path / "tune"
     # Killed just after the 3rd checkpoint: trial 0 finished (2 epochs), trial 1 after its first epoch.
@@ -265,6 +267,7 @@ def test_a_study_in_postgresql_is_shared_by_two_tune_folders(tmp_path, postgres,
     assert "cannot be opened" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_trials_are_mlflow_children_of_the_study(tmp_path, capsys):
     MlflowClient = pytest.importorskip("mlflow.tracking").MlflowClient
     out = tmp_path / "tune"
@@ -286,3 +289,14 @@ def test_trials_of_one_seed_share_their_teachers_as_in_a_sweep(tmp_path):
     roots = {load_config(p).teachers.root for p in out.glob("trials/*/seed0/config.yaml")}
     assert len(roots) == 1 and [p.name for p in (out / "teachers").iterdir()] == [Path(roots.pop()).name]
     assert sorted(p.name for p in next((out / "teachers").iterdir()).iterdir()) == ["teacher_mor", "teacher_pix"]
+
+
+def test_an_out_of_another_kind_or_no_trials_is_refused(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / ".g2d.json").write_text('{"kind": "sweep"}')
+    assert main(["tune", str(CONFIG), *QUICK, "--space", LR, "--trials", "2", "--out", str(sweep)]) == 2
+    assert "holds a sweep, not a tune" in capsys.readouterr().err
+    assert main(cli(tmp_path, "--trials", "0")) == 2
+    assert "--trials: must be at least 1, got 0" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"] and [p.name for p in sweep.iterdir()] == [".g2d.json"]
