@@ -526,10 +526,12 @@ def tune(options: TuneOptions, log: Callable[[str], None] = print) -> dict[str, 
     return summary
 
 
-def retrain_command(options: TuneOptions) -> str:
-    """The command that retrains the best config with several seeds and reports its test score."""
+def retrain_command(options: TuneOptions, config: ExperimentConfig) -> str:
+    """The command that retrains the best ``config`` with several seeds and reports its test score (a
+    teachers folder set in the config holds one seed's teachers: the sweep then makes one per seed)."""
     seeds = options.seeds if len(options.seeds) > 1 else [0, 1, 2]
-    return shlex.join(["g2d", "sweep", str(options.out / "best.yaml"), "--seeds", *map(str, seeds),
+    teachers = ["teachers.root=null"] if config.teachers.root else []
+    return shlex.join(["g2d", "sweep", str(options.out / "best.yaml"), *teachers, "--seeds", *map(str, seeds),
                        "--out", str(options.out / "retrain")])
 
 
@@ -588,10 +590,11 @@ def write_outputs(options: TuneOptions, seconds: float) -> dict[str, Any]:
         params = [format_param(row["params"].get(n)) for n in names]
         took = "" if row["seconds"] is None else f"{row['seconds']:.0f}"
         lines.append(f"| {row['trial']} | {row['state']} | {value} | " + " | ".join(params) + f" | {took} | {row['folder']} |")
+    lines += ["", "A pruned trial's validation is its score at the epoch the pruner stopped it."]
     lines += ["", f"## Best trial: {best.number} (validation {best.value:.4f})", "",
               *(f"- `{name}`: {format_param(best.params[name])}" for name in names), "",
               f"Its runs: `{best_folder}`. Its config: `{options.out / 'best.yaml'}` (`g2d train` runs it as is).",
-              "Retrain it with several seeds and read its test score:", "", "```bash", retrain_command(options), "```",
+              "Retrain it with several seeds and read its test score:", "", "```bash", retrain_command(options, best_config), "```",
               "", "## Parameter importances (fANOVA over the complete trials)", ""]
     lines += [f"- `{name}`: {value:.3f}" for name, value in importances.items()] or ["- (needs two complete trials)"]
     lines += ["", f"Look at the study: `optuna-dashboard {describe_url(options.storage_url)}`", ""]
@@ -600,7 +603,7 @@ def write_outputs(options: TuneOptions, seconds: float) -> dict[str, Any]:
                "trials": options.trials, "seeds": options.seeds, "space": options.space,
                "seconds": round(seconds, 2), "best": {"trial": best.number, "value": best.value, "params": best.params,
                                                        "folder": str(best_folder)},
-               "pruned": pruned, "importances": importances, "rows": rows, "retrain": retrain_command(options)}
+               "pruned": pruned, "importances": importances, "rows": rows, "retrain": retrain_command(options, best_config)}
     write_json(options.out / "tune.json", summary)
     return summary
 
