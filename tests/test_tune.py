@@ -300,3 +300,15 @@ def test_an_out_of_another_kind_or_no_trials_is_refused(tmp_path, capsys):
     assert main(cli(tmp_path, "--trials", "0")) == 2
     assert "--trials: must be at least 1, got 0" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"] and [p.name for p in sweep.iterdir()] == [".g2d.json"]
+
+
+def test_with_several_seeds_a_trial_is_the_mean_of_its_runs_validation(tmp_path):
+    out = tmp_path / "tune"
+    assert main([*cli(tmp_path, "--trials", "1", "--prune", "none"), "--seeds", "0", "1"]) == 0
+    trial = study(out).trials[0]
+    scores = [json.loads((out / "trials" / "0000" / f"seed{s}" / "metrics.json").read_text())["val"]["multimodal"]["accuracy"]
+              for s in (0, 1)]
+    assert trial.value == pytest.approx((scores[0] + scores[1]) / 2) and scores[0] != scores[1]
+    # Every epoch of both seeds went to the pruner, seed 1's after seed 0's.
+    assert sorted(trial.intermediate_values) == [0, 1, 2, 3]
+    assert "--seeds 0 1 --out" in (out / "tune.md").read_text()
