@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[test,video,hf,browser,lightning,mlflow,wandb]"
+	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[test,video,hf,browser,lightning,mlflow,wandb,tune]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -51,6 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print one g2d train command per run (for a job array) instead of running")
     sweep.add_argument("--teachers-only", action="store_true", help="train the shared teachers and stop")
 
+    tune = commands.add_parser("tune", help="search keys for the best validation score with Optuna (g2d[tune])")
+    tune.add_argument("config", type=Path, help="experiment YAML file, or a packaged config's name (g2d configs)")
+    tune.add_argument("overrides", nargs="*", help="dotted key=value overrides for every trial (before the options)")
+    tune.add_argument("--space", nargs="+", required=True, metavar="KEY=SPEC",
+                      help="searched keys: LOW:HIGH, LOW:HIGH:log, [LOW:HIGH,...] (a list) or choice1,choice2")
+    tune.add_argument("--trials", type=int, required=True, help="trials in the study, all processes together")
+    tune.add_argument("--out", type=Path, required=True, help="tune folder: trials/, teachers/, tune.md, best.yaml")
+    tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db; postgresql://... for many machines)")
+    tune.add_argument("--study", help="study name (default: OUT's folder name)")
+    tune.add_argument("--prune", choices=["median", "hyperband", "none"], default="median",
+                      help="stop trials whose validation score lags (default median)")
+    tune.add_argument("--workers", type=int, default=1, help="trials run at a time, each in its own process")
+    tune.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every trial; its value is their mean")
+    tune.add_argument("--heartbeat", type=int, default=30,
+                      help="seconds between a trial's heartbeats; one silent for two is failed and retried (default 30)")
+
     commands.add_parser("configs", help="list the configs shipped in the package, by the name g2d train takes")
 
     config = commands.add_parser("config", help="print the resolved config (YAML) of CONFIG and overrides")
@@ -174,6 +190,17 @@ def sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def tune(args: argparse.Namespace) -> int:
+    from g2d.runs.tune import TuneOptions, tune as run_tune
+
+    summary = run_tune(TuneOptions(args.config, args.overrides, args.space, args.trials, args.out, args.storage,
+                                   args.study, args.prune, args.seeds, args.workers, args.heartbeat),
+                       log=lambda line: print(line, flush=True))
+    print((args.out / "tune.md").read_text(), end="")
+    print(f"best config: {args.out / 'best.yaml'}; retrain it on the test split: {summary['retrain']}")
+    return 0
+
+
 def demo(args: argparse.Namespace) -> int:
     from g2d.runs.demo import demo as run_demo
 
@@ -204,8 +231,10 @@ def analyze(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     from g2d.results.report import write_report
+    from g2d.runs.tune import tune_runs
     from g2d.training.tracking import attach_files
 
+    args.run_dirs = [run for folder in args.run_dirs for run in tune_runs(folder)]  # a tune folder: its trials
     page = write_report(args.run_dirs, args.out, overwrite=args.overwrite)
     for run_dir in args.run_dirs:
         attach_files(run_dir, sorted(p for p in args.out.iterdir() if p.is_file() and not p.name.startswith(".")), "report")
@@ -213,7 +242,7 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": train, "sweep": sweep, "demo": demo, "prepare": prepare, "analyze": analyze, "report": report,
+COMMANDS = {"train": train, "sweep": sweep, "tune": tune, "demo": demo, "prepare": prepare, "analyze": analyze, "report": report,
             "configs": list_configs, "config": show_config}
 
 

@@ -26,7 +26,7 @@ from g2d.errors import G2DError
 
 MARKER = ".g2d.json"
 KINDS = {"run": "a training run", "sweep": "a sweep", "report": "a report", "analysis": "an analysis",
-         "prepared": "a prepared dataset"}
+         "prepared": "a prepared dataset", "tune": "a tune"}
 # The files that tell a kind of folder written before the marker existed.
 SIGNS = {"run": ("metrics.json", "config.yaml", "history.json", "checkpoints", ".checkpoints"),
          "sweep": ("sweep.json", "sweep.md"), "report": ("report.html", "report.md"), "analysis": ("analysis.json",),

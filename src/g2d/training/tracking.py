@@ -43,6 +43,9 @@ logger = logging.getLogger("g2d")
 TRACKING_FILE = "tracking.json"
 # Logged every epoch by every run: a backend's history of it says which epochs it already holds.
 EPOCH_KEY = "lr"
+# Called with each epoch's record once its checkpoint is committed (``g2d tune`` reports the validation
+# score to Optuna's pruner); one that raises stops the run there, as resumable as any interruption.
+EPOCH_OBSERVERS: list[Callable[[Path | None, dict], None]] = []
 
 
 @dataclass
@@ -361,6 +364,8 @@ class Tracking:
         """One epoch's record (``g2d.training.engine``'s history entry), at step = its epoch."""
         metrics = epoch_metrics(record, modulator)
         self.call(lambda backend: backend.log_metrics(metrics, record["epoch"]))
+        for observer in EPOCH_OBSERVERS:
+            observer(self.run_dir, record)
 
     def finish(self, metrics: dict, files: list[Path], extra: dict[str, float] | None = None) -> None:
         """The end-of-run numbers of ``metrics`` (metrics.json) and ``extra`` at step ``epochs``; ``files`` as artifacts."""
