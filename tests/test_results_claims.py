@@ -48,10 +48,10 @@ CLAIMS = {
         ("dynamic + freeze", "G²D, dynamic, freeze", G2D, "val", "multimodal", False),
         ("ranked + conv_grad", "G²D, ranked, conv_grad", G2D, "val", "multimodal", False),
         ("dynamic + conv_grad", "G²D, dynamic, conv_grad", G2D, "val", "multimodal", False),
-        ("tau 1", "G²D, tau 1", G2D, "val", "multimodal", False),
-        ("tau 5", "G²D, tau 5", G2D, "val", "multimodal", False),
-        ("audio inside", "G²D, tau 5", G2D, "val", "audio", False),
-        ("image inside", "G²D, tau 5", G2D, "val", "image", False),
+        ("tau 1", "G²D, tau 1/6", G2D, "val", "multimodal", False),
+        ("tau 5", "G²D, tau 5/6", G2D, "val", "multimodal", False),
+        ("audio inside", "G²D, tau 5/6", G2D, "val", "audio", False),
+        ("image inside", "G²D, tau 5/6", G2D, "val", "image", False),
         ("supersedes these with Joint-Train + SMP − Joint-Train", JOINT_SMP, JOINT, "val", "multimodal", False),
     ],
 }
@@ -162,3 +162,45 @@ def test_verdict_words_follow_the_written_rule():
     assert umt.verdict == "not separable" and umt.quote() == "+1.6 [+0.2, +3.0], Holm p 0.07"
     assert strong.adjusted == pytest.approx(3 * strong.p) and strong.verdict == "higher"
     assert script.find(found, UMT, JOINT, "audio").verdict == "not separable"
+
+
+def fake_metrics(seed: int, kept: int) -> dict:
+    scores = {"multimodal": {"accuracy": 0.5}, "per_modality": {m: {"accuracy": 0.4} for m in script.MODALITIES}}
+    selection = {rule: {"best_epoch": kept, "test": scores} for rule in script.RULES}
+    return {"seed": seed, "wall_seconds": 1.0, "selection": selection}
+
+
+def test_a_rerun_runs_only_the_rows_the_csv_lacks(tmp_path, monkeypatch):
+    """Rows land per seed as each seed ends; a rerun runs nothing already in the CSV, and only what is missing."""
+    calls = []
+
+    def sweep(config, overrides, points, seeds, out, workers, log):
+        calls.append(([p.label for p in points], seeds, out.name, "trainer.epochs=12" in overrides))
+        return {p.label: [fake_metrics(seeds[0], 3)] for p in points}
+
+    monkeypatch.setattr(script, "run_sweep", sweep)
+    labels = {label: script.points(12)[label] for label in ("Joint-Train", "G²D, tau 5/6")}
+    path = tmp_path / "grid.csv"
+    script.run_missing(labels, [0, 1], 12, path, tmp_path / "data", tmp_path / "runs", 2)
+    assert calls == [(list(labels), [0], "e12", True), (list(labels), [1], "e12", True)]
+    assert labels["G²D, tau 5/6"][-1] == "smp.tau=[10]"
+    script.run_missing(labels, [0, 1], 12, path, tmp_path / "data", tmp_path / "runs", 2)
+    assert len(calls) == 2 and len(script.read_csv(path)) == 4
+    kept = [line for line in path.read_text().splitlines() if not line.startswith("Joint-Train,") or ",1," not in line]
+    path.write_text("\n".join(kept) + "\n")  # drop Joint-Train seed 1
+    script.run_missing(labels, [0, 1], 12, path, tmp_path / "data", tmp_path / "runs", 2)
+    assert calls[2:] == [(["Joint-Train"], [1], "e12", True)]
+    assert sorted((r["config"], int(r["seed"])) for r in script.read_csv(path)) == sorted(
+        (label, seed) for label in labels for seed in (0, 1))
+
+
+def test_the_pilot_rule_picks_the_smallest_schedule_where_training_ends_early():
+    rows = [script.csv_row(method, [], fake_metrics(seed, kept), epochs)
+            for epochs, kept_by_method in ((12, {"Joint-Train": 9, "G²D": 6}), (24, {"Joint-Train": 18, "G²D": 9}))
+            for method, kept in kept_by_method.items() for seed in range(3)]
+    verdicts = script.pilot_verdicts([{k: v if k in ("config", "overrides") else float(v) for k, v in r.items()}
+                                      for r in rows])
+    # kept epoch counted from 1: Joint-Train 10 >= 0.8 x 12 = 9.6 (not settled), then 19 < 0.8 x 24 = 19.2 (settled)
+    assert verdicts == {12: {"Joint-Train": (3, 10), "G²D": (3, 7)}, 24: {"Joint-Train": (3, 19), "G²D": (3, 10)}}
+    assert not script.settled(verdicts[12], 12, 3) and script.settled(verdicts[24], 24, 3)
+    assert not script.settled(verdicts[24], 24, 4)  # a candidate with seeds still missing is not settled
