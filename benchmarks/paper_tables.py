@@ -10,6 +10,10 @@ design detects with 80 % power:
     python benchmarks/paper_tables.py --data /work/data/avdigits_m5 --out /work/runs/paper_tables \\
         --seeds 0 1 2 3 4 --workers 2
     python benchmarks/paper_tables.py --tables-only      # regenerate docs/results/paper_tables.md from the CSV
+    python benchmarks/paper_tables.py --pilot 12 24 48 --data DATA --out OUT     # choose a schedule (issue 31)
+    python benchmarks/paper_tables.py --epochs pilot --seeds 0 1 2 3 4 5 6 7 8 9 --points ... --data DATA --out OUT
+
+Runs append each seed's rows to the CSV as that seed ends, and skip every (configuration, seed) already there.
 
 The data is ``g2d prepare avdigits ... --snr-db -5 --max-train 1500 --max-test 1000`` (docs/results.md
 says why: at -20 dB and this size the audio teacher stays at chance).
@@ -90,6 +94,7 @@ CSV_PATH, META_PATH, TABLES_PATH = paths(EPOCHS)
 # The schedule pilot (issue 31): Joint-Train and G²D at growing epochs until training ends before the schedule does.
 PILOT = ["Joint-Train", "G²D"]
 PILOT_CSV, PILOT_PAGE = RESULTS / "schedule_pilot.csv", RESULTS / "schedule_pilot.md"
+PILOT_SEEDS = [0, 1, 2]
 SETTLED = 0.8  # the kept epoch (counted from 1) must average below this share of the epochs, for both methods
 TABLE4 = ["Joint-Train", "Joint-Train + SMP", "UMT", "UMT + SMP", "G²D loss (no SMP)", "G²D"]
 # (section, first, second): each row is first - second, paired by seed.
@@ -398,25 +403,25 @@ def pilot_verdicts(rows: list[dict]) -> dict[int, dict[str, tuple[int, float]]]:
     return {e: {m: (len(v), statistics.mean(v)) for m, v in methods.items()} for e, methods in sorted(kept.items())}
 
 
-def settled(methods: dict[str, tuple[int, float]], epochs: int, seeds: int) -> bool:
+def settled(methods: dict[str, tuple[int, float]], epochs: int, seeds: int = len(PILOT_SEEDS)) -> bool:
     """The pilot's rule: every pilot method ran all seeds and its kept epoch averages below SETTLED x epochs."""
     return all(m in methods and methods[m][0] >= seeds and methods[m][1] < SETTLED * epochs for m in PILOT)
 
 
-def chosen_epochs(seeds: int = 3) -> int | None:
+def chosen_epochs() -> int | None:
     """The smallest piloted epochs the rule calls settled (None while no candidate is)."""
-    return next((e for e, methods in pilot_verdicts(read_csv(PILOT_CSV)).items() if settled(methods, e, seeds)), None)
+    return next((e for e, methods in pilot_verdicts(read_csv(PILOT_CSV)).items() if settled(methods, e)), None)
 
 
-def render_pilot(rows: list[dict], seeds: int = 3) -> str:
+def render_pilot(rows: list[dict]) -> str:
     """The pilot's page: per epochs and method, where the validation rule's kept epoch lies, and the rule's answer."""
     lines = ["# Schedule pilot on avdigits (issue 31), generated from schedule_pilot.csv", "",
              "- page: `python benchmarks/paper_tables.py --pilot-only`; runs: `python benchmarks/paper_tables.py "
-             "--pilot 12 24 48 --seeds 0 1 2 --data DATA --out OUT` (the 6-epoch grid's schedule otherwise: "
+             "--pilot 12 24 48 --data DATA --out OUT` (the 6-epoch grid's schedule otherwise: "
              "ResNet-18 width 4, batch 16, SGD lr 1e-2, SMP over the first half of training, teachers at the same "
              "schedule; fp32)",
              f"- **rule**, fixed before the pilot ran: the schedule is the smallest piloted number of epochs E at which "
-             f"the epoch the validation rule keeps, counted from 1, averages below {SETTLED} E over seeds 0-{seeds - 1}, "
+             f"the epoch the validation rule keeps, counted from 1, averages below {SETTLED} E over seeds {PILOT_SEEDS}, "
              "for Joint-Train and for G²D alike (at 6 epochs it averaged 5.4 and 5.6: training was still improving "
              "when it stopped); candidates run from the smallest, and the pilot stops at the first that passes.", "",
              "| epochs | method | seeds | kept epoch (from 1), mean | share of epochs | last − kept, multimodal points "
@@ -432,8 +437,8 @@ def render_pilot(rows: list[dict], seeds: int = 3) -> str:
             lines.append(f"| {epochs} | {method} | {n} | {kept:.1f} | {kept / epochs:.2f} | {late:+.1f} | "
                          f"{percent([r['val_multimodal'] for r in runs])} | "
                          f"{statistics.mean(r['wall_seconds'] for r in runs):.0f} |")
-    lines += [""] + [f"- {e} epochs: {'settled' if settled(m, e, seeds) else 'not settled'}" for e, m in verdicts.items()]
-    choice = chosen_epochs(seeds)
+    lines += [""] + [f"- {e} epochs: {'settled' if settled(m, e) else 'not settled'}" for e, m in verdicts.items()]
+    choice = chosen_epochs()
     lines += ["", f"**Chosen schedule**: {f'{choice} epochs' if choice else 'none yet (no candidate has passed)'}."]
     return "\n".join(lines) + "\n"
 
@@ -451,7 +456,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="the prepared avdigits folder (dataset.root)")
     parser.add_argument("--out", type=Path, help="where the runs go (outside the repository)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", help="default 0-4; the pilot always runs its rule's 0-2")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", default=str(EPOCHS),
                         help="training epochs (SMP over the first half), or 'pilot': the schedule the pilot chose")
@@ -468,19 +473,22 @@ def main() -> None:
     if running and (args.data is None or args.out is None):
         parser.error("--data and --out are needed to run (or pass --tables-only / --pilot-only)")
     if args.pilot or args.pilot_only:
+        if args.seeds not in (None, PILOT_SEEDS):
+            parser.error(f"--seeds: the pilot's rule is judged on seeds {PILOT_SEEDS}; leave --seeds out")
         for epochs in sorted(args.pilot or []):
-            if chosen_epochs(len(args.seeds)) is not None:
+            if chosen_epochs() is not None:
                 break
-            run_missing({p: POINTS[p] for p in PILOT}, args.seeds, epochs, PILOT_CSV, args.data, args.out,
-                        args.workers, pilot=True, after_seed=lambda seed: PILOT_PAGE.write_text(
-                            render_pilot(read_csv(PILOT_CSV), len(args.seeds))))
-        page = render_pilot(read_csv(PILOT_CSV), len(args.seeds))
+            run_missing({p: POINTS[p] for p in PILOT}, PILOT_SEEDS, epochs, PILOT_CSV, args.data, args.out,
+                        args.workers, pilot=True,
+                        after_seed=lambda seed: PILOT_PAGE.write_text(render_pilot(read_csv(PILOT_CSV))))
+        page = render_pilot(read_csv(PILOT_CSV))
         PILOT_PAGE.write_text(page)
         print(page)
         return
     epochs = chosen_epochs() if args.epochs == "pilot" else int(args.epochs)
     if epochs is None:
         parser.error("--epochs pilot: the pilot has chosen no schedule yet (docs/results/schedule_pilot.md)")
+    args.seeds = args.seeds or [0, 1, 2, 3, 4]
     labels = points(epochs)
     unknown = [p for p in args.points if p not in labels]
     if unknown:
