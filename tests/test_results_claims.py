@@ -204,3 +204,14 @@ def test_the_pilot_rule_picks_the_smallest_schedule_where_training_ends_early():
     assert verdicts == {12: {"Joint-Train": (3, 10), "G²D": (3, 7)}, 24: {"Joint-Train": (3, 19), "G²D": (3, 10)}}
     assert not script.settled(verdicts[12], 12) and script.settled(verdicts[24], 24)
     assert not script.settled(verdicts[24], 24, 4)  # a candidate with seeds still missing is not settled
+
+
+def test_the_rerun_page_renders_from_the_rerun_points_alone(table):
+    """At another schedule only Table 4 and the window rows run; the page keeps the rows whose both sides ran."""
+    rerun = ["Joint-Train", "Joint-Train + SMP", "UMT", "UMT + SMP", "G²D loss (no SMP)", "G²D", "G²D, tau 1/6",
+             "G²D, tau 5/6"]
+    page = script.render({label: table[label] for label in rerun}, {}, epochs=24)
+    assert page.startswith("# Paper tables on avdigits (CPU schedule, 24 epochs), generated from paper_tables_e24.csv")
+    assert "`python benchmarks/paper_tables.py --tables-only --epochs 24`" in page
+    assert "**Primary contrast**: G²D − Joint-Train = +8.0 [+3.5, +12.6], p 0.008" in page
+    assert "| window | G²D, tau 5/6 − G²D |" in page and "partial modulation" not in page
