@@ -140,19 +140,3 @@ def main_metric(task: str) -> tuple[str, str, float]:
 def cell(values: list[float], factor: float) -> str:
     """``mean ± std`` of ``values * factor`` (one decimal for percentages, three otherwise), ``-`` when empty."""
     return mean_std(values, factor, digits=1 if factor == 100.0 else 3) if values else "-"
-
-
-# Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (more degrees use the value for 30,
-# a slightly wider interval than the exact one).
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def paired_difference(first: list[float], second: list[float]) -> tuple[float, float, float]:
-    """Mean of ``first[i] - second[i]`` (runs paired by seed) and its 95 % t-interval ``(mean, low, high)``."""
-    if len(first) != len(second) or len(first) < 2:
-        raise ValueError(f"paired difference needs two equal lists of at least 2 values, got {len(first)} and {len(second)}")
-    differences = [a - b for a, b in zip(first, second)]
-    mean = statistics.mean(differences)
-    half = T_975[min(len(differences) - 1, len(T_975)) - 1] * statistics.stdev(differences) / len(differences) ** 0.5
-    return mean, mean - half, mean + half
