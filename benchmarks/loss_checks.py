@@ -1,0 +1,90 @@
+"""What ``G2DLoss``'s input checks cost per call, on the CPU at the CLI's batch (16 rows, k = 2 modalities).
+
+Two losses are timed interleaved (round r times each in turn, so a busy machine slows them alike): the
+public ``G2DLoss`` (checks every call) and the same loss with ``check`` skipped, for the loss call alone
+and for the call plus its backward; and ``check`` called by itself. Each figure is the fastest and the
+median round's time per call: on a shared machine the fastest round is the one least disturbed.
+
+    python benchmarks/loss_checks.py [--rounds 15] [--calls 200] [--threads 1] [--dim 128] [--classes 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from g2d.core.losses import G2DLoss
+
+
+class UncheckedLoss(G2DLoss):
+    """``G2DLoss`` without its checks: the loss as it was computed before they existed."""
+
+    def check(self, logits, targets, features, teacher_logits, teacher_features):  # noqa: ANN001, ANN201
+        return targets
+
+
+def inputs(batch: int, dim: int, classes: int, modalities: int) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    names = [f"m{i}" for i in range(modalities)]
+    return {
+        "logits": torch.randn(batch, classes, generator=generator, requires_grad=True),
+        "targets": torch.randint(0, classes, (batch,), generator=generator),
+        "features": {m: torch.randn(batch, dim, generator=generator, requires_grad=True) for m in names},
+        "teacher_logits": {m: torch.randn(batch, classes, generator=generator) for m in names},
+        "teacher_features": {m: torch.randn(batch, dim, generator=generator) for m in names},
+    }
+
+
+def seconds_per_call(loss: G2DLoss, given: dict, calls: int, backward: bool | None) -> float:
+    """One round; ``backward=None`` times ``loss.check`` alone."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        if backward is None:
+            loss.check(**given)
+            continue
+        total, _ = loss(**given)
+        if backward:
+            total.backward()
+    return (time.perf_counter() - start) / calls
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"fastest_us": round(min(values) * 1e6, 1), "median_us": round(statistics.median(values) * 1e6, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--modalities", type=int, default=2)
+    parser.add_argument("--dim", type=int, default=128, help="feature width D")
+    parser.add_argument("--classes", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    given = inputs(args.batch, args.dim, args.classes, args.modalities)
+    losses = {"checked": G2DLoss(), "unchecked": UncheckedLoss()}
+    result = {"load_before": os.getloadavg()[0], "torch": torch.__version__, "threads": args.threads,
+              "batch": args.batch, "modalities": args.modalities, "dim": args.dim, "classes": args.classes}
+    for backward in (False, True):
+        times: dict[str, list[float]] = {name: [] for name in losses}
+        for name, loss in losses.items():  # warm-up
+            seconds_per_call(loss, given, args.calls // 4, backward)
+        for _ in range(args.rounds):
+            for name, loss in losses.items():
+                times[name].append(seconds_per_call(loss, given, args.calls, backward))
+        result["loss_and_backward" if backward else "loss"] = {name: summary(values) for name, values in times.items()}
+    result["check_alone"] = summary([seconds_per_call(losses["checked"], given, args.calls, None)
+                                     for _ in range(args.rounds)])
+    result["load_after"] = os.getloadavg()[0]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
