@@ -129,7 +129,7 @@ def check_targets(call: str, targets: object, logits: torch.Tensor, task: str) -
         if low < 0 or high >= classes:
             raise G2DError(f"{call}: targets hold class {low if low < 0 else high}, outside 0..{classes - 1} "
                            f"for logits of shape {shape(logits)}")
-    return targets if targets.dtype in (torch.long, torch.uint8) else targets.long()  # what cross_entropy takes
+    return targets if targets.dtype == torch.long else targets.long()  # what cross_entropy and gather take
 
 
 def check_task(call: str, task: object) -> str:
@@ -210,8 +210,8 @@ class Weight:
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, loss: object, owner: type | None = None) -> float:
-        return loss.__dict__[self.name]
+    def __get__(self, loss: object, owner: type | None = None) -> float | Weight:
+        return self if loss is None else loss.__dict__[self.name]
 
     def __set__(self, loss: object, value: object) -> None:
         loss.__dict__[self.name] = check_weight(self.name, value, self.positive)
