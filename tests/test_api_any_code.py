@@ -66,8 +66,9 @@ CALL_MISTAKES = {
         {"teacher_logits.audio": torch.zeros(B, 6)},
         r"^G2DLoss\(teacher_logits=\.\.\.\): modality 'audio': teacher logits \[4, 6\] .* student's logits \[4, 5\]"),
     "float targets": ({"targets": torch.tensor([0.0, 1.0, 2.0, 1.0])}, r"^G2DLoss\(targets=\.\.\.\): targets are torch.float32"),
-    "targets out of range": ({"targets": torch.tensor([0, 5, 1, 1])}, r"^G2DLoss\(targets=\.\.\.\): .*class 5, outside 0\.\.4"),
-    "negative target": ({"targets": torch.tensor([0, -1, 1, 1])}, r"^G2DLoss\(targets=\.\.\.\): .*class -1"),
+    "targets out of range": (
+        {"targets": torch.tensor([0, 5, 1, 1])}, r"^G2DLoss\(targets=\.\.\.\): a target is outside 0\.\.4 .*Target 5 is out of bounds"),
+    "negative target": ({"targets": torch.tensor([0, -1, 1, 1])}, r"^G2DLoss\(targets=\.\.\.\): .*Target -1 is out of bounds"),
     "targets of another batch": ({"targets": torch.tensor([0, 1])}, r"^G2DLoss\(targets=\.\.\.\): .*\[2\].*\[4, 5\]"),
     "features=None": ({"features": None}, r"^G2DLoss\(features=\.\.\.\): expected a non-empty dict .* got NoneType"),
     "empty dicts": ({"features": {}, "teacher_logits": {}, "teacher_features": {}}, r"^G2DLoss\(features=\.\.\.\): .*empty dict"),
@@ -89,6 +90,18 @@ def test_g2d_loss_refuses_a_mistaken_call(case: str) -> None:
     changes, message = CALL_MISTAKES[case]
     with pytest.raises(G2DError, match=message):
         g2d.G2DLoss()(**loss_inputs(**changes))
+
+
+def test_g2d_loss_checks_without_reading_a_tensor_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's step computes its loss here and makes no host reads (a GPU would stop every step)."""
+    given, loss_fn = loss_inputs(), g2d.G2DLoss()
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _original=original, **k: reads.append(1) or _original(self, *a, **k))
+    loss_fn(**given)
+    monkeypatch.undo()
+    assert reads == []
 
 
 SETTING_MISTAKES = {

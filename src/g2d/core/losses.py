@@ -107,11 +107,12 @@ def check_tensor(call: str, value: object, what: str) -> torch.Tensor:
     return value
 
 
-def check_targets(call: str, targets: object, logits: torch.Tensor, task: str) -> torch.Tensor:
+def check_targets(call: str, targets: object, logits: torch.Tensor, task: str, read_values: bool = True) -> torch.Tensor:
     """Targets ``[B]`` for logits ``[..., B, C]``: class indices in ``0..C-1`` for classification.
 
-    Class indices are checked where reading them costs no device synchronisation (CPU tensors);
-    on a GPU, torch itself stops at an out-of-range index (a device-side assert).
+    The indices' range is read back only with ``read_values`` and from CPU tensors: a training step
+    makes no host reads (they would stop a GPU every step), so ``G2DLoss`` leaves that check to
+    cross-entropy itself.
     """
     targets = check_tensor(call, targets, "targets")
     batch, classes = logits.shape[-2], logits.shape[-1]
@@ -123,7 +124,7 @@ def check_targets(call: str, targets: object, logits: torch.Tensor, task: str) -
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
         raise G2DError(f"{call}: targets are {targets.dtype}, but classification needs integer class indices "
                        f"(torch.long) in 0..{classes - 1}")
-    if targets.device.type == "cpu":
+    if read_values and targets.device.type == "cpu":
         low, high = torch.aminmax(targets)
         low, high = low.item(), high.item()
         if low < 0 or high >= classes:
@@ -252,7 +253,11 @@ class G2DLoss(nn.Module):
         targets = self.check(logits, targets, features, teacher_logits, teacher_features)
         if self.projections:
             features = {m: self.projections[m](f) if m in self.projections else f for m, f in features.items()}
-        student = task_loss(logits, targets, self.task)
+        try:
+            student = task_loss(logits, targets, self.task)
+        except IndexError as exc:  # cross_entropy found a class index out of range (on a CPU; a GPU asserts)
+            raise G2DError(f"G2DLoss(targets=...): a target is outside 0..{logits.shape[1] - 1} for logits of shape "
+                           f"{shape(logits)} ({exc})") from exc
         feature = sum(feature_distillation(features, teacher_features, self.feature_reduction).values())
         logit = sum(logit_distillation(logits, teacher_logits, self.task, self.temperature).values())
         total = student + self.alpha * feature + self.beta * logit
@@ -265,7 +270,7 @@ class G2DLoss(nn.Module):
         if logits.dim() != 2 or logits.shape[0] == 0 or (self.task == "regression" and logits.shape[1] != 1):
             expected = "[B, 1] (one output per row, regression)" if self.task == "regression" else "[B, C]"
             raise G2DError(f"G2DLoss(logits=...): expected {expected} with B > 0, got shape {shape(logits)}")
-        targets = check_targets("G2DLoss(targets=...)", targets, logits, self.task)
+        targets = check_targets("G2DLoss(targets=...)", targets, logits, self.task, read_values=False)
         if not isinstance(features, Mapping) or not features:
             given = "an empty dict" if isinstance(features, Mapping) else type(features).__name__
             raise G2DError(f"G2DLoss(features=...): expected a non-empty dict {{modality: student features [B, D]}}, "
