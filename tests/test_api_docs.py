@@ -26,9 +26,16 @@ def test_every_python_block_of_the_api_page_runs(tmp_path: Path, monkeypatch: py
         exec(compile(block, f"{DOC.name} block {index + 1}", "exec"), namespace)
     assert namespace["metrics"]["method"] == "g2d"
     assert namespace["kappa"] == {"pix": 1.0, "mor": 1.0}  # the last epoch of 3 trains both views
+    assert set(namespace["confidences"]) == {"image", "signal"}  # "Your own model and teachers"
+    assert not namespace["teachers"]["image"].training  # a parent's .train() left the teacher in eval
 
 
 def test_the_counted_lines_are_the_marked_ones() -> None:
-    text = DOC.read_text()
-    marked = sum(line.rstrip().endswith("# G²D") for block in python_blocks(text) for line in block.splitlines())
-    assert f"**{marked} lines**" in text
+    """Each section that marks lines `# G²D` states their number, in bold, first."""
+    counted = 0
+    for section in re.split(r"^## ", DOC.read_text(), flags=re.MULTILINE):
+        marked = sum(line.rstrip().endswith("# G²D") for block in python_blocks(section) for line in block.splitlines())
+        if marked:
+            assert re.search(r"\*\*(\d+) lines\*\*", section).group(1) == str(marked), section.splitlines()[0]
+            counted += 1
+    assert counted == 2  # the two-encoder model and "Your own model and teachers"

@@ -19,6 +19,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "SMPCallback": ("g2d.training.lightning", "SMPCallback"),
     "Teacher": ("g2d.training.teachers", "Teacher"),
     "load_teacher": ("g2d.training.teachers", "load_teacher_folder"),
+    "train_teacher": ("g2d.training.own_teachers", "train_teacher"),
+    "teacher_confidences": ("g2d.training.own_teachers", "teacher_confidences"),
     "train_teachers": ("g2d.runs.experiment", "train_teachers"),
     "load_config": ("g2d.config", "load_config"),
     "load_dataset": ("g2d.data", "load_dataset"),
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from g2d.errors import G2DError
     from g2d.runs.experiment import run, train_teachers
     from g2d.training.lightning import SMPCallback
+    from g2d.training.own_teachers import teacher_confidences, train_teacher
     from g2d.training.teachers import Teacher
     from g2d.training.teachers import load_teacher_folder as load_teacher
 

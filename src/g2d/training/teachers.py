@@ -12,9 +12,11 @@ import contextlib
 import copy
 import hashlib
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -225,19 +227,81 @@ def existing_teachers(config: ExperimentConfig, data: MultimodalData) -> dict[st
     return as_modules(load_existing_teachers(config, data))
 
 
-class Teacher(torch.nn.Module):
-    """A trained unimodal teacher as a plain module: ``teacher(x)`` returns ``(features, logits)``.
+def describe(value: object) -> str:
+    """What a module returned, as an error message shows it: tensors by their shapes."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor {list(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        parts = ", ".join(str(list(v.shape)) if isinstance(v, torch.Tensor) else type(v).__name__ for v in value)
+        return f"a {type(value).__name__} of {len(value)} ({parts})"
+    if isinstance(value, Mapping):
+        return f"a dict with keys {', '.join(map(repr, value))}"
+    return f"a {type(value).__name__}"
 
-    ``x`` is the modality's float input batch as the model sees it (after the dataset's scaling, and
-    standardised by ``metadata["input"]["normalize"]`` when the teacher recorded one);
-    sequence and token inputs also take their ``mask`` (True for real steps).
+
+EXAMPLE_OUTPUTS = "e.g. outputs=lambda out: (out[0].mean(dim=(2, 3)), out[1]) pools [B, C, H, W] maps"
+
+
+def check_pair(pair: object, call: str, argument: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A teacher's ``(features [B, D], logits [B, C])``; anything else is refused naming ``call(argument=...)``."""
+    hint = (f"make outputs= return that pair ({EXAMPLE_OUTPUTS})" if argument == "outputs" else
+            f"pass outputs=, a function of its output that returns that pair ({EXAMPLE_OUTPUTS})")
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, torch.Tensor) for t in pair)):
+        raise G2DError(f"{call}({argument}=...): the teacher gives {describe(pair)}, not (features [B, D], "
+                       f"logits [B, C]); {hint}")
+    features, logits = pair
+    if features.dim() != 2 or logits.dim() != 2 or features.shape[0] != logits.shape[0]:
+        raise G2DError(f"{call}({argument}=...): expected (features [B, D], logits [B, C]), got features "
+                       f"{list(features.shape)} and logits {list(logits.shape)}; {hint}")
+    return features, logits
+
+
+class Teacher(torch.nn.Module):
+    """A frozen unimodal teacher: ``teacher(x)`` returns ``(features [B, D], logits [B, C])``, without autograd.
+
+    ``module`` is any model of one modality; ``outputs`` maps its output to that pair where it does not
+    return it already (a tuple in another order, a dict, feature maps to pool). The module's parameters
+    are frozen in place, and it stays in eval mode whatever ``.train()`` is called on the teacher or on a
+    parent, so its BatchNorm statistics and dropout never change. ``metadata`` is what its folder recorded.
     """
 
-    def __init__(self, model: MultimodalModel, metadata: dict) -> None:
+    def __init__(self, module: torch.nn.Module, outputs: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 metadata: dict | None = None) -> None:
+        if not isinstance(module, torch.nn.Module):
+            raise G2DError(f"Teacher(module=...): expected a torch.nn.Module, got {type(module).__name__}")
+        if outputs is not None and not callable(outputs):
+            raise G2DError(f"Teacher(outputs=...): expected a function of the module's output that returns "
+                           f"(features, logits), got {type(outputs).__name__}")
         super().__init__()
-        self.model = model
-        self.metadata = metadata
-        self.modality: str = metadata["modality"]
+        self.module = module
+        self.outputs = outputs
+        self.metadata = dict(metadata or {})
+        self.modality: str | None = self.metadata.get("modality")
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> Teacher:
+        """Eval mode whatever ``mode`` says: a parent's ``.train()`` must not move the teacher's BatchNorm or start its dropout."""
+        return super().train(False)
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            output = self.module(*args, **kwargs)
+            return check_pair(output if self.outputs is None else self.outputs(output), "Teacher",
+                              "module" if self.outputs is None else "outputs")
+
+
+class OneModality(torch.nn.Module):
+    """A CLI teacher (a one-modality ``MultimodalModel``) as a module of its modality's batch.
+
+    ``x`` is the modality's float input batch as the model sees it (after the dataset's scaling, and
+    standardised by ``metadata["input"]["normalize"]`` when the teacher recorded one); sequence and
+    token inputs also take their ``mask`` (True for real steps).
+    """
+
+    def __init__(self, model: MultimodalModel, modality: str) -> None:
+        super().__init__()
+        self.model, self.modality = model, modality
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = {self.modality: x} if mask is None else {self.modality: x, mask_key(self.modality): mask}
@@ -245,25 +309,53 @@ class Teacher(torch.nn.Module):
         return output.features[self.modality], output.logits
 
 
-def load_teacher_folder(folder: str | Path) -> Teacher:
-    """The teacher the CLI saved in ``folder`` (``teacher.json`` + ``teacher.safetensors``), in eval mode,
-    frozen; what the student needs to match it (dataset, encoder, data fingerprint) is in ``.metadata``."""
+def load_teacher_folder(folder: str | Path, module: torch.nn.Module | None = None,
+                        outputs: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None) -> Teacher:
+    """The teacher saved in ``folder`` (``teacher.json`` + ``teacher.safetensors``) as a frozen ``Teacher``.
+
+    A CLI teacher is rebuilt from its metadata (dataset, encoder, data fingerprint are in ``.metadata``);
+    one saved by ``g2d.train_teacher`` is your own module: pass a new instance as ``module`` (and its
+    ``outputs``), and the saved weights are loaded into it.
+    """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise G2DError(f"load_teacher(folder=...): expected a folder path, got {type(folder).__name__}")
     folder = Path(folder)
+    if folder.is_file():
+        raise G2DError(f"load_teacher(folder=...): {folder} is a file; pass the teacher's folder "
+                       "(it holds teacher.json and teacher.safetensors)")
+    if not folder.is_dir():
+        raise G2DError(f"load_teacher(folder=...): no folder {folder}")
+    if module is not None and not isinstance(module, torch.nn.Module):
+        raise G2DError(f"load_teacher(module=...): expected a torch.nn.Module, got {type(module).__name__}")
     meta_path = folder / "teacher.json"
     try:
         metadata = json.loads(meta_path.read_text())
     except FileNotFoundError as exc:
         raise G2DError(f"load_teacher(folder=...): no teacher in {folder} ({meta_path.name} not found)") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise G2DError(f"{meta_path}: not valid JSON ({exc})") from exc
-    if metadata.get("format") != FORMAT:
-        raise G2DError(f"{meta_path}: format {metadata.get('format')!r} is not a {FORMAT} teacher")
-    modality = metadata["modality"]
-    spec = ModalitySpec(metadata["input"]["kind"], tuple(metadata["input"]["shape"]))
-    encoder = EncoderConfig(**metadata["encoder"])
-    outputs = metadata["num_classes"] if metadata["task"] == "classification" else 1
-    model = MultimodalModel({modality: spec}, ModelConfig(fusion="late", encoder=encoder, encoders={}), outputs)
-    load_weights(folder / "teacher.safetensors", model)
-    teacher = Teacher(model, metadata)
-    teacher.requires_grad_(False)
-    return teacher.eval()
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else None
+        raise G2DError(f"{meta_path}: format {found!r} is not a {FORMAT} teacher")
+    if module is None:
+        if "module" in metadata:
+            raise G2DError(f"load_teacher(module=...): {folder} holds the weights of your {metadata['module']} "
+                           "(saved by g2d.train_teacher); pass a new one: load_teacher(folder, module=..., outputs=...)")
+        model = cli_teacher_model(meta_path, metadata)
+        load_weights(folder / "teacher.safetensors", model)
+        module = OneModality(model, metadata["modality"])
+    else:
+        load_weights(folder / "teacher.safetensors", module)
+    return Teacher(module, outputs, metadata)
+
+
+def cli_teacher_model(meta_path: Path, metadata: dict) -> MultimodalModel:
+    """The untrained model a CLI teacher's metadata describes; a field missing names the file."""
+    try:
+        spec = ModalitySpec(metadata["input"]["kind"], tuple(metadata["input"]["shape"]))
+        encoder = EncoderConfig(**metadata["encoder"])
+        outputs = metadata["num_classes"] if metadata["task"] == "classification" else 1
+        modality = metadata["modality"]
+    except (KeyError, TypeError) as exc:
+        raise G2DError(f"{meta_path}: not a complete teacher record ({type(exc).__name__}: {exc})") from exc
+    return MultimodalModel({modality: spec}, ModelConfig(fusion="late", encoder=encoder, encoders={}), outputs)
