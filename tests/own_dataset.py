@@ -80,3 +80,39 @@ def no_label():
 
 def a_string():
     return "train.csv"
+
+
+def with_nan():
+    """mfeat whose training split holds one NaN in 'pix' (a broken row a user's loader let through)."""
+    made = mfeat_views()
+    arrays = {key: value.clone() for key, value in made["train"].arrays.items()}
+    arrays["pix"][3, 0] = float("nan")
+    return {**made, "train": Rows(arrays)}
+
+
+def one_modality():
+    """mfeat's 'pix' view alone."""
+    return mfeat_views(views=("pix",))
+
+
+def one_class():
+    """mfeat whose every item is labelled 0."""
+    made = mfeat_views()
+    splits = {}
+    for split in ("train", "validation", "test"):
+        arrays = dict(made[split].arrays)
+        arrays["label"] = torch.zeros_like(arrays["label"])
+        splits[split] = Rows(arrays)
+    return splits
+
+
+CALLS_FILE_ENV = "G2D_TEST_FACTORY_CALLS"
+
+
+def counted():
+    """mfeat, with one line appended to the file ``$G2D_TEST_FACTORY_CALLS`` per call (to count the calls)."""
+    import os
+
+    with open(os.environ[CALLS_FILE_ENV], "a") as handle:
+        handle.write("call\n")
+    return mfeat_views()

@@ -111,9 +111,13 @@ def test_killed_sweep_takes_its_workers_with_it_and_frees_the_run_folders(tmp_pa
         while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(alive(pid) for pid in workers)
+        # A killed worker's leader shows as a zombie while its other threads still exit; the kernel frees
+        # its lock when the last one has, so the lock is tried until the same deadline.
         for lock in locks:
             descriptor = os.open(lock, os.O_RDWR)
             try:
+                while not try_lock(descriptor) and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 assert try_lock(descriptor)
             finally:
                 os.close(descriptor)
@@ -223,3 +227,142 @@ def test_avdigits_configs_read_the_folder_docs_prepare_into():
     prepared = re.search(r"g2d prepare avdigits .*?--out (\S+)", (ROOT / "docs" / "datasets.md").read_text(), re.S)
     for name in ("avdigits.yaml", "avdigits_cpu.yaml"):
         assert yaml.safe_load((ROOT / "configs" / name).read_text())["dataset"]["root"] == prepared.group(1)
+
+
+# Issue 34: what a new user hit next
+
+
+FACTORY = ["dataset.name=python", "dataset.modalities=[]", *TINY[1:]]
+
+
+@pytest.mark.parametrize("factory, message", [
+    ("with_nan", "config key dataset.factory: train item 3 'pix' holds a NaN or an infinity"),
+    ("one_modality", "config key dataset.factory: SMP needs at least two modalities, the run has one (pix)"),
+    ("one_class", "config key dataset.factory: the training split of dataset python holds one class (0)"),
+])
+def test_a_factory_whose_data_cannot_train_is_refused_before_anything_is_written(factory, message, tmp_path, capsys):
+    for command in (["train", CONFIG, *FACTORY, f"dataset.factory=own_dataset:{factory}", f"out={tmp_path / 'run'}"],
+                    ["sweep", CONFIG, *FACTORY, f"dataset.factory=own_dataset:{factory}", "--out", str(tmp_path / "sweep")]):
+        assert main(command) == 2
+        assert message in only_error_line(capsys)
+        assert list(tmp_path.iterdir()) == []  # no teacher, no run folder, no sweep folder
+
+
+def test_one_modality_chosen_in_the_config_is_refused_for_smp_before_data_is_read(tmp_path, capsys):
+    assert main(["config", CONFIG, "dataset.modalities=[pix]"]) == 2
+    assert "config key dataset.modalities: SMP needs at least two modalities" in only_error_line(capsys)
+    assert main(["config", CONFIG, "dataset.modalities=[pix]", "smp.enabled=false"]) == 0
+
+
+def test_a_sweep_calls_a_dataset_factory_once(tmp_path, monkeypatch, capsys):
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("G2D_TEST_FACTORY_CALLS", str(calls))
+    assert main(["sweep", CONFIG, *FACTORY, "dataset.factory=own_dataset:counted", "trainer.epochs=1", "smp.tau=[0]",
+                 "--grid", "method.name=joint,g2d", "--out", str(tmp_path / "sweep")]) == 0
+    assert calls.read_text().splitlines() == ["call"]  # teachers, two runs: one read of the data
+
+
+@pytest.mark.parametrize("command", [["train"], ["config"], ["sweep"]])
+def test_an_unknown_wandb_mode_is_refused_by_preflight(command, tmp_path, capsys):
+    where = {"train": [f"out={tmp_path / 'run'}"], "config": [], "sweep": ["--out", str(tmp_path / "sweep")]}
+    argv = [*command, CONFIG, *JOINT, "trainer.loggers=[wandb]", "trainer.wandb.mode=bogus", *where[command[0]]]
+    assert main(argv) == 2
+    assert only_error_line(capsys) == ("g2d: error: config key trainer.wandb.mode: 'bogus' is not a W&B mode "
+                                      "(choose one of online, offline, disabled, shared, dryrun, run)")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method.name=nope"], "config key method.name: unknown method 'nope'"),
+    (["model.fusion=nope"], "config key model.fusion: unknown fusion 'nope'"),
+    (["trainer.loggers=[neptune]"], "config key trainer.loggers: unknown logger 'neptune'"),
+])
+def test_config_refuses_what_train_refuses(overrides, message, tmp_path, capsys):
+    assert main(["train", CONFIG, *JOINT, *overrides, f"out={tmp_path / 'run'}"]) == 2
+    refused = only_error_line(capsys)
+    assert message in refused
+    assert main(["config", CONFIG, *JOINT, *overrides]) == 2
+    assert only_error_line(capsys) == refused
+
+
+def test_config_usage_says_overrides_are_optional(capsys):
+    with pytest.raises(SystemExit):
+        main(["config"])
+    assert "required: config\n" in capsys.readouterr().err
+
+
+def drop_keys(saved: dict, keys: list[str]) -> dict:
+    for key in keys:
+        section, name = key.split(".")
+        saved[section].pop(name)
+    return saved
+
+
+OLDER = ["dataset.augment", "trainer.select"]  # keys an earlier g2d did not write
+
+
+def test_a_run_from_an_earlier_version_resumes_with_new_keys_at_their_defaults(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from g2d.training import checkpoint
+
+    config = load_config(CONFIG, [*JOINT, f"out={tmp_path / 'run'}"])
+    run_interrupted(monkeypatch, config, after_epochs=1)
+    state_file = checkpoint.committed(tmp_path / "run") / checkpoint.STATE
+    state = torch.load(state_file, weights_only=True)
+    state["config"] = json.dumps(drop_keys(json.loads(state["config"]), OLDER))
+    torch.save(state, state_file)
+    before = snapshot(tmp_path / "run")
+    resume = ["train", CONFIG, *JOINT, f"out={tmp_path / 'run'}", "trainer.resume=true"]
+    assert main([*resume, "trainer.select=last"]) == 2
+    assert only_error_line(capsys) == (
+        f"g2d: error: config key trainer.select: the run in {tmp_path / 'run'} was written by an earlier g2d without "
+        "the keys dataset.augment, trainer.select; it continues only with them at their defaults (drop "
+        "trainer.select='last') or starts anew in another folder")
+    assert snapshot(tmp_path / "run") == before
+    assert main(resume) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_a_sweep_run_from_an_earlier_version_is_kept_with_new_keys_at_their_defaults(tmp_path, capsys):
+    sweep = ["sweep", CONFIG, *JOINT, "trainer.epochs=1", "--out", str(tmp_path / "sweep")]
+    assert main(sweep) == 0
+    saved = tmp_path / "sweep" / "run" / "seed0" / "config.yaml"
+    saved.write_text(yaml.safe_dump(drop_keys(yaml.safe_load(saved.read_text()), OLDER)))
+    capsys.readouterr()
+    assert main([*sweep[:-2], "trainer.select=last", *sweep[-2:]]) == 2
+    assert only_error_line(capsys).startswith(f"g2d: error: config key trainer.select: {saved} was written by an "
+                                              "earlier g2d without the keys dataset.augment, trainer.select;")
+    assert main(sweep) == 0  # continues: nothing left to run
+
+
+@pytest.mark.parametrize("print_commands", [False, True])
+def test_a_sweep_of_several_seeds_with_one_teachers_root_is_refused_before_the_first_run(print_commands, tmp_path,
+                                                                                        capsys):
+    argv = ["sweep", CONFIG, *TINY, f"teachers.root={tmp_path / 'teachers'}", "--seeds", "0", "1",
+            "--grid", "method.name=joint,g2d", "--out", str(tmp_path / "sweep"), *(["--print-commands"] * print_commands)]
+    assert main(argv) == 2
+    assert only_error_line(capsys).startswith(
+        f"g2d: error: config key teachers.root: one teachers folder ({tmp_path / 'teachers'}) for seeds 0, 1, but a "
+        "teacher is trained under one seed;")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("held", ["report", "sweep", "run", "foreign"])
+def test_demo_out_is_refused_when_it_holds_another_kind_of_folder(held, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    name = {"report": "report.html", "sweep": "sweep.json", "run": "metrics.json", "foreign": "notes.txt"}[held]
+    (out / name).write_text("{}")
+    before = snapshot(tmp_path)
+    assert main(["demo", "--out", str(out), "trainer.epochs=1"]) == 2
+    assert f"--out {out}: holds" in only_error_line(capsys)
+    assert snapshot(tmp_path) == before
+
+
+def test_readme_names_the_extras_the_makefile_installs():
+    installed = re.search(r'-e "\.\[([a-z,]+)\]"', (ROOT / "Makefile").read_text()).group(1).split(",")
+    readme = (ROOT / "README.md").read_text()
+    words = {4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+    assert f"`make demo` and `make test` install all {words[len(installed)]}" in " ".join(readme.split())
+    assert all(f"`{extra}`" in readme for extra in installed)

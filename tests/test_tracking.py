@@ -3,9 +3,11 @@ client (MLflow) or by decoding the offline run file (W&B); a failing backend nev
 
 import json
 import logging
+import os
 import struct
 
 import pytest
+import torch
 from conftest import ROOT, TINY
 
 import g2d.training.tracking as tracking
@@ -205,3 +207,62 @@ def test_analyze_and_report_files_become_artifacts_of_the_tracked_run(tmp_path):
                                                                            "analysis/embedding.csv"]
     assert "report/report.html" in [a.path for a in client.list_artifacts(run_id, "report")]
     assert list(runs) == ["run"] and runs["run"].info.status == "FINISHED"
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def hang_guard():
+    """Fail (not hang) a test still running after 60 s: a guard against a regression, not a timing assert."""
+    import signal
+
+    def give_up(signum, frame):
+        raise TimeoutError("still running after 60 s")
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+JOINT = [*TINY, "method.name=joint", "trainer.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def untracked(tmp_path_factory):
+    """A joint run without loggers: its folder and metrics."""
+    folder = tmp_path_factory.mktemp("untracked") / "run"
+    return folder, run(load_config(CONFIG, [*JOINT, f"out={folder}", "trainer.loggers=[]"]))
+
+
+@pytest.mark.parametrize("store", ["sqlite-folder", "closed-http-port", "wandb-online-closed-port"])
+def test_an_unreachable_store_is_one_warning_no_retries_and_training_as_without_it(store, untracked, tmp_path,
+                                                                                    monkeypatch, capfd, hang_guard):
+    plain_dir, plain = untracked
+    (tmp_path / "a_folder").mkdir()  # SQLite cannot open a folder as its database file
+    for name in tracking.MLFLOW_HTTP:
+        monkeypatch.delenv(name, raising=False)
+    logger = ["trainer.loggers=[mlflow]", f"trainer.mlflow.tracking_uri=sqlite:///{tmp_path / 'a_folder'}"]
+    if store == "closed-http-port":
+        logger[1] = f"trainer.mlflow.tracking_uri=http://127.0.0.1:{closed_port()}"
+    elif store == "wandb-online-closed-port":
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+        logger = ["trainer.loggers=[wandb]", "trainer.wandb.mode=online"]
+    capfd.readouterr()
+    assert main(["train", str(CONFIG), *JOINT, f"out={tmp_path / 'run'}", *logger]) == 0
+    out, err = capfd.readouterr()
+    warnings = [line for line in err.splitlines() if "tracking" in line]
+    assert len(warnings) == 1 and "the run goes on without it" in warnings[0], err
+    assert "retried" not in out + err and "Retrying" not in out + err
+    assert not any(name in os.environ for name in tracking.MLFLOW_HTTP)  # g2d's settings did not leak
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"] == plain["test"]
+    weights = [load_weights_of(folder) for folder in (plain_dir, tmp_path / "run")]
+    assert all(torch.equal(a, b) for a, b in zip(weights[0].values(), weights[1].values()))

@@ -20,13 +20,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="run one experiment from a YAML config")
     train.add_argument("config", type=Path, help="experiment YAML file, or a packaged config's name (g2d configs)")
-    train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.01 out=runs/x")
+    train.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. optim.lr=0.01 out=runs/x")
     train.add_argument("--reference", action="store_true",
                        help="fp32, eager, no caches: the path the fast one is checked against (trainer.reference=true)")
 
     demo = commands.add_parser("demo", help="teachers, Joint-Train and G²D on the embedded mfeat data")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run folders")
-    demo.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run")
+    demo.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides for every run")
 
     analyze = commands.add_parser("analyze", help="the paper's analyses and robustness tests of a finished run")
     analyze.add_argument("run_dir", type=Path, help="run folder (with config.yaml, metrics.json, checkpoints/)")
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="one config over a grid of overrides and seeds, with a mean ± std table")
     sweep.add_argument("config", type=Path, help="experiment YAML file, or a packaged config's name (g2d configs)")
-    sweep.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run (before the options)")
+    sweep.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides for every run (before the options)")
     sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every configuration (default 0)")
     sweep.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
                        help="values to cross, e.g. method.name=joint,g2d smp.enabled=true,false")
@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("configs", help="list the configs shipped in the package, by the name g2d train takes")
 
-    config = commands.add_parser("config", help="print the resolved config (YAML) of CONFIG and overrides")
+    config = commands.add_parser("config", help="check CONFIG and overrides as g2d train does, then print the resolved YAML")
     config.add_argument("config", type=Path, help="experiment YAML file, or a packaged config's name (g2d configs)")
-    config.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    config.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
 
     from g2d.data import prepare_commands
 
@@ -170,8 +170,11 @@ def list_configs(args: argparse.Namespace) -> int:
 
 def show_config(args: argparse.Namespace) -> int:
     from g2d.config import load_config, to_yaml
+    from g2d.runs.check import preflight
 
-    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    config = load_config(args.config, args.overrides)
+    preflight(config)  # refuses what g2d train would refuse before loading any data
+    print(to_yaml(config), end="")
     return 0
 
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -448,3 +448,21 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in tree.items():
         items.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return items
+
+
+
+def check_new_keys(saved: dict[str, Any], current: dict[str, Any], where: str,
+                   ignored: Callable[[str], bool]) -> set[str]:
+    """The config keys (flattened) of ``current`` that ``saved``, written by an earlier g2d in ``where``, lacks
+    (``ignored`` ones aside). A key added later defaults to the behaviour from before it existed, so such a run
+    continues with its new keys at their defaults; set to anything else, one line says which keys are new and
+    how to continue."""
+    defaults = flatten(to_dict(ExperimentConfig()))
+    new = sorted(key for key in set(current) - set(saved) if key in defaults and not ignored(key))
+    changed = [key for key in new if current[key] != defaults[key]]
+    if changed:
+        key = changed[0]
+        raise G2DError(f"config key {key}: {where} was written by an earlier g2d without the keys {', '.join(new)}; "
+                       f"it continues only with them at their defaults (drop {key}={current[key]!r}) or starts "
+                       "anew in another folder")
+    return set(new)

@@ -26,11 +26,11 @@ from g2d.errors import G2DError
 
 MARKER = ".g2d.json"
 KINDS = {"run": "a training run", "sweep": "a sweep", "report": "a report", "analysis": "an analysis",
-         "prepared": "a prepared dataset", "tune": "a tune"}
+         "prepared": "a prepared dataset", "tune": "a tune", "demo": "a demo"}
 # The files that tell a kind of folder written before the marker existed.
 SIGNS = {"run": ("metrics.json", "config.yaml", "history.json", "checkpoints", ".checkpoints"),
          "sweep": ("sweep.json", "sweep.md"), "report": ("report.html", "report.md"), "analysis": ("analysis.json",),
-         "prepared": ("prepare.json",)}
+         "prepared": ("prepare.json",), "demo": ("joint/config.yaml", "g2d/config.yaml")}
 BUILDING, PREVIOUS = "tmp", "old"
 
 

@@ -210,6 +210,17 @@ def layout_of(splits: dict[str, dict[str, torch.Tensor]], class_names: list[str]
     return layout
 
 
+def check_finite(split: str, arrays: dict[str, torch.Tensor]) -> None:
+    """A NaN or infinity in the items is refused when they are read, not found as a non-finite loss after a
+    teacher trained on them."""
+    for key, value in arrays.items():
+        if value.is_floating_point():
+            bad = (~torch.isfinite(value)).flatten(1).any(1) if value.dim() > 1 else ~torch.isfinite(value)
+            if bool(bad.any()):
+                raise G2DError(f"{KEY}: {split} item {int(bad.nonzero()[0])} {key!r} holds a NaN or an infinity "
+                               f"({int(bad.sum())} item(s) of {len(value)}); clean or drop them in the factory")
+
+
 def finish(split: str, arrays: dict[str, torch.Tensor], layout: Layout) -> dict[str, torch.Tensor]:
     """Check one split against ``layout``, add missing masks, and store labels (int64) or scaled targets under ``label``."""
     if set(arrays) != layout.keys:
@@ -219,6 +230,7 @@ def finish(split: str, arrays: dict[str, torch.Tensor], layout: Layout) -> dict[
             raise G2DError(f"{KEY}: {split} items' {modality!r} has shape {tuple(arrays[modality].shape[1:])}, "
                            f"train items' {spec.shape}")
     complete_masks(split, arrays, layout.specs)
+    check_finite(split, arrays)
     if layout.task == "classification":
         labels = arrays["label"]
         if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:

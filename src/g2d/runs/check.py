@@ -1,21 +1,26 @@
 """The preflight check: every unknown name and unsupported combination refused before any work.
 
 ``preflight`` reads only the config and the components' records (method, dataset, fusion,
-encoders, optimizer): no data is loaded, no teacher trained, no folder written, so a typo or a
-combination a method refuses costs a second, not a trained teacher. ``g2d train``, ``g2d sweep``
-(every grid point and seed, before the first teacher) and ``g2d demo`` all go through it.
+encoders, optimizer, loggers): no data is loaded, no teacher trained, no folder written, so a typo
+or a combination a method refuses costs a second, not a trained teacher. ``g2d train``, ``g2d sweep``
+(every grid point and seed, before the first teacher), ``g2d demo`` and ``g2d config`` all go
+through it. ``check_data`` is its second half, for what only the loaded data can tell (how many
+modalities and classes it holds), made once the data is loaded and still before anything is trained.
 """
 
 from __future__ import annotations
 
+import torch
+
 from g2d.config import ExperimentConfig, check_ranges
-from g2d.data import DATASETS, dataset_options
+from g2d.data import DATASETS, MultimodalData, dataset_options
 from g2d.errors import G2DError
-from g2d.methods import Method, check_task, method_params
+from g2d.methods import METHODS, Method, check_task, method_params
 from g2d.models.encoders import ENCODERS
 from g2d.models.fusion import FUSIONS
 from g2d.training.distributed import check_data_parallel
 from g2d.training.engine import OPTIMIZERS
+from g2d.training.tracking import check_loggers, check_wandb_mode
 
 
 def preflight(config: ExperimentConfig) -> None:
@@ -33,6 +38,9 @@ def preflight(config: ExperimentConfig) -> None:
         check_task(method, dataset.task)
     check_smp(config, method)
     check_data_parallel(method, params)
+    check_tracking(config)
+    if config.dataset.modalities:
+        check_modality_count(config, method, config.dataset.modalities, "dataset.modalities")
 
 
 def smp_enabled(config: ExperimentConfig, method: type[Method]) -> bool:
@@ -45,3 +53,35 @@ def check_smp(config: ExperimentConfig, method: type[Method]) -> None:
     inert, as for any method with SMP off, so a config written for several methods keeps working."""
     if method.accepts_smp is not True and smp_enabled(config, method):
         raise G2DError(f"config key smp.enabled: {method.name} does not combine with SMP: {method.accepts_smp}")
+
+
+def check_tracking(config: ExperimentConfig) -> None:
+    """Loggers that are unknown or not installed, and a W&B mode W&B does not know."""
+    check_loggers(config)
+    check_wandb_mode(config)
+
+
+def check_modality_count(config: ExperimentConfig, method: type[Method], modalities: list[str], key: str) -> None:
+    """SMP modulates between modalities: with one it has nothing to rank (refused before its teacher trains)."""
+    if len(modalities) < 2 and smp_enabled(config, method):
+        raise G2DError(f"config key {key}: SMP needs at least two modalities, the run has one ({', '.join(modalities)}); "
+                       f"add a modality or set smp.enabled=false (method {method.name})")
+
+
+def data_key(config: ExperimentConfig) -> str:
+    """The config key that chose the data: the factory of a python dataset, else the dataset's folder or name."""
+    if config.dataset.name == "python":
+        return "dataset.factory"
+    return "dataset.root" if config.dataset.root else "dataset.name"
+
+
+def check_data(config: ExperimentConfig, data: MultimodalData) -> None:
+    """What only the loaded data (``dataset.modalities`` applied) can refuse: one modality where SMP needs
+    two, one class where classification needs two."""
+    method = METHODS.lookup(config.method_name)
+    check_modality_count(config, method, list(data.modalities), data_key(config))
+    if data.task == "classification":
+        classes = torch.unique(torch.as_tensor(data.splits["train"]["label"])).tolist()
+        if len(classes) < 2:
+            raise G2DError(f"config key {data_key(config)}: the training split of dataset {data.name} holds one class "
+                           f"({classes[0]}); classification needs at least two (a regression gives items a 'target')")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from g2d.config import load_config
 from g2d.data import load_dataset
+from g2d.folders import check_target, mark
 from g2d.results.tables import results_table
 from g2d.runs.check import preflight
 from g2d.runs.experiment import run
@@ -38,6 +39,9 @@ def demo(out: Path, extra: list[str] | None = None) -> str:
         config.trainer.resume = not config.trainer.overwrite
         preflight(config)
         configs[method] = config
+    # Like a sweep, a demo continues its own folder; any other kind of folder is refused before anything is written.
+    check_target(out, "demo", "--out", overwrite=False, reuse=True)
     make_folder(out, "--out")
+    mark(out, "demo")
     data = load_dataset(configs["joint"].dataset)
     return results_table({label: run(config, data) for label, config in configs.items()})

@@ -37,7 +37,7 @@ from g2d.training.engine import (
 )
 from g2d.training.epochs import record_epochs
 from g2d.training.evaluate import evaluate
-from g2d.training.tracking import Tracking, check_loggers, mlflow_uri, read_ids
+from g2d.training.tracking import Tracking, mlflow_uri, read_ids
 from g2d.training.teachers import (
     as_modules,
     ensure_teachers,
@@ -61,7 +61,6 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     before the run folder is claimed (``g2d.runs.runfolder``) and written.
     """
     check.preflight(config)
-    check_loggers(config)
     device = distributed.setup(select_device(config.trainer.device))
     # Encoder settings are checked against every modality the dataset has, selected or not, so one
     # config can hold them all while dataset.modalities picks a subset.
@@ -75,6 +74,8 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
         if teacher_of is None:  # a teacher of one modality trains whatever that modality is, augmented or not
             check_augmentable(data, "dataset.augment")
         data.deterministic = False  # a row's teacher outputs change with its crop: no teacher cache
+    if teacher_of is None:
+        check.check_data(config, data)
     modalities = list(data.modalities)
     method = build_method(config.method, data.task, modalities)
     smp_enabled = check.smp_enabled(config, type(method))
@@ -100,6 +101,7 @@ def train_teachers(config: ExperimentConfig) -> dict[str, Path]:
     sanity.check_encoders(config, data)
     if config.dataset.modalities:
         data = data.select(config.dataset.modalities)
+    check.check_data(config, data)
     ensure_teachers(config, data, lambda cfg, m: run(cfg, data.select([m]), teacher_of=m))
     return {m: teacher_dir(config, m) for m in data.modalities}
 

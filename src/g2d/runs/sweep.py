@@ -5,7 +5,10 @@ of the grid (each combination is a *point*) for every seed, in ``DIR/<point>/see
 
 - teachers are shared by every run whose teachers would be the same (same data, encoders,
   optimizer, trainer settings and seed: everything but the method, SMP and fusion), in
-  ``DIR/teachers/<dataset>_seed<s>_<hash>``, and trained once, before the runs that use them;
+  ``DIR/teachers/<dataset>_seed<s>_<hash>``, and trained once, before the runs that use them (an
+  explicit ``teachers.root`` is one folder, so it takes one seed per sweep);
+- each dataset is loaded once per process (``loaded_data``) and checked against every run before
+  the sweep writes anything;
 - a run whose ``metrics.json`` exists is skipped (after checking its config is this one), and
   an interrupted run resumes from its checkpoint, so an interrupted sweep just continues;
 - ``DIR`` must be new, empty or an earlier sweep (``g2d.folders``: never a run or a report),
@@ -22,8 +25,10 @@ and call ``run_sweep``.
 
 from __future__ import annotations
 
+import copy
 import csv
 import ctypes
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -43,18 +48,26 @@ from typing import Any, Callable
 import torch
 from omegaconf import OmegaConf
 
-from g2d.config import ExperimentConfig, flatten, is_tracking_key, load_config, same_dataset_root, to_dict
-from g2d.data import load_dataset
+from g2d.config import (
+    ExperimentConfig,
+    check_new_keys,
+    flatten,
+    is_tracking_key,
+    load_config,
+    same_dataset_root,
+    to_dict,
+)
+from g2d.data import MultimodalData, load_dataset
 from g2d.errors import G2DError
 from g2d.folders import check_target, mark
 from g2d.io import atomic_write, write_json
 from g2d.locks import make_folder
 from g2d.methods import METHODS
 from g2d.results.tables import mean_std, summary_metrics
-from g2d.runs.check import preflight, smp_enabled
+from g2d.runs.check import check_data, preflight, smp_enabled
 from g2d.runs.experiment import run
 from g2d.training.teachers import ensure_teachers, teacher_summary
-from g2d.training.tracking import check_loggers, finish_sweep, start_sweep
+from g2d.training.tracking import finish_sweep, start_sweep
 
 # Keys that do not change a run's result (resume is how a sweep continues).
 IGNORED_KEYS = ("trainer.resume", "trainer.progress")
@@ -164,12 +177,21 @@ def plan_jobs(config_path: Path | None, overrides: list[str], points: list[Point
             full = [*overrides, *point.overrides, f"seed={seed}", f"out={out / point.folder / f'seed{seed}'}",
                     "trainer.resume=true"]
             config = load_config(config_path, full)
+            check_shared_teachers(config, seeds)
             if config.teachers.root is None:
                 full.append(f"teachers.root={out / 'teachers' / f'{config.data_label}_seed{seed}_{teacher_key(config)}'}")
                 config = load_config(config_path, full)
             preflight(config)
             jobs.append(Job(point, seed, full, config))
     return jobs
+
+
+def check_shared_teachers(config: ExperimentConfig, seeds: list[int]) -> None:
+    """A teacher is trained under one seed, so several seeds cannot share one explicit ``teachers.root``."""
+    if config.teachers.root is not None and len(seeds) > 1:
+        raise G2DError(f"config key teachers.root: one teachers folder ({config.teachers.root}) for seeds "
+                       f"{', '.join(map(str, seeds))}, but a teacher is trained under one seed; leave teachers.root "
+                       "out (the sweep keeps each seed's teachers apart in --out/teachers) or sweep one seed at a time")
 
 
 def finished(job: Job) -> bool:
@@ -183,9 +205,10 @@ def finished(job: Job) -> bool:
     except Exception as exc:
         raise G2DError(f"{saved_path}: cannot read the finished run's config ({str(exc).splitlines()[0]})") from exc
     current = flatten(to_dict(job.config))
+    new_keys = check_new_keys(saved, current, str(saved_path), lambda key: key in IGNORED_KEYS or is_tracking_key(key))
     # The teachers folder follows from the other keys, so a differing setting is named before it.
     for key in sorted(set(saved) | set(current), key=lambda k: (k == "teachers.root", k)):
-        if key == "dataset.root" and same_dataset_root(saved.get(key), current.get(key)):
+        if key in new_keys or key == "dataset.root" and same_dataset_root(saved.get(key), current.get(key)):
             continue
         if key not in IGNORED_KEYS and not is_tracking_key(key) and saved.get(key) != current.get(key):
             raise G2DError(f"{saved_path}: config key {key} is {saved.get(key)!r} there but {current.get(key)!r} in this "
@@ -214,18 +237,44 @@ def teacher_jobs(jobs: list[Job], every_group: bool) -> list[Job]:
     return leaders
 
 
+# Each dataset a sweep's runs use, loaded once per process (``loaded_data``); emptied when the sweep ends.
+LOADED: dict[str, MultimodalData] = {}
+
+
+def loaded_data(config: ExperimentConfig) -> MultimodalData:
+    """``config``'s dataset with all its modalities, as ``run`` loads it, read once per process however many runs
+    and teachers use it (a slow loader or ``dataset.factory`` is called once by a sweep, once per worker with
+    ``--workers N``); a shallow copy, so a run setting a flag on it leaves the next run's alone."""
+    dataset = dataclasses.replace(config.dataset, modalities=[])
+    key = json.dumps(dataclasses.asdict(dataset), sort_keys=True, default=str)
+    if key not in LOADED:
+        LOADED[key] = load_dataset(dataset)
+    return copy.copy(LOADED[key])
+
+
+def selected_data(config: ExperimentConfig) -> MultimodalData:
+    """``loaded_data`` restricted to ``dataset.modalities``."""
+    data = loaded_data(config)
+    return data.select(config.dataset.modalities) if config.dataset.modalities else data
+
+
+def check_jobs_data(jobs: list[Job]) -> None:
+    """``check_data`` for every run, before the sweep writes or trains anything (the data is loaded once)."""
+    for job in jobs:
+        check_data(job.config, selected_data(job.config))
+
+
 def train_teachers(config_path: Path | None, overrides: list[str]) -> dict:
     """Train the missing teachers of one config (what ``run`` would do first); returns their test metrics."""
     config = load_config(config_path, overrides)
-    data = load_dataset(config.dataset)
-    if config.dataset.modalities:
-        data = data.select(config.dataset.modalities)
+    data = selected_data(config)
     return teacher_summary(ensure_teachers(config, data, lambda cfg, m: run(cfg, data.select([m]), teacher_of=m)))
 
 
 def run_one(config_path: Path | None, overrides: list[str]) -> dict:
     """One experiment of the sweep (in this process or a worker); returns its metrics."""
-    return run(load_config(config_path, overrides))
+    config = load_config(config_path, overrides)
+    return run(config, loaded_data(config))
 
 
 def start_worker(threads: int, parent: int) -> None:
@@ -289,7 +338,18 @@ def run_sweep(
         raise G2DError(f"--workers: must be >= 1, got {workers}")
     jobs = plan_jobs(config_path, overrides, points, seeds, out)
     pending = [job for job in jobs if not finished(job)]
-    check_loggers(jobs[0].config)
+    try:
+        check_jobs_data(pending)
+        return sweep_jobs(config_path, overrides, points, seeds, out, jobs, pending, workers, all_teachers,
+                          teachers_only, log)
+    finally:
+        LOADED.clear()
+
+
+def sweep_jobs(config_path: Path | None, overrides: list[str], points: list[Point], seeds: list[int], out: Path,
+               jobs: list[Job], pending: list[Job], workers: int, all_teachers: bool, teachers_only: bool,
+               log: Callable[[str], None]) -> dict[str, list[dict]]:
+    """``run_sweep`` once its runs are planned and checked: the sweep folder, shared teachers, runs and tables."""
     make_folder(out, "--out")
     mark(out, "sweep")
     if pending:

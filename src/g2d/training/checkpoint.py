@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from g2d import faults
-from g2d.config import ExperimentConfig, flatten, is_tracking_key, same_dataset_root, to_dict
+from g2d.config import ExperimentConfig, check_new_keys, flatten, is_tracking_key, same_dataset_root, to_dict
 from g2d.errors import G2DError
 
 STORE = ".checkpoints"
@@ -185,11 +185,14 @@ RESUME_IGNORED_KEYS = ("trainer.resume", "trainer.progress", "trainer.overwrite"
 
 def check_resume(saved: dict, config: ExperimentConfig, path: Path) -> None:
     """A resumed run continues the same experiment: only a larger ``trainer.epochs`` and the spelling of
-    paths may differ (``RESUME_IGNORED_KEYS``; ``dataset.root`` must resolve to the same folder)."""
+    paths may differ (``RESUME_IGNORED_KEYS``; ``dataset.root`` must resolve to the same folder); keys newer
+    than the run are at their defaults (``check_new_keys``)."""
     old_values, new_values = flatten(saved), flatten(to_dict(config))
+    new_keys = check_new_keys(old_values, new_values, f"the run in {path.parent.parent}",
+                              lambda key: key in RESUME_IGNORED_KEYS or is_tracking_key(key))
     for key in sorted(set(old_values) | set(new_values)):
         old, new = old_values.get(key), new_values.get(key)
-        if key in RESUME_IGNORED_KEYS or is_tracking_key(key) or old == new:
+        if key in RESUME_IGNORED_KEYS or is_tracking_key(key) or old == new or key in new_keys:
             continue
         if key == "trainer.epochs" and isinstance(old, int) and isinstance(new, int):
             if new > old:

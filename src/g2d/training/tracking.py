@@ -20,17 +20,21 @@ tracking never stops training or touches the run's own files.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
 import logging
 import math
 import os
+import socket
+import sqlite3
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from g2d.config import ExperimentConfig, flatten, load_config, to_dict
 from g2d.errors import G2DError
@@ -161,10 +165,54 @@ def mlflow_experiment(client: Any, name: str, uri: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+# MLflow's documented HTTP settings for g2d's own requests (a user's own values win): one retry, a short
+# backoff and a 10 s timeout, so a store that stops answering mid-run costs seconds, not minutes.
+MLFLOW_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+PROBE_SECONDS = 5.0
+
+
+@contextlib.contextmanager
+def patient_requests() -> Iterator[None]:
+    """``MLFLOW_HTTP`` in the environment for the block only (MLflow reads them at each request), then as it was."""
+    added = {name: value for name, value in MLFLOW_HTTP.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+def probe_store(uri: str) -> None:
+    """Raise at once (OSError) when ``uri``'s store cannot be reached: a SQLite file that cannot be opened, or a
+    server that does not accept a connection within seconds. MLflow itself retries either for minutes."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow does before it opens the file
+        try:
+            sqlite3.connect(path, timeout=PROBE_SECONDS).close()
+        except sqlite3.Error as exc:
+            raise OSError(f"{path}: {exc}") from None
+        return
+    reach_server(uri)
+
+
+def reach_server(url: str) -> None:
+    """Connect to an http(s) ``url``'s host and port once, within ``PROBE_SECONDS`` (other schemes: nothing)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=PROBE_SECONDS).close()
+    except OSError as exc:
+        raise OSError(f"{parts.hostname}:{port} cannot be reached ({exc.strerror or exc})") from None
+
+
 def mlflow_client(uri: str) -> Any:
-    """An ``MlflowClient`` that gives up on an unreachable server after seconds, not minutes."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    """An ``MlflowClient`` for a store that answered ``probe_store``; call it inside ``patient_requests``."""
+    probe_store(uri)
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -228,7 +276,9 @@ class WandbBackend(Backend):
         import wandb
 
         settings = run.config.trainer.wandb
-        mode = settings.mode or os.environ.get("WANDB_MODE") or "offline"
+        mode = wandb_mode(run.config)
+        if mode == "online":
+            reach_server(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
         self.id = run.stored.get("id") or uuid.uuid4().hex[:12]
         config = {**run.params, **{f"g2d.{k}": v for k, v in run.tags.items()},
                   **{f"g2d.teacher.{m}.run_id": ids["wandb"]["id"] for m, ids in run.teachers.items() if "wandb" in ids}}
@@ -259,6 +309,23 @@ def check_loggers(config: ExperimentConfig) -> None:
         if backend.module and importlib.util.find_spec(backend.module) is None:
             raise G2DError(f"config key trainer.loggers: {name} needs the {backend.module} package, which is not "
                            f"installed; pip install 'g2d[{name}]'")
+
+
+# W&B's run modes (wandb.Settings.mode); g2d's default is offline.
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
+
+
+def wandb_mode(config: ExperimentConfig) -> str:
+    """``trainer.wandb.mode``, else ``WANDB_MODE``, else offline."""
+    return config.trainer.wandb.mode or os.environ.get("WANDB_MODE") or "offline"
+
+
+def check_wandb_mode(config: ExperimentConfig) -> None:
+    """A W&B mode W&B does not know is refused before anything runs (W&B itself only warns, mid-run)."""
+    if "wandb" not in config.trainer.loggers or wandb_mode(config) in WANDB_MODES:
+        return
+    where = "config key trainer.wandb.mode" if config.trainer.wandb.mode else "environment variable WANDB_MODE"
+    raise G2DError(f"{where}: {wandb_mode(config)!r} is not a W&B mode (choose one of {', '.join(WANDB_MODES)})")
 
 
 def read_ids(folder: Path) -> dict[str, Any]:
@@ -333,7 +400,8 @@ class Tracking:
         for name in config.trainer.loggers:
             info = RunInfo(run_dir, config, tags, stored.get(name, {}), teachers or {})
             try:
-                self.backends[name] = BACKENDS[name](info)
+                with patient_requests():
+                    self.backends[name] = BACKENDS[name](info)
             except Exception as exc:  # an unreachable store must not stop the run
                 warn(name, exc)
         # A backend that could not reopen keeps its stored id, for the next resume.
@@ -346,7 +414,8 @@ class Tracking:
         """``action(backend)`` for each backend; one that raises is warned about and dropped."""
         for name, backend in list(self.backends.items()):
             try:
-                action(backend)
+                with patient_requests():
+                    action(backend)
             except Exception as exc:  # a failing store never stops training
                 warn(name, exc)
                 del self.backends[name]
@@ -379,9 +448,17 @@ class Tracking:
         self.backends = {}
 
 
+# The warnings given in this process: a store that fails for a student and each of its teachers is one line.
+WARNED: set[str] = set()
+
+
 def warn(name: str, exc: Exception) -> None:
-    logger.warning("tracking: the %s logger failed (%s: %s); the run goes on without it", name, type(exc).__name__,
-                   str(exc).splitlines()[0] if str(exc) else "")
+    """One line, once per process, for a backend that failed and is dropped."""
+    line = (f"tracking: the {name} logger failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); the run goes on without it")
+    if line not in WARNED:
+        WARNED.add(line)
+        logger.warning("%s", line)
 
 
 def attach_files(run_dir: Path, files: list[Path], folder: str) -> None:
@@ -412,13 +489,14 @@ def start_sweep(config: ExperimentConfig, out: Path, labels: list[str]) -> list[
     settings = config.trainer.mlflow
     uri = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out.resolve() / 'mlflow.db'}"
     try:
-        client = mlflow_client(uri)
-        run_id = read_ids(out).get("mlflow", {}).get("run_id")
-        if run_id is None:
-            experiment = mlflow_experiment(client, settings.experiment, uri)
-            tags = {"g2d.role": "sweep", "g2d.run_dir": str(out.resolve())}
-            run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
-            client.log_param(run_id, "sweep.configurations", " | ".join(labels)[:6000])
+        with patient_requests():
+            client = mlflow_client(uri)
+            run_id = read_ids(out).get("mlflow", {}).get("run_id")
+            if run_id is None:
+                experiment = mlflow_experiment(client, settings.experiment, uri)
+                tags = {"g2d.role": "sweep", "g2d.run_dir": str(out.resolve())}
+                run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
+                client.log_param(run_id, "sweep.configurations", " | ".join(labels)[:6000])
         write_json(out / TRACKING_FILE, {"mlflow": {"run_id": run_id, "tracking_uri": uri}})
     except Exception as exc:  # the sweep runs untracked rather than not at all
         warn("mlflow", exc)
@@ -432,9 +510,10 @@ def finish_sweep(out: Path, files: list[Path]) -> None:
     if not stored:
         return
     try:
-        client = mlflow_client(stored["tracking_uri"])
-        for path in files:
-            client.log_artifact(stored["run_id"], str(path))
-        client.set_terminated(stored["run_id"], "FINISHED")
+        with patient_requests():
+            client = mlflow_client(stored["tracking_uri"])
+            for path in files:
+                client.log_artifact(stored["run_id"], str(path))
+            client.set_terminated(stored["run_id"], "FINISHED")
     except Exception as exc:
         warn("mlflow", exc)
