@@ -58,7 +58,7 @@ def test_the_same_encoder_under_two_names_is_refused() -> None:
 
 def test_phases_that_leave_a_modality_no_epoch_are_refused() -> None:
     encoders = dict(two_encoders())
-    with pytest.raises(G2DError, match=r"^SMP\(tau=\.\.\.\): phases \[4\] may take 4 of the 4 training epochs"):
+    with pytest.raises(G2DError, match=r"^SMP\(tau=\.\.\.\): phases \[4\] take 4 epochs and training has 4"):
         g2d.SMP(encoders=encoders, epochs=4, tau=[4])
     with pytest.raises(G2DError, match=r"^SMP\(tau=\.\.\.\): phases \[9\]"):
         g2d.SMP(encoders=encoders, epochs=4, tau=[9])

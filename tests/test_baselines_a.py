@@ -319,11 +319,12 @@ def test_runs_end_to_end(tmp_path, name, modalities):
 
 
 @pytest.mark.parametrize("name", ["ogm_ge", "agm", "mses"])
-def test_smp_multiplies_the_method_coefficient(tmp_path, name):
-    """Ranked SMP freezes pix (the more confident teacher) for the whole run: its encoder never moves,
-    while mor's gradients keep the method's own coefficient (times SMP's 1)."""
-    config = tiny_config(tmp_path, name, f"method.name={name}", "smp.enabled=true", "smp.tau=[3]")
-    run(config)
+def test_smp_multiplies_the_method_coefficient(tmp_path, monkeypatch, name):
+    """Ranked SMP freezes pix (the more confident teacher) for the 3 epochs of its phase (the run stopped
+    there: phases as long as training are refused): its encoder never moves, while mor's gradients keep
+    the method's own coefficient (times SMP's 1)."""
+    config = tiny_config(tmp_path, name, f"method.name={name}", "smp.enabled=true", "smp.tau=[3]", "trainer.epochs=4")
+    run_interrupted(monkeypatch, config, after_epochs=3)
     data = load_dataset(config.dataset)
     seed_everything(config.seed)
     initial = MultimodalModel(data.modalities, config.model, output_size(data)).state_dict()
@@ -331,7 +332,7 @@ def test_smp_multiplies_the_method_coefficient(tmp_path, name):
     pix = [k for k in initial if k.startswith("encoders.pix.")]
     assert pix and all(torch.equal(final[k], initial[k]) for k in pix)
     assert not torch.equal(final["encoders.mor.net.0.weight"], initial["encoders.mor.net.0.weight"])
-    history = json.loads((tmp_path / name / "history.json").read_text())
+    history = torch.load(tmp_path / name / "checkpoints" / "last_state.pt", weights_only=True)["state"]["history"]
     assert [r["train"]["kappa/pix"] for r in history] == [0.0] * 3
     mor = [r["train"]["kappa/mor"] for r in history]
     assert all(k > 0 for k in mor)

@@ -95,8 +95,9 @@ def check_phases(tau: list[int] | str, phases_end: int, epochs: int, schedule: s
     that may last until ``epochs`` (``phases_end``: the epoch they end by at the latest) would keep it
     from ever training. The dynamic schedule ranks each batch anew and ``partial`` trains every modality."""
     if schedule == "ranked" and modulator == "complete" and phases_end >= epochs:
-        raise G2DError(f"{where('tau')}: phases {tau} may take {phases_end} of the {epochs} training epochs, so the "
-                       f"most confident modality, which trains only after them, would never train; make the phases "
+        at_most = " at most" if tau == "auto" else ""
+        raise G2DError(f"{where('tau')}: phases {tau} take {phases_end} epochs{at_most} and training has {epochs}: the "
+                       f"most confident modality trains only after the phases, so it would never train; make them "
                        f"shorter than training")
 
 

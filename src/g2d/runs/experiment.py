@@ -222,6 +222,7 @@ def finished_run(config: ExperimentConfig, data: MultimodalData, teacher_of: str
     metrics = read_metrics(run_dir)
     if teacher_of is not None and not (run_dir / "teacher.json").is_file():
         model = MultimodalModel(data.modalities, config.model, output_size(data))
+        checkpoint.verify(run_dir / checkpoint.LINK)
         load_weights(run_dir / checkpoint.LINK / "best.safetensors", model)
         metadata = expected_metadata(config, data, teacher_of)
         metadata.update(epochs=config.trainer.epochs, best_epoch=metrics["best_epoch"],
