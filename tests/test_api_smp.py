@@ -348,3 +348,56 @@ def test_smp_callback_refuses_what_is_not_an_smp() -> None:
     with pytest.raises(G2DError, match=r"^SMPCallback\(smp=\.\.\.\): must be a g2d\.SMP, got dict"):
         g2d.SMPCallback({"a": 1})
 
+
+
+# Item 5: load_config, load_dataset, run and train_teachers name the argument at fault.
+
+CONFIG = "configs/mfeat.yaml"
+
+
+def test_load_config_refuses_a_str_of_overrides_naming_the_argument() -> None:
+    with pytest.raises(G2DError, match=r"^load_config\(overrides=\.\.\.\): must be a list of 'key=value' strings, "
+                                       r"got the str 'a=b'; wrap it in a list: \['a=b'\]"):
+        g2d.load_config(CONFIG, "a=b")
+
+
+@pytest.mark.parametrize("path, overrides, match", [
+    (3, None, r"^load_config\(path=\.\.\.\): must be a YAML file or a packaged config name \(str or Path\), got int"),
+    (CONFIG, ["trainer.epochs=2", 5], r"^load_config\(overrides=\.\.\.\): must be a list of 'key=value' strings"),
+    (CONFIG, {"trainer.epochs": 2}, r"^load_config\(overrides=\.\.\.\): must be a list"),
+    (CONFIG, ["trainer.epochs"], r"^override 'trainer.epochs' is not of the form key=value"),
+    ("configs/nope.yaml", None, r"^config file not found: configs/nope.yaml"),
+])
+def test_load_config_refuses_a_wrong_argument_naming_it(path, overrides, match: str) -> None:
+    with pytest.raises(G2DError, match=match):
+        g2d.load_config(path, overrides)
+
+
+def test_load_dataset_refuses_what_is_not_a_dataset_section() -> None:
+    config = g2d.load_config(CONFIG)
+    with pytest.raises(G2DError, match=r"^load_dataset\(config=\.\.\.\): must be a DatasetConfig .* got "
+                                       r"ExperimentConfig; pass its dataset section: load_dataset\(config\.dataset\)"):
+        g2d.load_dataset(config)
+    with pytest.raises(G2DError, match=r"^load_dataset\(config=\.\.\.\): must be a DatasetConfig .* got str"):
+        g2d.load_dataset("mfeat")
+    config.dataset.val_fraction = "a tenth"
+    with pytest.raises(G2DError, match=r"^config key dataset\.val_fraction: Value 'a tenth'"):
+        g2d.load_dataset(config.dataset)
+
+
+def test_run_refuses_a_path_naming_the_call_to_make(tmp_path) -> None:
+    with pytest.raises(G2DError, match=r"^run\(config=\.\.\.\): must be a config from g2d\.load_config\(path, "
+                                       r"overrides\), got str; use g2d\.run\(g2d\.load_config\('configs/mfeat\.yaml'\)\)"):
+        g2d.run(CONFIG)
+    with pytest.raises(G2DError, match=r"^train_teachers\(config=\.\.\.\): must be a config .* got dict"):
+        g2d.train_teachers({"dataset": {"name": "mfeat"}})
+    config = g2d.load_config(CONFIG, [f"out={tmp_path / 'run'}"])
+    with pytest.raises(G2DError, match=r"^run\(data=\.\.\.\): must be the MultimodalData of g2d\.load_dataset"):
+        g2d.run(config, data={"train": {}})
+    config.trainer.epochs = "many"
+    with pytest.raises(G2DError, match=r"^config key trainer\.epochs: Value 'many'"):
+        g2d.run(config)
+    config.trainer.epochs = "0"  # set in code, converted as a YAML value would be, then range-checked
+    with pytest.raises(G2DError, match=r"^config key trainer\.epochs: must be at least 1, got 0"):
+        g2d.run(config)
+    assert list(tmp_path.iterdir()) == []

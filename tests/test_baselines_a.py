@@ -29,7 +29,7 @@ from g2d.methods.mslr import MSLR, MSLRParams
 from g2d.methods.ogm_ge import modulate_gradients, ogm_coefficients
 from g2d.methods.pmr import PMR, PMRParams
 from g2d.models.multimodal import ModelOutput, MultimodalModel
-from g2d.runs.experiment import run
+from g2d.runs.experiment import run, train_teachers
 from g2d.training.engine import seed_everything
 from g2d.training.teachers import output_size
 
@@ -323,7 +323,9 @@ def test_smp_multiplies_the_method_coefficient(tmp_path, monkeypatch, name):
     """Ranked SMP freezes pix (the more confident teacher) for the 3 epochs of its phase (the run stopped
     there: phases as long as training are refused): its encoder never moves, while mor's gradients keep
     the method's own coefficient (times SMP's 1)."""
-    config = tiny_config(tmp_path, name, f"method.name={name}", "smp.enabled=true", "smp.tau=[3]", "trainer.epochs=4")
+    config = tiny_config(tmp_path, name, f"method.name={name}", "smp.enabled=true", "smp.tau=[3]", "trainer.epochs=4",
+                         "teachers.epochs=3")
+    train_teachers(config)  # before the student's run, which stops after its 3rd epoch
     run_interrupted(monkeypatch, config, after_epochs=3)
     data = load_dataset(config.dataset)
     seed_everything(config.seed)

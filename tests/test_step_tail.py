@@ -18,7 +18,7 @@ from g2d.methods.base import Method, MethodContext
 from g2d.methods.build import build_model
 from g2d.methods.joint import JointTrain
 from g2d.models.multimodal import MultimodalModel
-from g2d.runs.experiment import run
+from g2d.runs.experiment import run, train_teachers
 from g2d.training.engine import seed_everything
 from g2d.training.teachers import output_size
 
@@ -70,7 +70,9 @@ def test_methods_owning_their_step_freeze_the_suppressed_encoder(tmp_path, monke
     there: phases as long as training are refused): under MLA's sub-steps and MMPareto's integrated
     gradients alike its encoder never moves, while mor's does."""
     config = load_config(None, [*TINY, f"out={tmp_path / name}", f"teachers.root={tmp_path / 'teachers'}",
-                                f"method.name={name}", "smp.enabled=true", "smp.tau=[3]", "trainer.epochs=4"])
+                                f"method.name={name}", "smp.enabled=true", "smp.tau=[3]", "trainer.epochs=4",
+                                "teachers.epochs=3"])
+    train_teachers(config)  # before the student's run, which stops after its 3rd epoch
     run_interrupted(monkeypatch, config, after_epochs=3)
     data = load_dataset(config.dataset)
     seed_everything(config.seed)

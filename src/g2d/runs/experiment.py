@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from g2d.config import ExperimentConfig
+from g2d.config import ExperimentConfig, checked_config
 from g2d.core.smp import Modulator
 from g2d.data import MultimodalData, load_dataset
 from g2d.data.augment import check_augmentable, normalize_visual
@@ -60,6 +60,10 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     artifact for ``config``'s parent experiment. Everything that can be checked is checked
     before the run folder is claimed (``g2d.runs.runfolder``) and written.
     """
+    config = checked_config(config, "run")
+    if data is not None and not isinstance(data, MultimodalData):
+        raise G2DError(f"run(data=...): must be the MultimodalData of g2d.load_dataset(config.dataset), or None, got "
+                       f"{type(data).__name__}")
     check.preflight(config)
     check_loggers(config)
     device = distributed.setup(select_device(config.trainer.device))
@@ -95,6 +99,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
 def train_teachers(config: ExperimentConfig) -> dict[str, Path]:
     """Train the unimodal teachers ``config``'s run would use (those missing; existing ones are checked),
     as the CLI does; returns each modality's teacher folder, for ``g2d.load_teacher``."""
+    config = checked_config(config, "train_teachers")
     check.preflight(config)
     data = load_dataset(dataclasses.replace(config.dataset, modalities=[]))
     sanity.check_encoders(config, data)
