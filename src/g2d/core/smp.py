@@ -205,17 +205,18 @@ class SMP:
         if (isinstance(partial_alpha, bool) or not isinstance(partial_alpha, numbers.Real)
                 or not math.isfinite(partial_alpha) or partial_alpha < 0):
             raise G2DError(f"{where('partial_alpha')}: must be a finite number >= 0, got {partial_alpha!r}")
-        if tau == "auto" and not self.accepts_auto_tau:
+        auto_tau = isinstance(tau, str) and tau == "auto"
+        if auto_tau and not self.accepts_auto_tau:
             raise G2DError(f"{where('tau')}: 'auto' ends each phase on g2d's own validation metrics, which only the "
                            f"CLI computes (g2d train with smp.tau=auto, docs/smp.md); give a list of epochs here")
         self.config = SMPConfig(enabled=True, schedule=schedule, tau=tau, auto=auto or AutoTauConfig(),
                                 modulator=modulator, partial_alpha=partial_alpha, suppression=suppression)
         self.task = task
         self.modalities = list(parameters)
-        self.auto = AutoTau(self.config.auto, len(parameters) - 1, epochs) if tau == "auto" else None
+        self.auto = AutoTau(self.config.auto, len(parameters) - 1, epochs) if auto_tau else None
         self.tau = self.auto.tau if self.auto is not None else resolve_tau(tau, len(parameters), epochs, where)
         phases_end = self.auto.cap * self.auto.phases if self.auto is not None else sum(self.tau)
-        check_phases(tau if tau == "auto" else self.tau, phases_end, epochs, schedule, modulator, where)
+        check_phases("auto" if auto_tau else self.tau, phases_end, epochs, schedule, modulator, where)
         self.window = sum(self.tau)
         self.dataset_confidence: torch.Tensor | None = None
         self.epoch: int | None = None

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from g2d.core.losses import task_loss
-from g2d.methods.base import AT_LEAST_1, Method, MethodContext, TeacherOutputs, check_numbers, register_method
+from g2d.methods.base import AT_LEAST_0, Method, MethodContext, TeacherOutputs, check_numbers, register_method
 from g2d.models.multimodal import ModelOutput
 
 
@@ -40,7 +40,7 @@ class MSESParams:
     restore_best: bool = True
 
     def __post_init__(self) -> None:
-        check_numbers(self, "mses", {"patience": AT_LEAST_1, "smoothing": ("in [0, 1)", lambda v: 0 <= v < 1)})
+        check_numbers(self, "mses", {"patience": AT_LEAST_0, "smoothing": ("in [0, 1)", lambda v: 0 <= v < 1)})
 
 
 @register_method

@@ -46,10 +46,10 @@ class SMPCallback(pl.Callback):
             self.batches, self.stepped = [], False
         batch = getattr(pl_module, "smp_batch", None)
         if batch is not None:
-            if not (isinstance(batch, tuple) and len(batch) == 2):
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
                 raise G2DError("SMPCallback: the module's smp_batch must be a (teacher_logits, targets) pair, got "
                                f"{type(batch).__name__}")
-            self.batches.append(batch)
+            self.batches.append((batch[0], batch[1]))
             pl_module.smp_batch = None  # each batch sets its own: a stale one is never ranked twice
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
