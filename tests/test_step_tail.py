@@ -2,8 +2,6 @@
 computes its gradients its own way gets SMP, its learning-rate factors and the optimizer step by handing
 over; and the one builder of the model with the method's modules (``g2d.methods.build.build_model``)."""
 
-import json
-
 import pytest
 import torch
 from conftest import TINY, run_interrupted

@@ -340,11 +340,11 @@ class SMP:
         values = []
         for modality in self.modalities:
             value = confidences[modality]
-            if isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point():
+            if isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype != torch.bool:
                 value = value.item()
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise G2DError(f"SMP.rank(confidences=...): the value for {modality!r} must be a finite number or a "
-                               f"0-dim float tensor, got {value!r}")
+                               f"0-dim tensor, got {value!r}")
             values.append(float(value))
         self.set_dataset_confidence(torch.tensor(values, dtype=torch.float32))
         return self.ranking()
