@@ -29,7 +29,7 @@ from g2d.methods.mslr import MSLR, MSLRParams
 from g2d.methods.ogm_ge import modulate_gradients, ogm_coefficients
 from g2d.methods.pmr import PMR, PMRParams
 from g2d.models.multimodal import ModelOutput, MultimodalModel
-from g2d.runs.experiment import run
+from g2d.runs.experiment import run, train_teachers
 from g2d.training.engine import seed_everything
 from g2d.training.teachers import output_size
 
@@ -319,11 +319,14 @@ def test_runs_end_to_end(tmp_path, name, modalities):
 
 
 @pytest.mark.parametrize("name", ["ogm_ge", "agm", "mses"])
-def test_smp_multiplies_the_method_coefficient(tmp_path, name):
-    """Ranked SMP freezes pix (the more confident teacher) for the whole run: its encoder never moves,
-    while mor's gradients keep the method's own coefficient (times SMP's 1)."""
-    config = tiny_config(tmp_path, name, f"method.name={name}", "smp.enabled=true", "smp.tau=[3]")
-    run(config)
+def test_smp_multiplies_the_method_coefficient(tmp_path, monkeypatch, name):
+    """Ranked SMP freezes pix (the more confident teacher) for the 3 epochs of its phase (the run stopped
+    there: phases as long as training are refused): its encoder never moves, while mor's gradients keep
+    the method's own coefficient (times SMP's 1)."""
+    config = tiny_config(tmp_path, name, f"method.name={name}", "smp.enabled=true", "smp.tau=[3]", "trainer.epochs=4",
+                         "teachers.epochs=3")
+    train_teachers(config)  # before the student's run, which stops after its 3rd epoch
+    run_interrupted(monkeypatch, config, after_epochs=3)
     data = load_dataset(config.dataset)
     seed_everything(config.seed)
     initial = MultimodalModel(data.modalities, config.model, output_size(data)).state_dict()
@@ -331,7 +334,7 @@ def test_smp_multiplies_the_method_coefficient(tmp_path, name):
     pix = [k for k in initial if k.startswith("encoders.pix.")]
     assert pix and all(torch.equal(final[k], initial[k]) for k in pix)
     assert not torch.equal(final["encoders.mor.net.0.weight"], initial["encoders.mor.net.0.weight"])
-    history = json.loads((tmp_path / name / "history.json").read_text())
+    history = torch.load(tmp_path / name / "checkpoints" / "last_state.pt", weights_only=True)["state"]["history"]
     assert [r["train"]["kappa/pix"] for r in history] == [0.0] * 3
     mor = [r["train"]["kappa/mor"] for r in history]
     assert all(k > 0 for k in mor)

@@ -145,11 +145,58 @@ def test_analysis_folder_holding_something_else_is_refused(copies, capsys):
 @pytest.mark.parametrize("extra, fragment", [
     (["method.name=joint", "smp.auto.patience=3"], "smp.auto.patience has no effect: SMP is off"),
     (["method.name=g2d", "smp.enabled=false", "smp.schedule=dynamic"], "smp.schedule has no effect: SMP is off"),
-    (["method.name=g2d", "smp.tau=[1]", "smp.auto.min_delta=0.1"], "smp.auto.min_delta has no effect"),
+    (["method.name=g2d", "smp.tau=[0]", "smp.auto.min_delta=0.1"], "smp.auto.min_delta has no effect"),
 ])
 def test_settings_without_effect_are_a_visible_warning(tmp_path, capsys, extra, fragment):
     assert main(["train", CONFIG, *TINY, "trainer.epochs=1", *extra, f"out={tmp_path / 'run'}"]) == 0
     assert fragment in capsys.readouterr().err
+
+
+# Issue 30, item 6: method and SMP settings refused at preflight, before any teacher trains, naming the key.
+SETTINGS_REFUSED = [
+    (["method.name=g2d", "method.g2d.alpha=-1"], "config key method.g2d.alpha: must be a finite number >= 0, got -1.0"),
+    (["method.name=g2d", "method.g2d.beta=nan"], "config key method.g2d.beta: must be a finite number >= 0, got nan"),
+    (["method.name=g2d", "method.g2d.temperature=0"], "config key method.g2d.temperature: must be a finite number > 0"),
+    (["method.name=umt", "method.umt.feature_weight=-10"], "config key method.umt.feature_weight: must be a finite"),
+    (["method.name=ogm_ge", "method.ogm_ge.alpha=inf"], "config key method.ogm_ge.alpha: must be a finite number"),
+    (["method.name=pmr", "method.pmr.momentum=1.5"], "config key method.pmr.momentum: must be in [0, 1], got 1.5"),
+    (["method.name=mses", "method.mses.smoothing=1"], "config key method.mses.smoothing: must be in [0, 1)"),
+    (["method.name=mmpareto", "method.mmpareto.gamma=0"], "config key method.mmpareto.gamma: must be a finite number > 0"),
+    (["method.name=reconboost", "method.reconboost.stage_epochs=0"], "config key method.reconboost.stage_epochs: must be"),
+    (["method.name=dlmg", "method.dlmg.initial_weight=2"], "config key method.dlmg.initial_weight: must be in [0.05, 0.95]"),
+    (["method.name=mla", "method.mla.fixed_weights=[0.5,-1]"], "config key method.mla.fixed_weights: must be a finite"),
+    (["method.name=agm", "method.agm.grad_clip=-1"], "config key method.agm.grad_clip: must be a finite number > 0"),
+    (["method.name=g2d", "smp.partial_alpha=-1"], "config key smp.partial_alpha: must be a finite number >= 0"),
+    (["method.name=g2d", "trainer.epochs=3", "smp.tau=[3]"], "config key smp.tau: phases [3] take 3 epochs and training has 3"),
+    (["method.name=umt", "smp.enabled=true", "trainer.epochs=1", "smp.tau=[10]"], "config key smp.tau: phases [10]"),
+    (["method.name=g2d", "dataset.modalities=[pix,fou,mor]", "trainer.epochs=2"],
+     "config key smp.tau: phases [1, 1] (smp.tau: null, the default) take 2 epochs and training has 2"),
+]
+
+
+@pytest.mark.parametrize("extra, message", SETTINGS_REFUSED)
+def test_method_settings_are_refused_before_any_teacher_trains(tmp_path, capsys, extra, message):
+    arguments = ["train", CONFIG, *TINY, *extra, f"out={tmp_path / 'run'}", f"teachers.root={tmp_path / 'teachers'}"]
+    refused(capsys, main(arguments), message)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, message", SETTINGS_REFUSED[:3] + SETTINGS_REFUSED[-3:-1])
+def test_method_settings_are_refused_by_the_python_run_too(tmp_path, extra, message):
+    import g2d
+
+    config = g2d.load_config(CONFIG, [*TINY, *extra, f"out={tmp_path / 'run'}", f"teachers.root={tmp_path / 't'}"])
+    with pytest.raises(g2d.G2DError) as refusal:
+        g2d.run(config)
+    assert str(refusal.value).startswith(message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_phases_that_train_every_modality_are_only_a_warning(tmp_path, capsys):
+    """The dynamic schedule ranks each batch anew: phases as long as training still train both modalities."""
+    assert main(["train", CONFIG, *TINY, "trainer.epochs=1", "method.name=umt", "smp.enabled=true",
+                 "smp.schedule=dynamic", "smp.tau=[1]", f"out={tmp_path / 'run'}"]) == 0
+    assert "smp.tau [1] adds up to 1 epochs, at least trainer.epochs=1" in capsys.readouterr().err
 
 
 def test_settings_with_effect_give_no_warning(tmp_path, capsys):

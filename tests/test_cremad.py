@@ -148,7 +148,7 @@ def test_loader_memory_maps_and_checks_the_fixed_validation_split(prepared: tupl
 def test_g2d_train_runs_the_paper_config_on_the_prepared_folder(prepared: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = prepared
     overrides = [
-        f"dataset.root={out}", "trainer.epochs=1", "smp.tau=[1]", "trainer.batch_size=4", "model.encoder.width=4",
+        f"dataset.root={out}", "trainer.epochs=2", "smp.tau=[1]", "trainer.batch_size=4", "model.encoder.width=4",
         "trainer.progress=false", f"out={tmp_path / 'run'}", f"teachers.root={tmp_path / 'teachers'}",
     ]
     assert main(["train", str(ROOT / "configs" / "paper" / "cremad" / "g2d.yaml"), *overrides]) == 0

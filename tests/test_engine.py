@@ -61,7 +61,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
 def test_training_step_makes_no_host_synchronization(tmp_path, monkeypatch, schedule):
     """Host reads do not grow with the number of steps: they happen per epoch, not per batch."""
     run(config_for(tmp_path, "warm"))  # teachers trained outside the count
-    base = ["trainer.epochs=1", f"smp.schedule={schedule}", "smp.tau=[1]"]
+    base = ["trainer.epochs=2", f"smp.schedule={schedule}", "smp.tau=[1]"]
     few = count_host_reads(monkeypatch, config_for(tmp_path, "few", *base, "trainer.batch_size=128"))
     many = count_host_reads(monkeypatch, config_for(tmp_path, "many", *base, "trainer.batch_size=16"))
     assert few == many

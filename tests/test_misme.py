@@ -71,7 +71,7 @@ def test_images_and_targets(prepared: tuple[Path, dict]) -> None:
 def test_g2d_train_runs_regression_on_the_prepared_folder(prepared: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = prepared
     overrides = [
-        f"dataset.root={out}", "trainer.epochs=1", "smp.tau=[1]", "trainer.batch_size=2", "trainer.progress=false",
+        f"dataset.root={out}", "trainer.epochs=2", "smp.tau=[1]", "trainer.batch_size=2", "trainer.progress=false",
         "model.encoders.image={name: resnet18, width: 4}", f"out={tmp_path / 'run'}", f"teachers.root={tmp_path / 't'}",
     ]
     assert main(["train", str(ROOT / "configs" / "paper" / "misme" / "g2d.yaml"), *overrides]) == 0

@@ -181,7 +181,7 @@ def test_analysis_records_its_checkpoint_and_a_stale_one_is_refused_by_report(tm
 
 
 def test_report_refuses_a_run_given_twice_and_a_teacher_folder(tmp_path, capsys):
-    overrides = [*TINY, "method.name=g2d", "smp.tau=[1]", "trainer.epochs=1", f"out={tmp_path / 'run'}",
+    overrides = [*TINY, "method.name=g2d", "smp.tau=[0]", "trainer.epochs=1", f"out={tmp_path / 'run'}",
                  f"teachers.root={tmp_path / 'teachers'}"]
     run(load_config(CONFIG, overrides))
     capsys.readouterr()

@@ -240,9 +240,10 @@ def test_class_missing_from_training_is_a_visible_warning(tmp_path, caplog):
     assert any("class(es) 3" in r.getMessage() and "test split" in r.getMessage() for r in caplog.records)
 
 
-def test_smp_window_longer_than_training_is_a_visible_warning(tmp_path, capsys):
-    assert train(tmp_path, "run", "method.name=umt", "smp.enabled=true", "smp.tau=[10]", "trainer.epochs=1") == 0
-    assert "smp.tau [10] adds up to 10 epochs, more than trainer.epochs=1" in capsys.readouterr().err
+def test_smp_window_that_leaves_a_modality_no_epoch_is_refused(tmp_path, capsys):
+    refused(capsys, train(tmp_path, "run", "method.name=umt", "smp.enabled=true", "smp.tau=[10]", "trainer.epochs=1"),
+            "config key smp.tau: phases [10] take 10 epochs and training has 1")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_progress_is_one_line_per_epoch_when_output_is_not_a_terminal(tmp_path, capsys):

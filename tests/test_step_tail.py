@@ -2,11 +2,9 @@
 computes its gradients its own way gets SMP, its learning-rate factors and the optimizer step by handing
 over; and the one builder of the model with the method's modules (``g2d.methods.build.build_model``)."""
 
-import json
-
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, run_interrupted
 from safetensors.torch import load_file
 
 import g2d.training.engine as engine
@@ -18,7 +16,7 @@ from g2d.methods.base import Method, MethodContext
 from g2d.methods.build import build_model
 from g2d.methods.joint import JointTrain
 from g2d.models.multimodal import MultimodalModel
-from g2d.runs.experiment import run
+from g2d.runs.experiment import run, train_teachers
 from g2d.training.engine import seed_everything
 from g2d.training.teachers import output_size
 
@@ -65,12 +63,15 @@ def test_update_applies_smp_freeze_and_the_learning_rate_factors_by_hand():
 
 
 @pytest.mark.parametrize("name", ["mla", "mmpareto"])
-def test_methods_owning_their_step_freeze_the_suppressed_encoder(tmp_path, name):
-    """Ranked SMP suppresses pix (the more confident teacher) for the whole run: under MLA's sub-steps
-    and MMPareto's integrated gradients alike its encoder never moves, while mor's does."""
+def test_methods_owning_their_step_freeze_the_suppressed_encoder(tmp_path, monkeypatch, name):
+    """Ranked SMP suppresses pix (the more confident teacher) for the 3 epochs of its phase (the run stopped
+    there: phases as long as training are refused): under MLA's sub-steps and MMPareto's integrated
+    gradients alike its encoder never moves, while mor's does."""
     config = load_config(None, [*TINY, f"out={tmp_path / name}", f"teachers.root={tmp_path / 'teachers'}",
-                                f"method.name={name}", "smp.enabled=true", "smp.tau=[3]"])
-    run(config)
+                                f"method.name={name}", "smp.enabled=true", "smp.tau=[3]", "trainer.epochs=4",
+                                "teachers.epochs=3"])
+    train_teachers(config)  # before the student's run, which stops after its 3rd epoch
+    run_interrupted(monkeypatch, config, after_epochs=3)
     data = load_dataset(config.dataset)
     seed_everything(config.seed)
     initial = MultimodalModel(data.modalities, config.model, output_size(data)).state_dict()
@@ -78,7 +79,7 @@ def test_methods_owning_their_step_freeze_the_suppressed_encoder(tmp_path, name)
     pix = [k for k in initial if k.startswith("encoders.pix.")]
     assert pix and all(torch.equal(final[k], initial[k]) for k in pix)
     assert not torch.equal(final["encoders.mor.net.0.weight"], initial["encoders.mor.net.0.weight"])
-    history = json.loads((tmp_path / name / "history.json").read_text())
+    history = torch.load(tmp_path / name / "checkpoints" / "last_state.pt", weights_only=True)["state"]["history"]
     assert [r["train"]["kappa/pix"] for r in history] == [0.0] * 3
     assert [r["train"]["kappa/mor"] for r in history] == [1.0] * 3
 

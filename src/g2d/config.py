@@ -355,6 +355,14 @@ def resolve_config(path: str | Path) -> Path:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Build an ``ExperimentConfig`` from an optional YAML file (or packaged config name) and ``key=value`` overrides."""
+    if path is not None and not isinstance(path, (str, Path)):
+        raise G2DError(f"load_config(path=...): must be a YAML file or a packaged config name (str or Path), got "
+                       f"{type(path).__name__}")
+    if overrides is not None and (isinstance(overrides, str) or not isinstance(overrides, (list, tuple))
+                                  or not all(isinstance(item, str) for item in overrides)):
+        given = f"the str {overrides!r}; wrap it in a list: [{overrides!r}]" if isinstance(overrides, str) else \
+            f"{overrides!r}"
+        raise G2DError(f"load_config(overrides=...): must be a list of 'key=value' strings, got {given}")
     schema = OmegaConf.structured(ExperimentConfig)
     layers: list[DictConfig] = [schema]
     if path is not None:
@@ -383,6 +391,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     assert isinstance(config, ExperimentConfig)
     check_ranges(config)
     return config
+
+
+def checked_config(config: Any, caller: str) -> ExperimentConfig:
+    """``config`` rebuilt as ``load_config`` builds one, so values set in code are checked (and converted) like
+    a YAML file's; what is not a config at all is refused naming ``caller``'s argument."""
+    if not isinstance(config, ExperimentConfig):
+        hint = f"; use g2d.{caller}(g2d.load_config({str(config)!r}))" if isinstance(config, (str, Path)) else ""
+        raise G2DError(f"{caller}(config=...): must be a config from g2d.load_config(path, overrides), got "
+                       f"{type(config).__name__}{hint}")
+    try:
+        rebuilt = OmegaConf.to_object(OmegaConf.structured(config))
+    except OmegaConfBaseException as exc:
+        raise config_error(exc) from exc
+    assert isinstance(rebuilt, ExperimentConfig)
+    return rebuilt
 
 
 def check_ranges(config: ExperimentConfig) -> None:

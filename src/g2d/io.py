@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -38,10 +39,34 @@ def save_weights(path: Path, model: nn.Module, metadata: dict[str, str] | None =
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
-def load_weights(path: Path, model: nn.Module) -> None:
-    """Load a safetensors state dict; a missing file or mismatched keys name the file."""
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in blocks so a large checkpoint is never held whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(path: Path, recorded: str | None) -> None:
+    """Refuse a file whose bytes are not those recorded when it was written (``recorded`` None: a file written
+    before g2d recorded hashes, accepted unchecked). A flipped byte inside a weights file can leave its
+    header readable and load silently as NaN or wrong weights, so the hash is checked, not the header."""
+    if recorded is None:
+        return
+    found = file_sha256(path)
+    if found != recorded:
+        raise G2DError(f"{path}: its sha256 {found[:16]}... is not the {recorded[:16]}... recorded when it was "
+                       "written; the file changed since (a copy or disk error, or an edit): restore it, or delete "
+                       "the folder to train it anew")
+
+
+def load_weights(path: Path, model: nn.Module, sha256: str | None = None) -> None:
+    """Load a safetensors state dict; a missing file, bytes that differ from their recorded ``sha256`` or
+    mismatched keys name the file."""
     if not path.is_file():
         raise G2DError(f"weights file not found: {path}")
+    check_sha256(path, sha256)
     try:
         state = load_file(str(path))
         model.load_state_dict(state)

@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 from typing import Any
 
-from g2d.config import DatasetConfig
+from g2d.config import DatasetConfig, ExperimentConfig, check_settings
 from g2d.data.base import (
     DATASETS,
     Batches,
@@ -20,6 +20,7 @@ from g2d.data.base import (
     dataset_options,
     to_device,
 )
+from g2d.errors import G2DError
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -35,6 +36,11 @@ def prepare_commands() -> dict[str, Any]:
 def load_dataset(config: DatasetConfig) -> MultimodalData:
     """Load the configured dataset (visual modalities standardised under ``dataset.normalize``), restricted to
     ``dataset.modalities`` when given."""
+    if not isinstance(config, DatasetConfig):
+        hint = "; pass its dataset section: load_dataset(config.dataset)" if isinstance(config, ExperimentConfig) else ""
+        raise G2DError(f"load_dataset(config=...): must be a DatasetConfig (a config's dataset section), got "
+                       f"{type(config).__name__}{hint}")
+    check_settings(config, "dataset")
     options = dataset_options(config)
     data = DATASETS[config.name].load(config, options)
     if config.normalize:

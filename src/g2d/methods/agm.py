@@ -42,7 +42,7 @@ from torch import nn
 
 from g2d.core.balancing import in_window, scale_gradients
 from g2d.errors import G2DError
-from g2d.methods.base import MethodContext, register_method
+from g2d.methods.base import ABOVE_0, AT_LEAST_0, AT_LEAST_1, MethodContext, check_numbers, register_method
 from g2d.methods.joint import JointTrain
 from g2d.models.multimodal import ModelOutput
 
@@ -61,6 +61,10 @@ class AGMParams:
     modulation_ends: Optional[int] = 20
     grad_clip: Optional[float] = 1.0
     max_modalities: int = 4
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "agm", {"alpha": AT_LEAST_0, "clip": ABOVE_0, "modulation_starts": AT_LEAST_0,
+            "modulation_ends": AT_LEAST_0, "grad_clip": ABOVE_0, "max_modalities": AT_LEAST_1})
 
 
 def shapley_weights(k: int) -> torch.Tensor:

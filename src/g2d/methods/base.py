@@ -10,6 +10,7 @@ checked against it, so a misspelt key is an error naming ``method.<name>.<key>``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -267,6 +268,23 @@ def check_feature_reduction(value: str, method: str) -> None:
     if value not in FEATURE_REDUCTIONS:
         raise G2DError(f"config key method.{method}.feature_reduction: {value!r} is not one of "
                        f"{', '.join(FEATURE_REDUCTIONS)}")
+
+
+# Ranges of numeric hyperparameters: what the value must be, and the test (None, an unset option, passes).
+AT_LEAST_0 = ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
+ABOVE_0 = ("a finite number > 0", lambda v: math.isfinite(v) and v > 0)
+AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
+FRACTION = ("in [0, 1]", lambda v: 0 <= v <= 1)
+
+
+def check_numbers(params: Any, method: str, rules: dict[str, tuple[str, Callable[[float], bool]]]) -> None:
+    """Refuse, naming ``method.<name>.<key>``, a hyperparameter outside its range (each entry of a list or
+    mapping checked alike), so a run that cannot mean anything stops at preflight, before any teacher trains."""
+    for name, (allowed, within) in rules.items():
+        value = getattr(params, name)
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        if not all(item is None or within(item) for item in items):
+            raise G2DError(f"config key method.{method}.{name}: must be {allowed}, got {value}")
 
 
 def parse_params(params_type: type, values: dict[str, Any], prefix: str) -> Any:

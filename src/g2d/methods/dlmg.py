@@ -43,8 +43,7 @@ from g2d.config import Choice
 from g2d.core.gradients import dot, gradients
 from g2d.core.losses import task_loss
 from g2d.data.base import Batches, to_device
-from g2d.errors import G2DError
-from g2d.methods.base import Method, TeacherOutputs, register_method
+from g2d.methods.base import AT_LEAST_0, Method, TeacherOutputs, check_numbers, register_method
 from g2d.models.multimodal import ModelOutput
 
 
@@ -65,6 +64,10 @@ class DLMGParams:
     decay: float = 0.3
     initial_weight: float = 0.95
     weight_lr: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "dlmg", {"decay": AT_LEAST_0, "weight_lr": AT_LEAST_0, "initial_weight": (
+            f"in [{WEIGHT_RANGE[0]}, {WEIGHT_RANGE[1]}]", lambda v: WEIGHT_RANGE[0] <= v <= WEIGHT_RANGE[1])})
 
 
 def js_divergence(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -100,9 +103,6 @@ class DLMG(Method):
 
     def __init__(self, params: DLMGParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
-        if not WEIGHT_RANGE[0] <= params.initial_weight <= WEIGHT_RANGE[1]:
-            raise G2DError(f"config key method.dlmg.initial_weight: must lie in [{WEIGHT_RANGE[0]}, "
-                           f"{WEIGHT_RANGE[1]}], got {params.initial_weight}")
         self.weight = torch.tensor(params.initial_weight)
         self.update_due = False
         self.validation_batch: dict[str, torch.Tensor] | None = None

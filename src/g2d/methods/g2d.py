@@ -11,7 +11,15 @@ from dataclasses import dataclass
 import torch
 
 from g2d.core.losses import G2DLoss
-from g2d.methods.base import Method, TeacherOutputs, check_feature_reduction, register_method
+from g2d.methods.base import (
+    ABOVE_0,
+    AT_LEAST_0,
+    Method,
+    TeacherOutputs,
+    check_feature_reduction,
+    check_numbers,
+    register_method,
+)
 from g2d.models.multimodal import ModelOutput
 
 
@@ -26,6 +34,7 @@ class G2DParams:
     feature_reduction: str = "mean"
 
     def __post_init__(self) -> None:
+        check_numbers(self, "g2d", {"alpha": AT_LEAST_0, "beta": AT_LEAST_0, "temperature": ABOVE_0})
         check_feature_reduction(self.feature_reduction, "g2d")
 
 

@@ -40,7 +40,7 @@ from g2d.config import Choice
 from g2d.core.losses import task_loss
 from g2d.data.base import Batches
 from g2d.errors import G2DError
-from g2d.methods.base import Method, register_method
+from g2d.methods.base import AT_LEAST_0, Method, check_numbers, register_method
 from g2d.methods.heads import SharedHead, encoder_features
 from g2d.models.multimodal import ModelOutput
 
@@ -59,6 +59,9 @@ class MLAParams:
     test_fusion: TestFusion = TestFusion.entropy
     fixed_weights: Optional[list[float]] = None
     projection: bool = True
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "mla", {"fixed_weights": AT_LEAST_0})
 
 
 def owm_projector_update(projector: torch.Tensor, direction: torch.Tensor, alpha: float) -> torch.Tensor:

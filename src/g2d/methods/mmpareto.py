@@ -28,7 +28,7 @@ from torch import nn
 
 from g2d.core.gradients import dot, gradients
 from g2d.core.losses import task_loss
-from g2d.methods.base import Method, register_method
+from g2d.methods.base import ABOVE_0, Method, check_numbers, register_method
 from g2d.methods.heads import ModalityHeads
 from g2d.models.multimodal import ModelOutput
 
@@ -42,6 +42,9 @@ class MMParetoParams:
 
     gamma: float = 1.5
     auxiliary_heads: bool = True
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "mmpareto", {"gamma": ABOVE_0})
 
 
 def min_norm_weight(g1: list[torch.Tensor], g2: list[torch.Tensor]) -> torch.Tensor:

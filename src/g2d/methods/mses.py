@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from g2d.core.losses import task_loss
-from g2d.methods.base import Method, MethodContext, TeacherOutputs, register_method
+from g2d.methods.base import AT_LEAST_0, Method, MethodContext, TeacherOutputs, check_numbers, register_method
 from g2d.models.multimodal import ModelOutput
 
 
@@ -38,6 +38,9 @@ class MSESParams:
     patience: int = 80
     smoothing: float = 0.6
     restore_best: bool = True
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "mses", {"patience": AT_LEAST_0, "smoothing": ("in [0, 1)", lambda v: 0 <= v < 1)})
 
 
 @register_method

@@ -27,7 +27,15 @@ import torch
 from g2d.config import Choice
 from g2d.core.losses import task_loss
 from g2d.errors import G2DError
-from g2d.methods.base import Method, MethodContext, TeacherOutputs, register_method
+from g2d.methods.base import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    Method,
+    MethodContext,
+    TeacherOutputs,
+    check_numbers,
+    register_method,
+)
 from g2d.models.multimodal import ModelOutput
 
 
@@ -43,6 +51,9 @@ class MSLRParams:
     strategy: Strategy = Strategy.dynamic
     lr_scale: dict[str, float] = field(default_factory=dict)
     window: int = 5
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "mslr", {"lr_scale": AT_LEAST_0, "window": AT_LEAST_1})
 
 
 def validation_score(metrics: dict) -> float:
@@ -67,8 +78,6 @@ class MSLR(Method):
         unknown = sorted(set(params.lr_scale) - set(modalities))
         if unknown:
             raise G2DError(f"config key method.mslr.lr_scale.{unknown[0]}: not one of the modalities ({', '.join(modalities)})")
-        if params.window < 1:
-            raise G2DError(f"config key method.mslr.window: must be >= 1, got {params.window}")
         self.initial = {m: float(params.lr_scale.get(m, 1.0)) for m in modalities}
         self.factors = dict(self.initial)
         self.memory: dict[str, list[float]] = {m: [] for m in modalities}

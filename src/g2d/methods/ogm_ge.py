@@ -35,7 +35,7 @@ from g2d.config import Choice
 from g2d.core.balancing import in_window
 from g2d.core.losses import teacher_confidence
 from g2d.core.smp import partial_coefficients
-from g2d.methods.base import MethodContext, register_method
+from g2d.methods.base import AT_LEAST_0, MethodContext, check_numbers, register_method
 from g2d.methods.joint import JointTrain
 from g2d.models.multimodal import ModelOutput
 
@@ -55,6 +55,10 @@ class OGMGEParams:
     modulation_ends: Optional[int] = 50
     ge: bool = True
     parameters: Parameters = Parameters.all
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "ogm_ge", {"alpha": AT_LEAST_0, "modulation_starts": AT_LEAST_0,
+            "modulation_ends": AT_LEAST_0})
 
 
 def ogm_coefficients(modality_logits: torch.Tensor, labels: torch.Tensor, alpha: float, task: str) -> torch.Tensor:

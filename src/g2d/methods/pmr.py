@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from g2d.core.balancing import in_window
 from g2d.core.losses import task_loss
 from g2d.data.base import Batches, to_device
-from g2d.methods.base import Method, TeacherOutputs, register_method
+from g2d.methods.base import AT_LEAST_0, FRACTION, Method, TeacherOutputs, check_numbers, register_method
 from g2d.models.multimodal import ModelOutput
 
 
@@ -49,6 +49,10 @@ class PMRParams:
     momentum: float = 0.2
     modulation_starts: int = 0
     modulation_ends: Optional[int] = 100
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "pmr", {"alpha": AT_LEAST_0, "mu": AT_LEAST_0, "entropy_epochs": AT_LEAST_0,
+            "momentum": FRACTION, "modulation_starts": AT_LEAST_0, "modulation_ends": AT_LEAST_0})
 
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

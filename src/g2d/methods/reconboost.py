@@ -44,8 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from g2d.core.losses import task_loss
-from g2d.errors import G2DError
-from g2d.methods.base import Method, register_method
+from g2d.methods.base import ABOVE_0, AT_LEAST_0, AT_LEAST_1, Method, check_numbers, register_method
 from g2d.methods.heads import SharedHead, encoder_features
 from g2d.models.multimodal import ModelOutput
 
@@ -64,6 +63,11 @@ class ReconBoostParams:
     ga_weight: float = 0.5
     head_hidden: int = 256
     boost_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "reconboost", {"stage_epochs": AT_LEAST_1, "rectify_epochs": AT_LEAST_0,
+            "weight1": AT_LEAST_0, "weight2": AT_LEAST_0, "ga_weight": AT_LEAST_0, "head_hidden": AT_LEAST_1,
+            "boost_rate": ABOVE_0})
 
 
 def stage_plan(epoch: int, stage_epochs: int, rectify_epochs: int, num_modalities: int) -> tuple[int, int, str]:
@@ -104,10 +108,6 @@ class ReconBoost(Method):
 
     def __init__(self, params: ReconBoostParams, task: str, modalities: list[str]) -> None:
         super().__init__(params, task, modalities)
-        if params.stage_epochs < 1:
-            raise G2DError(f"config key method.reconboost.stage_epochs: must be >= 1, got {params.stage_epochs}")
-        if params.rectify_epochs < 0:
-            raise G2DError(f"config key method.reconboost.rectify_epochs: must be >= 0, got {params.rectify_epochs}")
         self.boosting: BoostModules | None = None
         self.stage = 0
         self.trained_index = 0

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from g2d.core.losses import feature_distillation, task_loss
-from g2d.methods.base import Method, TeacherOutputs, check_feature_reduction, register_method
+from g2d.methods.base import AT_LEAST_0, Method, TeacherOutputs, check_feature_reduction, check_numbers, register_method
 from g2d.models.multimodal import ModelOutput
 
 
@@ -20,6 +20,7 @@ class UMTParams:
     feature_reduction: str = "mean"
 
     def __post_init__(self) -> None:
+        check_numbers(self, "umt", {"feature_weight": AT_LEAST_0})
         check_feature_reduction(self.feature_reduction, "umt")
 
 

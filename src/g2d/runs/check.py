@@ -10,9 +10,13 @@ modalities and classes it holds), made once the data is loaded and still before 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from g2d.config import ExperimentConfig, check_ranges
+from g2d.core.autotau import check_auto, phase_cap
+from g2d.core.smp import check_phases, check_tau_list, resolve_tau
 from g2d.data import DATASETS, MultimodalData, dataset_options
 from g2d.errors import G2DError
 from g2d.methods import METHODS, Method, check_task, method_params
@@ -37,6 +41,9 @@ def preflight(config: ExperimentConfig) -> None:
     if dataset.task is not None:
         check_task(method, dataset.task)
     check_smp(config, method)
+    if smp_enabled(config, method):
+        modalities = config.dataset.modalities
+        check_smp_settings(config, len(modalities) if modalities else None)
     check_data_parallel(method, params)
     check_tracking(config)
     if config.dataset.modalities:
@@ -85,3 +92,28 @@ def check_data(config: ExperimentConfig, data: MultimodalData) -> None:
         if len(classes) < 2:
             raise G2DError(f"config key {data_key(config)}: the training split of dataset {data.name} holds one class "
                            f"({classes[0]}); classification needs at least two (a regression gives items a 'target')")
+
+
+def check_smp_settings(config: ExperimentConfig, num_modalities: int | None) -> None:
+    """SMP's numbers, checked like the method's: ``smp.partial_alpha`` finite and >= 0, and phases that leave
+    no modality without an epoch to train (``g2d.core.smp.check_phases``). What depends on the number of
+    modalities (the default tau, ``tau: auto``'s longest phases) waits for it when the config does not list
+    them: ``g2d.runs.sanity.check_smp_window`` checks it once the data is loaded, before any teacher trains."""
+    smp, epochs = config.smp, config.trainer.epochs
+    if not (math.isfinite(smp.partial_alpha) and smp.partial_alpha >= 0):
+        raise G2DError(f"config key smp.partial_alpha: must be a finite number >= 0, got {smp.partial_alpha}")
+    if smp.tau == "auto":
+        if num_modalities is not None:
+            check_auto(smp.auto, num_modalities - 1, epochs)
+            check_phases("auto", phase_cap(smp.auto, num_modalities - 1, epochs) * (num_modalities - 1), epochs,
+                         smp.schedule, smp.modulator)
+        return
+    check_tau_list(smp.tau)
+    tau = list(smp.tau) if smp.tau is not None else None
+    if tau is None and num_modalities is None:
+        return
+    if num_modalities is not None:
+        tau = resolve_tau(tau, num_modalities, epochs)
+    assert tau is not None
+    shown = f"{tau} (smp.tau: null, the default)" if smp.tau is None else tau
+    check_phases(shown, sum(tau), epochs, smp.schedule, smp.modulator)

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from g2d.config import ExperimentConfig
+from g2d.config import ExperimentConfig, checked_config
 from g2d.core.smp import Modulator
 from g2d.data import MultimodalData, load_dataset
 from g2d.data.augment import check_augmentable, normalize_visual
@@ -60,6 +60,10 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     artifact for ``config``'s parent experiment. Everything that can be checked is checked
     before the run folder is claimed (``g2d.runs.runfolder``) and written.
     """
+    config = checked_config(config, "run")
+    if data is not None and not isinstance(data, MultimodalData):
+        raise G2DError(f"run(data=...): must be the MultimodalData of g2d.load_dataset(config.dataset), or None, got "
+                       f"{type(data).__name__}")
     check.preflight(config)
     device = distributed.setup(select_device(config.trainer.device))
     # Encoder settings are checked against every modality the dataset has, selected or not, so one
@@ -96,6 +100,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
 def train_teachers(config: ExperimentConfig) -> dict[str, Path]:
     """Train the unimodal teachers ``config``'s run would use (those missing; existing ones are checked),
     as the CLI does; returns each modality's teacher folder, for ``g2d.load_teacher``."""
+    config = checked_config(config, "train_teachers")
     check.preflight(config)
     data = load_dataset(dataclasses.replace(config.dataset, modalities=[]))
     sanity.check_encoders(config, data)
@@ -224,6 +229,7 @@ def finished_run(config: ExperimentConfig, data: MultimodalData, teacher_of: str
     metrics = read_metrics(run_dir)
     if teacher_of is not None and not (run_dir / "teacher.json").is_file():
         model = MultimodalModel(data.modalities, config.model, output_size(data))
+        checkpoint.verify(run_dir / checkpoint.LINK)
         load_weights(run_dir / checkpoint.LINK / "best.safetensors", model)
         metadata = expected_metadata(config, data, teacher_of)
         metadata.update(epochs=config.trainer.epochs, best_epoch=metrics["best_epoch"],

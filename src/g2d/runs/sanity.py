@@ -14,8 +14,8 @@ import torch
 from g2d.config import ExperimentConfig, SMPConfig, flatten
 from g2d.data.base import MultimodalData
 from g2d.errors import G2DError
-from g2d.core.autotau import check_auto
 from g2d.core.smp import resolve_tau
+from g2d.runs.check import check_smp_settings
 
 logger = logging.getLogger("g2d")
 
@@ -44,18 +44,16 @@ def warn_unseen_classes(data: MultimodalData) -> None:
 
 
 def check_smp_window(config: ExperimentConfig, num_modalities: int) -> None:
-    """SMP phases as long as training or longer keep a modality from training jointly (or at all): a
-    warning, not a refusal, so a one-epoch smoke run of a paper config (``smp.tau: [150]``) still runs."""
+    """SMP's settings for this many modalities (``g2d.runs.check.check_smp_settings``: phases that leave a
+    modality no epoch to train are refused). Phases as long as training under the dynamic schedule or
+    partial modulation still train every modality, but never jointly: a warning."""
+    check_smp_settings(config, num_modalities)
     if config.smp.tau == "auto":
-        check_auto(config.smp.auto, num_modalities - 1, config.trainer.epochs)
         return
     tau = resolve_tau(config.smp.tau, num_modalities, config.trainer.epochs)
-    epochs = config.trainer.epochs
-    if sum(tau) > epochs:
-        logger.warning("warning: smp.tau %s adds up to %d epochs, more than trainer.epochs=%d: the last prioritized "
-                       "modalities never train", tau, sum(tau), epochs)
-    elif sum(tau) == epochs and config.smp.schedule == "ranked" and config.smp.modulator == "complete":
-        logger.warning("warning: smp.tau %s fills all %d epochs: no epoch trains the modalities jointly", tau, epochs)
+    if sum(tau) >= config.trainer.epochs:
+        logger.warning("warning: smp.tau %s adds up to %d epochs, at least trainer.epochs=%d: no epoch trains the "
+                       "modalities jointly", tau, sum(tau), config.trainer.epochs)
 
 
 def warn_unused_smp_settings(config: ExperimentConfig, smp_enabled: bool) -> None:

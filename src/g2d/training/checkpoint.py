@@ -2,8 +2,9 @@
 
 Each epoch's checkpoint is a folder ``<run>/.checkpoints/epoch-NNNNNN/`` holding
 ``last.safetensors`` (weights), ``best.safetensors`` (the best validation epoch's weights,
-a hard link to the previous checkpoint's when the best did not change) and ``last_state.pt``
-(loop state, optimizer, scheduler, method state, RNG states, config). Every file is fsynced,
+a hard link to the previous checkpoint's when the best did not change), ``last_state.pt``
+(loop state, optimizer, scheduler, method state, RNG states, config) and ``sha256.json`` (the
+sha256 of each of those three, checked by ``verify`` before a resume reads them). Every file is fsynced,
 then the commit is a single atomic ``rename`` of a fresh symlink over ``<run>/checkpoints``.
 Readers only follow that link, so a folder that was being written when a crash hit is never
 read; the next save (or the next claim of the run folder) deletes it.
@@ -12,6 +13,7 @@ read; the next save (or the next claim of the run folder) deletes it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -25,11 +27,13 @@ from safetensors.torch import save_file
 from g2d import faults
 from g2d.config import ExperimentConfig, check_new_keys, flatten, is_tracking_key, same_dataset_root, to_dict
 from g2d.errors import G2DError
+from g2d.io import check_sha256, file_sha256
 
 STORE = ".checkpoints"
 LINK = "checkpoints"
 STATE = "last_state.pt"
 LEGACY = "legacy"
+HASHES = "sha256.json"
 
 
 def committed(run_dir: Path) -> Path | None:
@@ -101,6 +105,7 @@ def save(run_dir: Path, epoch: int, weights: dict[str, torch.Tensor], best_chang
         torch.save(payload, target / STATE)
         faults.point("checkpoint.after_state", target / STATE)
         fsync_file(target / STATE)
+        write_hashes(target, previous if not best_changed else None)
         fsync_dir(target)
         fsync_dir(store)
         pointer = run_dir / (LINK + ".new")
@@ -117,6 +122,35 @@ def save(run_dir: Path, epoch: int, weights: dict[str, torch.Tensor], best_chang
     faults.point("checkpoint.after_commit")
     clean(run_dir)
     return target
+
+
+def write_hashes(folder: Path, best_from: Path | None) -> None:
+    """``sha256.json``: the sha256 of each file of the checkpoint ``folder``. Best weights linked from the
+    previous checkpoint ``best_from`` keep the hash recorded there (they are the same bytes), so an epoch
+    hashes only what it wrote."""
+    hashes = {name: file_sha256(folder / name) for name in ("last.safetensors", STATE)}
+    if (folder / "best.safetensors").is_file():
+        previous = recorded_hashes(best_from).get("best.safetensors") if best_from is not None else None
+        hashes["best.safetensors"] = previous or file_sha256(folder / "best.safetensors")
+    (folder / HASHES).write_text(json.dumps(hashes, indent=2, sort_keys=True) + "\n")
+    fsync_file(folder / HASHES)
+
+
+def recorded_hashes(folder: Path) -> dict[str, str]:
+    """The hashes a checkpoint folder recorded; empty for one written before they were (checked by nothing)."""
+    try:
+        return json.loads((folder / HASHES).read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise G2DError(f"{folder / HASHES}: not valid JSON ({exc})") from exc
+
+
+def verify(folder: Path) -> None:
+    """Refuse a checkpoint whose files are not the bytes it recorded, naming the file (``g2d.io.check_sha256``)."""
+    recorded = recorded_hashes(folder)
+    for name in sorted(recorded, key=lambda name: (name != "last.safetensors", name)):  # the resumed weights first
+        check_sha256(folder / name, recorded[name])
 
 
 def link_or_copy(source: Path, destination: Path) -> None:

@@ -328,7 +328,8 @@ def resume(
     folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, config: ExperimentConfig, method: Method
 ) -> dict:
     """Restore the loop from the committed checkpoint ``folder``; the config must match the interrupted run's
-    (``checkpoint.check_resume`` says which differences are allowed)."""
+    (``checkpoint.check_resume`` says which differences are allowed) and its files the bytes it recorded."""
+    checkpoint.verify(folder)
     payload = checkpoint.read_state(folder)
     checkpoint.check_resume(json.loads(payload["config"]), config, folder / checkpoint.STATE)
     processes = payload.get("processes", 1)

@@ -23,13 +23,14 @@ import torch
 from g2d.config import EncoderConfig, ExperimentConfig, ModelConfig, SMPConfig
 from g2d.data.base import ModalitySpec, MultimodalData, mask_key
 from g2d.errors import G2DError
-from g2d.io import load_weights, save_weights, write_json
+from g2d.io import file_sha256, load_weights, save_weights, write_json
 from g2d.locks import folder_lock
 from g2d.models.multimodal import MultimodalModel
 from g2d.models.pretrained import pretrained_fingerprint
 from g2d.training import distributed
 
 FORMAT = "g2d-teacher/1"
+WEIGHTS = "teacher.safetensors"
 
 
 def teacher_dir(config: ExperimentConfig, modality: str) -> Path:
@@ -115,7 +116,7 @@ def load_teacher(config: ExperimentConfig, data: MultimodalData, modality: str) 
         raise G2DError(f"{meta_path}: not valid JSON ({exc})") from exc
     check_metadata(meta_path, metadata, expected_metadata(config, data, modality))
     model = MultimodalModel({modality: data.modalities[modality]}, teacher_model_config(config, modality), output_size(data))
-    load_weights(folder / "teacher.safetensors", model)
+    load_weights(folder / WEIGHTS, model, recorded_sha256(metadata))
     return model, metadata
 
 
@@ -191,9 +192,17 @@ def teacher_run_config(config: ExperimentConfig, modality: str) -> ExperimentCon
 
 
 def save_teacher(model: MultimodalModel, folder: Path, metadata: dict) -> None:
-    """Weights first, metadata last: a teacher without ``teacher.json`` counts as missing."""
-    save_weights(folder / "teacher.safetensors", model, metadata={"format": FORMAT})
-    write_json(folder / "teacher.json", metadata)
+    """Weights first, metadata last: a teacher without ``teacher.json`` counts as missing. The metadata
+    records the weights' sha256, so a loader refuses a weights file changed since (``recorded_sha256``)."""
+    save_weights(folder / WEIGHTS, model, metadata={"format": FORMAT})
+    write_json(folder / "teacher.json", {**metadata, "sha256": {WEIGHTS: file_sha256(folder / WEIGHTS)}})
+
+
+def recorded_sha256(metadata: dict) -> str | None:
+    """The weights' sha256 a teacher folder recorded; None for folders written before hashes were recorded,
+    which load unchecked (docs/reliability.md)."""
+    recorded = metadata.get("sha256")
+    return recorded.get(WEIGHTS) if isinstance(recorded, dict) else None
 
 
 def teacher_summary(teachers: dict[str, tuple[MultimodalModel, dict]]) -> dict[str, dict]:
@@ -342,10 +351,10 @@ def load_teacher_folder(folder: str | Path, module: torch.nn.Module | None = Non
             raise G2DError(f"load_teacher(module=...): {folder} holds the weights of your {metadata['module']} "
                            "(saved by g2d.train_teacher); pass a new one: load_teacher(folder, module=..., outputs=...)")
         model = cli_teacher_model(meta_path, metadata)
-        load_weights(folder / "teacher.safetensors", model)
+        load_weights(folder / WEIGHTS, model, recorded_sha256(metadata))
         module = OneModality(model, metadata["modality"])
     else:
-        load_weights(folder / "teacher.safetensors", module)
+        load_weights(folder / WEIGHTS, module, recorded_sha256(metadata))
     return Teacher(module, outputs, metadata)
 
 
