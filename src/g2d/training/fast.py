@@ -64,8 +64,9 @@ UNVERIFIED_NOTE = (
 # records a passing check sets this to True: auto then runs the fast path on the CPU, in bf16 where native.
 FAST_PATH_VERIFIED_ON_CPU = False
 CPU_OPT_IN_NOTE = (
-    "this CPU computes bf16 natively ({features}): trainer.fast=true trainer.precision=bf16 runs training steps "
-    "about 1.9x faster; not the default until its check shows it changes no result (docs/results/bf16_check.md)"
+    "this CPU computes bf16 natively ({features}): opt in to bf16 training with trainer.fast=true "
+    "trainer.precision=bf16 (its speed varies by CPU and model: docs/performance.md); not the default until its "
+    "check shows it changes no result (docs/results/bf16_check.md)"
 )
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
 NATIVE_BF16_FEATURES = ("avx512_bf16", "amx_bf16")
