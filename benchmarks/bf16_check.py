@@ -192,6 +192,7 @@ def render(rows: list[dict]) -> str:
     if shifts or verdict_changes:
         lines.append("**bf16 shifts a result; fp32 stays the CPU default.**")
         lines += [f"- shift: {s}" for s in shifts] + [f"- verdict changed: {v}" for v in verdict_changes]
+        lines += [f"- also, interval wider than ±2 points: {w}" for w in wide] + [f"- also, too few seeds: {f}" for f in few]
     elif wide or few:
         lines.append("**Inconclusive: no shift detected, but the rule's other conditions are not met; fp32 stays the CPU default.**")
         lines += [f"- interval wider than ±2 points: {w}" for w in wide] + [f"- too few seeds: {f}" for f in few]
