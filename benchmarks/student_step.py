@@ -16,16 +16,23 @@ On a GPU it then checks the CUDA graph capture: the same steps, across an SMP ph
     python benchmarks/student_step.py --steps 100 --warmup 10  # longer timing
     python benchmarks/student_step.py --shapes avmnist --modalities 2 --batch-sizes 16 --profile  # + top operators
     python benchmarks/student_step.py --profile-only           # only the top operators, per shape, batch 16
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/student_step.py --shapes avmnist --modalities 2 --batch-sizes 16 \
+        --paths reference fast-fp32 fast-bf16 fast-bf16-channels-last --repeats 3   # the CPU's paths, issue 35
+
+On the CPU, set ``OMP_WAIT_POLICY=PASSIVE`` as ``import g2d`` does (this script imports torch
+first): with OpenMP's default spinning, a loaded machine collapses multi-threaded steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import platform
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -34,6 +41,7 @@ from g2d.core.smp import Modulator
 from g2d.data.base import Batches, ModalitySpec, MultimodalData
 from g2d.methods import build_method
 from g2d.models.multimodal import MultimodalModel
+from g2d.training import engine, fast
 from g2d.training.engine import TeacherEnsemble, prepare_training
 from g2d.training.teachers import teacher_model_config
 
@@ -46,6 +54,37 @@ EPOCHS = 300  # SMP's default window is the first half, so epoch 0 is modulated
 # Graph check: bf16 runs of the same kernels; cuDNN may autotune to other algorithms in the
 # two runs, so they agree to bf16 rounding compounded over the steps, not bit for bit.
 CHECK_RTOL = 5e-2
+
+
+CHANNELS_LAST = "channels_last"  # a benchmark-only switch: the fast path's CUDA conv layout, on any device
+PATHS = {
+    "reference": ["trainer.reference=true"],
+    "fast": ["trainer.fast=true"],
+    "fast-fp32": ["trainer.fast=true", "trainer.precision=fp32"],
+    "fast-bf16": ["trainer.fast=true", "trainer.precision=bf16"],
+    "fast-bf16-channels-last": ["trainer.fast=true", "trainer.precision=bf16", CHANNELS_LAST],
+    "fast-fp32-channels-last": ["trainer.fast=true", "trainer.precision=fp32", CHANNELS_LAST],
+}
+
+
+@contextlib.contextmanager
+def channels_last_plan(on: bool) -> Iterator[None]:
+    """While building, plans switch on channels_last weights and image inputs (CUDA does it already)."""
+    if not on:
+        yield
+        return
+    original = fast.plan_training
+
+    def planned(*args, **kwargs):
+        plan = original(*args, **kwargs)
+        plan.channels_last = True
+        return plan
+
+    engine.plan_training = planned
+    try:
+        yield
+    finally:
+        engine.plan_training = original
 
 
 @dataclass
@@ -109,7 +148,9 @@ def measure(data: MultimodalData, setting: Setting, overrides: list[str], width:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    model, path, _ = build(data, width, setting.batch, overrides)
+    layout = CHANNELS_LAST in overrides
+    with channels_last_plan(layout):
+        model, path, _ = build(data, width, setting.batch, [o for o in overrides if o != CHANNELS_LAST])
     synchronize()
     setup = time.perf_counter() - started
     sums: dict[str, torch.Tensor] = {}
@@ -181,7 +222,10 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64, help="ResNet-18 width (64 is the paper's)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 8 on GPU, 1 on CPU)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 50 on GPU, 2 on CPU)")
-    parser.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=["reference", "fast"])
+    parser.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=list(PATHS),
+                        help="fast = the fast path at --precision; the others fix their precision (CPU "
+                             "channels_last: the conv layout CUDA runs use, tried on the CPU)")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats per setting; the median is kept")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="the fast path's")
     parser.add_argument("--no-check", action="store_true", help="skip the CUDA graph check")
     parser.add_argument("--profile-only", action="store_true", help="no throughput grid: only the --profile tables")
@@ -195,8 +239,8 @@ def main() -> None:
     device = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {device}; torch {torch.__version__}; python {platform.python_version()}; ResNet-18 width "
           f"{args.width}; G²D + ranked SMP (first phase); {warmup} warm-up + {steps} timed steps", flush=True)
-    overrides = {"reference": ["trainer.reference=true"],
-                 "fast": ["trainer.fast=true", f"trainer.precision={args.precision}"]}
+    overrides = {path: [*extra, f"trainer.precision={args.precision}"] if path == "fast" else extra
+                 for path, extra in PATHS.items()}
     profile_batch = 16 if 16 in args.batch_sizes else min(args.batch_sizes)
     if args.profile_only:
         args.batch_sizes, args.no_check, args.profile = [], True, True
@@ -208,11 +252,16 @@ def main() -> None:
             for k in args.modalities:
                 setting = Setting(shape, k, batch)
                 data = synthetic_data(shape, k, batch * (warmup + steps))
-                found = {p: measure(data, setting, overrides[p], args.width, warmup, steps) for p in args.paths}
+                runs = {p: [] for p in args.paths}
+                for _ in range(args.repeats):  # interleaved, so the machine's load drifts across every path
+                    for p in args.paths:
+                        runs[p].append(measure(data, setting, overrides[p], args.width, warmup, steps))
+                found = {p: sorted(r, key=lambda x: x["samples_per_s"])[len(r) // 2] for p, r in runs.items()}
                 records.append({"shape": shape, "k": k, "batch": batch, **found})
                 cells = [f"{found[p]['samples_per_s']:.1f}" for p in args.paths]
-                if len(found) == 2:
-                    cells.append(f"{found['fast']['samples_per_s'] / found['reference']['samples_per_s']:.2f}x")
+                if "reference" in found:
+                    cells += [f"{found[p]['samples_per_s'] / found['reference']['samples_per_s']:.2f}x"
+                              for p in args.paths if p != "reference"]
                 cells += [f"{found[p]['setup_s']:.1f}" for p in args.paths]
                 if cuda:
                     cells += [f"{found[p]['peak_gib']:.2f}" for p in args.paths]
@@ -223,15 +272,17 @@ def main() -> None:
                     with open(args.json, "w") as handle:
                         json.dump({"device": device, "torch": torch.__version__, "width": args.width,
                                    "warmup": warmup, "steps": steps, "results": records}, handle, indent=2)
-    header = [f"{p} samples/s" for p in args.paths] + (["speed-up"] if len(args.paths) == 2 else [])
+    header = [f"{p} samples/s" for p in args.paths]
+    header += [f"{p} / reference" for p in args.paths if p != "reference"] if "reference" in args.paths else []
     header += [f"{p} setup s" for p in args.paths] + ([f"{p} peak GiB" for p in args.paths] if cuda else [])
     if rows:
         print()
         print("| shapes | k | batch | " + " | ".join(header) + " |")
         print("|" + " --- |" * (3 + len(header)))
         print("\n".join(rows))
-    if records and "fast" in args.paths:
-        print(f"\nfast path: {json.dumps(records[0]['fast']['path'])}")
+    for p in args.paths if records else []:
+        if p != "reference":
+            print(f"\n{p}: {json.dumps(records[0][p]['path'])}")
     if cuda and not args.no_check:
         print(check_graph(args.width))
     if args.profile:

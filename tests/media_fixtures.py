@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from g2d.data.cremad import EMOTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("G2D_DATA_ROOT", ROOT.parent / "shared" / "data"))
@@ -57,3 +60,38 @@ def write_video(path: Path, seconds: float, codec: str = "flv", size: tuple[int,
 def copy_wav(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
+
+
+CORRUPT = "1004_DFA_HAP_XX"
+NO_AUDIO = "1005_DFA_SAD_XX"
+LFS = "1006_DFA_FEA_XX"
+LONG, SHORT = 2.5, 1.5
+
+
+def clip(actor: int, emotion: str) -> str:
+    return f"{actor}_DFA_{emotion}_XX"
+
+
+def write_cremad_raw(root: Path) -> Path:
+    """A tiny CREMA-D in the real layout under ``root``: AudioWAV/ + VideoFlash/ + split lists, 13 train rows
+    (one corrupt video), 8 test rows (one without audio, one whose wav is a git-lfs pointer, as a clone
+    without ``git lfs pull`` leaves it). Clips of the emotions NEU, SAD, DIS last 2.5 s, the others 1.5 s.
+
+    Shared by tests/test_cremad.py and benchmarks/prepare_hang.py.
+    """
+    (root / "VideoFlash").mkdir(parents=True)
+    train = [clip(actor, emotion) for actor in (1001, 1002) for emotion in EMOTIONS] + [CORRUPT]
+    test = [clip(1003, emotion) for emotion in EMOTIONS] + [NO_AUDIO, LFS]
+    for name, wav in zip(train + test, fsdd_recordings(len(train) + len(test))):
+        if name != NO_AUDIO:
+            copy_wav(wav, root / "AudioWAV" / f"{name}.wav")
+        if name == LFS:
+            (root / "AudioWAV" / f"{name}.wav").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n")
+        if name == CORRUPT:
+            (root / "VideoFlash" / f"{name}.flv").write_bytes(b"FLV\x01 this is not a video" * 20)
+        else:
+            write_video(root / "VideoFlash" / f"{name}.flv", seconds=LONG if name.split("_")[2] in EMOTIONS[::2] else SHORT)
+    for split, names in (("train", train), ("test", test)):
+        with (root / f"{split}.csv").open("w", newline="") as handle:
+            csv.writer(handle).writerows([name, name.split("_")[2]] for name in names)
+    return root

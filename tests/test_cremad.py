@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from media_fixtures import GRAY_STEP, ROOT, copy_wav, fsdd_recordings, write_video
+from media_fixtures import CORRUPT, GRAY_STEP, LFS, NO_AUDIO, ROOT, clip, write_cremad_raw
 
 from g2d.cli import main
 from g2d.config import load_config
@@ -21,40 +21,9 @@ from g2d.errors import G2DError
 pytest.importorskip("av")
 
 SETTINGS = {"fps": 1.0, "frames": 2, "size": 32, "progress": False}
-CORRUPT = "1004_DFA_HAP_XX"
-NO_AUDIO = "1005_DFA_SAD_XX"
-LFS = "1006_DFA_FEA_XX"
-LONG, SHORT = 2.5, 1.5
-
-
-def clip(actor: int, emotion: str) -> str:
-    return f"{actor}_DFA_{emotion}_XX"
-
-
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """AudioWAV/ + VideoFlash/ + split lists: 13 train rows (one corrupt video), 8 test rows (one without audio,
-    one whose wav is a git-lfs pointer, as a clone without ``git lfs pull`` leaves it).
-
-    Clips of the emotions NEU, SAD, DIS last 2.5 s, the others 1.5 s.
-    """
-    root = tmp_path_factory.mktemp("cremad") / "CREMA-D"
-    (root / "VideoFlash").mkdir(parents=True)
-    train = [clip(actor, emotion) for actor in (1001, 1002) for emotion in EMOTIONS] + [CORRUPT]
-    test = [clip(1003, emotion) for emotion in EMOTIONS] + [NO_AUDIO, LFS]
-    for name, wav in zip(train + test, fsdd_recordings(len(train) + len(test))):
-        if name != NO_AUDIO:
-            copy_wav(wav, root / "AudioWAV" / f"{name}.wav")
-        if name == LFS:
-            (root / "AudioWAV" / f"{name}.wav").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n")
-        if name == CORRUPT:
-            (root / "VideoFlash" / f"{name}.flv").write_bytes(b"FLV\x01 this is not a video" * 20)
-        else:
-            write_video(root / "VideoFlash" / f"{name}.flv", seconds=LONG if name.split("_")[2] in EMOTIONS[::2] else SHORT)
-    for split, names in (("train", train), ("test", test)):
-        with (root / f"{split}.csv").open("w", newline="") as handle:
-            csv.writer(handle).writerows([name, name.split("_")[2]] for name in names)
-    return root
+    return write_cremad_raw(tmp_path_factory.mktemp("cremad") / "CREMA-D")
 
 
 @pytest.fixture(scope="module")

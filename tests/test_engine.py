@@ -86,3 +86,25 @@ def test_teacher_fingerprint_sees_sequence_masks_and_samples_large_splits(monkey
     assert teachers.data_fingerprint(big, "seq") == before
     big.splits["train"]["seq"][3] += 1.0
     assert teachers.data_fingerprint(big, "seq") != before
+
+
+def test_a_run_records_its_thread_count_and_trainer_threads_overrides_auto(tmp_path, monkeypatch):
+    """auto takes the process's cores (or a sweep worker's share); an integer wins; a bad value is refused before anything is written."""
+    from g2d.training import threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(threads, "available_cores", lambda: 3)
+        auto = run(config_for(tmp_path, "auto", "method.name=joint", "smp.enabled=false", "trainer.epochs=1"))
+        assert auto["environment"]["threads"] == 3 and torch.get_num_threads() == 3
+        monkeypatch.setattr(threads, "_budget", 2)  # what a sweep worker's set_budget leaves
+        assert threads.choose_threads("auto") == 2
+        one = run(config_for(tmp_path, "one", "method.name=joint", "smp.enabled=false", "trainer.epochs=1",
+                             "trainer.threads=1"))
+        assert one["environment"]["threads"] == 1 and torch.get_num_threads() == 1
+        for bad in ("0", "many", "-2"):
+            with pytest.raises(G2DError, match="trainer.threads"):
+                run(config_for(tmp_path, "bad", "trainer.threads=" + bad))
+        assert not (tmp_path / "bad").exists()
+    finally:
+        torch.set_num_threads(before)

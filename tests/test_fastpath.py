@@ -232,6 +232,47 @@ def test_fast_auto_is_the_reference_path_on_cuda_until_the_gpu_check_passed(monk
     assert plan_training(tiny_config("trainer.fast=True"), CPU, method, data, None).optimizer_options() == {"foreach": True}
 
 
+def test_cpu_precision_auto_is_bf16_only_where_native_and_only_once_verified(monkeypatch, caplog):
+    """Issue 35: auto keeps today's CPU default (reference, fp32) until bf16's check passes, with one line
+    saying how to opt in where the CPU has native bf16; then auto is the fast path, bf16 only where native."""
+    import g2d.training.fast as fast
+
+    data, method = tiny_data(), G2D(G2D.Params(), "classification", ["img", "vec"])
+    native = {"avx512_bf16": True, "amx_bf16": False}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(native))
+    assert fast.cpu_bf16_features() == ["avx512_bf16"]
+    assert fast.FAST_PATH_VERIFIED_ON_CPU is False
+    plan = plan_training(tiny_config(), CPU, method, data, None)
+    assert not plan.fast and plan.dtype is None and plan.notes == []
+    assert plan.hint is not None and "avx512_bf16" in plan.hint and "trainer.fast=true trainer.precision=bf16" in plan.hint
+    opted = plan_training(tiny_config("trainer.fast=true"), CPU, method, data, None)
+    assert opted.fast and opted.dtype is None  # precision auto: still fp32 until verified
+    monkeypatch.setattr(fast, "FAST_PATH_VERIFIED_ON_CPU", True)
+    plan = plan_training(tiny_config(), CPU, method, data, None)
+    assert plan.fast and plan.dtype == torch.bfloat16 and plan.hint is None and not plan.channels_last
+    assert plan_training(tiny_config("trainer.precision=fp32"), CPU, method, data, None).dtype is None
+    native["avx512_bf16"] = False  # a CPU that would emulate bf16: fp32, and asked-for bf16 is named as emulated
+    assert fast.cpu_bf16_features() == []
+    assert plan_training(tiny_config(), CPU, method, data, None).dtype is None
+    asked = plan_training(tiny_config("trainer.precision=bf16"), CPU, method, data, None)
+    assert asked.dtype == torch.bfloat16 and "no native bf16" in asked.notes[0]
+    monkeypatch.setattr(fast, "FAST_PATH_VERIFIED_ON_CPU", False)
+    assert plan_training(tiny_config(), CPU, method, data, None).hint is None
+
+
+def test_the_opt_in_hint_is_logged_once_per_process(monkeypatch, caplog):
+    import g2d.training.fast as fast
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    monkeypatch.setattr(fast, "HINTS_SAID", set())
+    data = tiny_data()
+    with caplog.at_level(logging.WARNING, logger="g2d.fast"):
+        for _ in range(2):
+            _, path, _, _ = prepared(data)
+            path.log()
+    assert caplog.text.count("computes bf16 natively (amx_bf16)") == 1
+
+
 def test_capture_is_opt_in(monkeypatch):
     """Only methods that declare their step capturable are captured; a new method is not by default."""
     class Plain(Method):

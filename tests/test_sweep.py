@@ -13,6 +13,7 @@ from g2d.cli import main
 from g2d.config import load_config
 from g2d.errors import G2DError
 from g2d.runs.sweep import Point, grid_points, run_sweep
+from g2d.training.threads import available_cores
 
 CONFIG = ROOT / "configs" / "mfeat.yaml"
 QUICK = [*TINY, "trainer.epochs=1"]
@@ -101,3 +102,6 @@ def test_two_workers_give_the_runs_one_worker_gives(tmp_path, capsys):
     for modality in ("pix", "mor"):
         assert two["teachers"][modality]["accuracy"] == pytest.approx(one["teachers"][modality]["accuracy"], abs=0.01)
     assert two["test"]["multimodal"]["accuracy"] == pytest.approx(one["test"]["multimodal"]["accuracy"], abs=0.01)
+    # One thread budget for the whole sweep: two workers each take half the cores, one worker all of them.
+    assert two["environment"]["threads"] == max(1, available_cores() // 2)
+    assert one["environment"]["threads"] == available_cores()

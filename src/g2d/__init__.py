@@ -7,9 +7,16 @@ and ``import g2d.errors`` does not pull in torch.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# OpenMP threads that finish early sleep rather than spin (the default spins), so a run beside
+# other busy processes does not collapse: a spinning thread takes the core its lagging partner
+# needs (measured 10-50x slower steps with 2 threads beside load, docs/performance.md). Read by
+# OpenMP when torch loads, so it applies when g2d is imported first; a value already set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Public name -> (module, attribute in that module).
 _EXPORTS: dict[str, tuple[str, str]] = {

@@ -15,7 +15,7 @@ from g2d.folders import building, check_target
 from g2d.results.tables import OPTIMISTIC_MARK, OPTIMISTIC_NOTE, cell, is_optimistic, main_metric, method_label
 
 IGNORED_CONFIG_KEYS = ("seed", "out", "teachers.root", "dataset.root", "trainer.progress", "trainer.resume",
-                       "trainer.device")
+                       "trainer.device", "trainer.threads")
 
 
 @dataclass

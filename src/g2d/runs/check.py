@@ -25,11 +25,13 @@ from g2d.models.fusion import FUSIONS
 from g2d.training.distributed import check_data_parallel
 from g2d.training.engine import OPTIMIZERS
 from g2d.training.tracking import check_loggers, check_wandb_mode
+from g2d.training.threads import choose_threads
 
 
 def preflight(config: ExperimentConfig) -> None:
     """Refuse, with one line naming the config key, what the records say cannot run (see the module doc)."""
     check_ranges(config)
+    choose_threads(config.trainer.threads)
     dataset = DATASETS.lookup(config.dataset.name)
     dataset_options(config.dataset)
     FUSIONS.lookup(config.model.fusion)

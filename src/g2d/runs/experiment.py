@@ -38,6 +38,7 @@ from g2d.training.engine import (
 from g2d.training.epochs import record_epochs
 from g2d.training.evaluate import evaluate
 from g2d.training.tracking import Tracking, mlflow_uri, read_ids
+from g2d.training.threads import use_threads
 from g2d.training.teachers import (
     as_modules,
     ensure_teachers,
@@ -65,6 +66,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
         raise G2DError(f"run(data=...): must be the MultimodalData of g2d.load_dataset(config.dataset), or None, got "
                        f"{type(data).__name__}")
     check.preflight(config)
+    use_threads(config.trainer.threads)
     device = distributed.setup(select_device(config.trainer.device))
     # Encoder settings are checked against every modality the dataset has, selected or not, so one
     # config can hold them all while dataset.modalities picks a subset.
@@ -196,7 +198,8 @@ def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of:
         "smp": smp_report,
         "method_params": asdict(method.params),
         "environment": {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-                        "training_path": result.path, "processes": distributed.world_size()},
+                        "training_path": result.path, "processes": distributed.world_size(),
+                        "threads": torch.get_num_threads()},
     }
     if distributed.is_main():
         write_json(run_dir / "history.json", result.history)

@@ -67,6 +67,7 @@ from g2d.results.tables import mean_std, summary_metrics
 from g2d.runs.check import check_data, preflight, smp_enabled
 from g2d.runs.experiment import run
 from g2d.training.teachers import ensure_teachers, teacher_summary
+from g2d.training.threads import available_cores, set_budget
 from g2d.training.tracking import finish_sweep, start_sweep
 
 # Keys that do not change a run's result (resume is how a sweep continues).
@@ -282,6 +283,7 @@ def start_worker(threads: int, parent: int) -> None:
     death with the sweep that started it, which ``kill -9`` would otherwise leave training and holding
     run folders' locks."""
     torch.set_num_threads(threads)
+    set_budget(threads)  # trainer.threads=auto stays within it
     if sys.platform.startswith("linux"):
         # The kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG).
         libc = ctypes.CDLL(None, use_errno=True)
@@ -308,7 +310,7 @@ def execute(tasks: list[tuple[Callable, Path | None, list[str]]], workers: int,
         for index, (function, config_path, overrides) in enumerate(tasks):
             done(index, function(config_path, overrides))
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, available_cores() // workers)
     context = multiprocessing.get_context("spawn")  # a forked torch process may deadlock in its thread pools
     with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker,
                              initargs=(threads, os.getpid())) as pool:

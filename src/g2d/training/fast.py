@@ -58,7 +58,18 @@ UNVERIFIED_NOTE = (
     "teacher cache) has not yet passed its check on a real GPU (docs/results/gpu.md); "
     "opt in with trainer.fast=true"
 )
+# Whether bf16 on the CPU has passed the training-level check (docs/results/bf16_check.md). Until it
+# has, ``trainer.fast=auto`` keeps CPU runs on the reference path and ``trainer.precision=auto`` means
+# fp32 there; a CPU that computes bf16 natively gets one line saying how to opt in. The commit that
+# records a passing check sets this to True: auto then runs the fast path on the CPU, in bf16 where native.
+FAST_PATH_VERIFIED_ON_CPU = False
+CPU_OPT_IN_NOTE = (
+    "this CPU computes bf16 natively ({features}): opt in to bf16 training with trainer.fast=true "
+    "trainer.precision=bf16 (its speed varies by CPU and model: docs/performance.md); not the default until its "
+    "check shows it changes no result (docs/results/bf16_check.md)"
+)
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
+NATIVE_BF16_FEATURES = ("avx512_bf16", "amx_bf16")
 # Shares of the GPU's free memory that the resident training split and the teacher cache may
 # take; the rest is left to activations, which a captured step keeps in its own pool.
 DATA_SHARE = 0.4
@@ -70,7 +81,8 @@ WARMUP_STEPS = 3
 
 @dataclass
 class TrainingPlan:
-    """What a run's training path switches on; ``notes`` say why anything asked for is off."""
+    """What a run's training path switches on; ``notes`` say why anything asked for is off, ``hint``
+    how to opt in to a faster path that ``auto`` does not choose yet (logged once per process)."""
 
     fast: bool
     device: torch.device
@@ -82,6 +94,7 @@ class TrainingPlan:
     augment_seed: int | None = None
     loader_workers: int = 0
     notes: list[str] = field(default_factory=list)
+    hint: str | None = None
 
     def optimizer_options(self) -> dict[str, Any]:
         """Keyword arguments for the optimizer: fused kernels on CUDA, foreach on the CPU.
@@ -103,6 +116,23 @@ def choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
     return text
 
 
+def cpu_bf16_features() -> list[str]:
+    """The CPU's native bf16 instruction sets (AVX512-BF16, AMX-BF16); empty when bf16 would be emulated (slower than fp32).
+
+    Read from PyTorch's cpuinfo (``torch.cpu.get_capabilities``), which also knows the OS
+    enables AMX's tile state, and from ``/proc/cpuinfo``'s flags where that API is missing.
+    """
+    get = getattr(torch.cpu, "get_capabilities", None)
+    if get is not None:
+        capabilities = get()
+        return [f for f in NATIVE_BF16_FEATURES if capabilities.get(f)]
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return []
+    return [f for f in NATIVE_BF16_FEATURES if f in flags]
+
+
 def plan_training(
     config: ExperimentConfig, device: torch.device, method: Method, data: MultimodalData, teachers: Any
 ) -> TrainingPlan:
@@ -117,16 +147,23 @@ def plan_training(
             plan.notes.append("trainer.reference=true overrides trainer.fast=true: fp32, eager, no caches")
         return plan
     cuda = device.type == "cuda"
-    if mode == "false" or (mode == "auto" and not cuda):
+    native = [] if cuda else cpu_bf16_features()
+    if mode == "false":
         return TrainingPlan(fast=False, device=device, augment_seed=augment_seed)
-    if mode == "auto" and not FAST_PATH_VERIFIED_ON_GPU:
-        return TrainingPlan(fast=False, device=device, augment_seed=augment_seed, notes=[UNVERIFIED_NOTE])
+    if mode == "auto" and not (FAST_PATH_VERIFIED_ON_GPU if cuda else FAST_PATH_VERIFIED_ON_CPU):
+        if cuda:
+            return TrainingPlan(fast=False, device=device, augment_seed=augment_seed, notes=[UNVERIFIED_NOTE])
+        hint = CPU_OPT_IN_NOTE.format(features=", ".join(native)) if native else None
+        return TrainingPlan(fast=False, device=device, augment_seed=augment_seed, hint=hint)
     plan = TrainingPlan(fast=True, device=device, channels_last=cuda, fused_optimizer=cuda, augment_seed=augment_seed)
     if precision == "auto":
-        precision = "bf16" if cuda else "fp32"
+        precision = "bf16" if cuda or (native and FAST_PATH_VERIFIED_ON_CPU) else "fp32"
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         plan.notes.append("this GPU has no bf16 support; the step runs in fp32")
         precision = "fp32"
+    if precision == "bf16" and not cuda and not native:
+        plan.notes.append("this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 is emulated, likely slower than "
+                          "trainer.precision=fp32")
     plan.dtype = PRECISIONS[precision]
     if trainer.cuda_graph and cuda:
         if method.capturable:
@@ -460,3 +497,9 @@ class TrainingPath:
             log.info("training path: fast (%s)", ", ".join(f"{k}={v}" for k, v in summary.items() if k not in ("path", "notes")))
         for note in self.plan.notes:
             log.warning("fast path: %s", note)
+        if self.plan.hint is not None and self.plan.hint not in HINTS_SAID:
+            HINTS_SAID.add(self.plan.hint)
+            log.warning("%s", self.plan.hint)
+
+
+HINTS_SAID: set[str] = set()  # each opt-in hint once per process: a demo or sweep runs many runs
