@@ -152,3 +152,14 @@ def test_conv_grad_on_an_encoder_without_conv_weights_is_an_error_naming_the_key
     with pytest.raises(G2DError, match="smp.suppression: .*'tab'"):
         Modulator(SMPConfig(suppression="conv_grad"), encoders, epochs=4)
     assert Modulator(SMPConfig(suppression="freeze"), encoders, epochs=4).targets[0]
+
+
+def test_default_tau_leaves_the_last_modality_an_epoch_on_short_schedules() -> None:
+    """Half of training split evenly, one epoch each at least, unless that would fill the run (then refused):
+    four modalities over two epochs get no phase rather than a default the preflight refuses."""
+    assert resolve_tau(None, 2, 60) == [30]
+    assert resolve_tau(None, 3, 3) == [1, 1]
+    assert resolve_tau(None, 2, 2) == [1]
+    assert resolve_tau(None, 3, 2) == [0, 0]
+    assert resolve_tau(None, 4, 3) == [0, 0, 0]
+    assert resolve_tau(None, 2, 1) == [0]

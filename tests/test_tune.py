@@ -284,7 +284,7 @@ def test_trials_are_mlflow_children_of_the_study(tmp_path, capsys):
 
 def test_trials_of_one_seed_share_their_teachers_as_in_a_sweep(tmp_path):
     out = tmp_path / "tune"
-    assert main(["tune", str(CONFIG), *TINY, "trainer.epochs=1", "smp.tau=[1]", "--space", "method.g2d.alpha=0.1:10:log",
+    assert main(["tune", str(CONFIG), *TINY, "trainer.epochs=1", "smp.tau=[0]", "--space", "method.g2d.alpha=0.1:10:log",
                  "--trials", "2", "--prune", "none", "--out", str(out)]) == 0
     roots = {load_config(p).teachers.root for p in out.glob("trials/*/seed0/config.yaml")}
     assert len(roots) == 1 and [p.name for p in (out / "teachers").iterdir()] == [Path(roots.pop()).name]

@@ -74,11 +74,14 @@ def check_tau_list(tau: Any, where: Callable[[str], str] = config_key) -> None:
 
 def resolve_tau(tau: list[int] | None, num_modalities: int, epochs: int,
                 where: Callable[[str], str] = config_key) -> list[int]:
-    """Epochs of each prioritized phase: ``k - 1`` entries; by default half of training, split evenly."""
+    """Epochs of each prioritized phase: ``k - 1`` entries; by default half of training, split evenly, at
+    least one epoch each while that leaves the last modality an epoch (else as many as leave it one)."""
     phases = num_modalities - 1
     check_tau_list(tau, where)
     if tau is None:
         share = max(1, epochs // (2 * phases)) if epochs > 1 else 0
+        if share * phases >= epochs:
+            share = max(0, epochs - 1) // phases
         return [share] * phases
     if len(tau) != phases:
         raise G2DError(

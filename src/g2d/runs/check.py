@@ -43,13 +43,13 @@ def preflight(config: ExperimentConfig) -> None:
     if dataset.task is not None:
         check_task(method, dataset.task)
     check_smp(config, method)
+    if config.dataset.modalities:
+        check_modality_count(config, method, config.dataset.modalities, "dataset.modalities")
     if smp_enabled(config, method):
         modalities = config.dataset.modalities
         check_smp_settings(config, len(modalities) if modalities else None)
     check_data_parallel(method, params)
     check_tracking(config)
-    if config.dataset.modalities:
-        check_modality_count(config, method, config.dataset.modalities, "dataset.modalities")
 
 
 def smp_enabled(config: ExperimentConfig, method: type[Method]) -> bool:
