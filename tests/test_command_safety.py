@@ -169,8 +169,8 @@ SETTINGS_REFUSED = [
     (["method.name=g2d", "smp.partial_alpha=-1"], "config key smp.partial_alpha: must be a finite number >= 0"),
     (["method.name=g2d", "trainer.epochs=3", "smp.tau=[3]"], "config key smp.tau: phases [3] take 3 epochs and training has 3"),
     (["method.name=umt", "smp.enabled=true", "trainer.epochs=1", "smp.tau=[10]"], "config key smp.tau: phases [10]"),
-    (["method.name=g2d", "dataset.modalities=[pix,fou,mor]", "trainer.epochs=2"],
-     "config key smp.tau: phases [1, 1] (smp.tau: null, the default) take 2 epochs and training has 2"),
+    (["method.name=g2d", "dataset.modalities=[pix,fou,mor]", "trainer.epochs=2", "smp.tau=[1,1]"],
+     "config key smp.tau: phases [1, 1] take 2 epochs and training has 2"),
 ]
 
 
