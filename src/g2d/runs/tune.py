@@ -52,7 +52,7 @@ from g2d.runs.experiment import run
 from g2d.runs.sweep import split_values, start_worker, teacher_key
 from g2d.training import tracking
 from g2d.training.evaluate import selection_score
-from g2d.training.tracking import check_loggers, finish_sweep, start_sweep
+from g2d.training.tracking import finish_sweep, start_sweep
 
 INSTALL = "pip install 'g2d[tune]'"
 PRUNERS = ("median", "hyperband", "none")
@@ -503,7 +503,6 @@ def tune(options: TuneOptions, log: Callable[[str], None] = print) -> dict[str, 
     if not options.seeds or len(set(options.seeds)) != len(options.seeds):
         raise G2DError("--seeds: give each seed once, at least one")
     base, _ = parse_space(options)
-    check_loggers(base)
     check_target(options.out, "tune", "--out", overwrite=False, reuse=True)
     if options.storage is not None or (options.out / "study.db").is_file():
         check_study(open_storage(options), options, study_record(options, base))
