@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import g2d.training.engine as engine
 from g2d.runs.experiment import run
@@ -73,3 +74,15 @@ def tiny_runs(tmp_path_factory):
         analyze_run(root / name)
         dirs[name] = root / name
     return dirs
+
+
+def two_encoders() -> nn.ModuleDict:
+    """Two small encoders, seeded: the SMP API tests' model."""
+    torch.manual_seed(0)
+    return nn.ModuleDict({"a": nn.Linear(3, 2), "b": nn.Linear(3, 2)})
+
+
+def backward(encoders: nn.ModuleDict, step: int) -> None:
+    """A backward pass through both encoders on a batch seeded by ``step``."""
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(step))
+    (encoders["a"](x).pow(2).sum() + encoders["b"](x).sin().sum()).backward()

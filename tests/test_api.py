@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import g2d
+from conftest import backward, two_encoders
 from g2d.cli import main as cli_main
 from g2d.config import SMPConfig
 from g2d.core.smp import Modulator
@@ -47,16 +48,6 @@ def test_g2d_loss_is_eq_1_to_4_by_hand() -> None:
 def test_confidence_is_eq_5_by_hand() -> None:
     logits = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])
     assert g2d.confidence(logits, torch.tensor([1, 0])).item() == pytest.approx((0.75 + 0.5) / 2)
-
-
-def two_encoders() -> nn.ModuleDict:
-    torch.manual_seed(0)
-    return nn.ModuleDict({"a": nn.Linear(3, 2), "b": nn.Linear(3, 2)})
-
-
-def backward(encoders: nn.ModuleDict, step: int) -> None:
-    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(step))
-    (encoders["a"](x).pow(2).sum() + encoders["b"](x).sin().sum()).backward()
 
 
 OPTIMIZERS = {

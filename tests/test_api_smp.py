@@ -13,19 +13,10 @@ import torch
 from torch import nn
 
 import g2d
+from conftest import backward, two_encoders
 from g2d.config import SMPConfig
 from g2d.core.smp import Modulator
 from g2d.errors import G2DError
-
-
-def two_encoders() -> nn.ModuleDict:
-    torch.manual_seed(0)
-    return nn.ModuleDict({"a": nn.Linear(3, 2), "b": nn.Linear(3, 2)})
-
-
-def backward(encoders: nn.ModuleDict, step: int) -> None:
-    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(step))
-    (encoders["a"](x).pow(2).sum() + encoders["b"](x).sin().sum()).backward()
 
 
 def grads(encoders: nn.ModuleDict) -> dict[str, torch.Tensor | None]:
