@@ -52,6 +52,7 @@ from g2d.runs.experiment import run
 from g2d.runs.sweep import split_values, start_worker, teacher_key
 from g2d.training import tracking
 from g2d.training.evaluate import selection_score
+from g2d.training.threads import available_cores
 from g2d.training.tracking import finish_sweep, start_sweep
 
 INSTALL = "pip install 'g2d[tune]'"
@@ -515,7 +516,7 @@ def tune(options: TuneOptions, log: Callable[[str], None] = print) -> dict[str, 
         work(options, 0, log)
     else:
         context = multiprocessing.get_context("spawn")
-        threads = max(1, (os.cpu_count() or 1) // options.workers)
+        threads = max(1, available_cores() // options.workers)
         with ProcessPoolExecutor(options.workers, mp_context=context, initializer=start_worker,
                                  initargs=(threads, os.getpid())) as pool:
             for future in [pool.submit(run_worker, options, index) for index in range(options.workers)]:
