@@ -25,8 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-from g2d.results.tables import paired_difference
 from g2d.runs.sweep import Point, run_sweep
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_tables import paired  # noqa: E402  (the paired t-interval the paper tables use)
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV_PATH = ROOT / "docs" / "results" / "bf16_check.csv"
@@ -105,7 +107,8 @@ def run_study(datasets: list[str], seeds: list[int], avdigits: Path | None, out:
 
 
 def interval(first: list[float], second: list[float]) -> tuple[float, float, float]:
-    return tuple(100 * v for v in paired_difference(first, second))  # type: ignore[return-value]
+    """Paired mean difference of ``first - second`` in points and its 95 % t-interval."""
+    return paired(first, second)[:3]
 
 
 def text(mean: float, low: float, high: float) -> str:

@@ -215,3 +215,11 @@ def test_the_rerun_page_renders_from_the_rerun_points_alone(table):
     assert "`python benchmarks/paper_tables.py --tables-only --epochs 24`" in page
     assert "**Primary contrast**: G²D − Joint-Train = +8.0 [+3.5, +12.6], p 0.008" in page
     assert "| window | G²D, tau 5/6 − G²D |" in page and "partial modulation" not in page
+
+
+def test_bf16_page_is_rendered_from_its_committed_csv():
+    """docs/results/bf16_check.md is exactly what benchmarks/bf16_check.py renders from bf16_check.csv."""
+    spec = importlib.util.spec_from_file_location("bf16_check", ROOT / "benchmarks" / "bf16_check.py")
+    bf16 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bf16)
+    assert (ROOT / "docs" / "results" / "bf16_check.md").read_text() == bf16.render(bf16.read_rows())
