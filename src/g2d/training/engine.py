@@ -228,6 +228,7 @@ def fit(
     if saved is not None:
         tracking.replay(state["history"], modulator)
     epochs = config.trainer.epochs
+    config_json = json.dumps(to_dict(config), sort_keys=True)  # once: converting the config costs ~70 ms
     bar = tqdm(range(state["epoch"], epochs), desc=f"{method.name} {run_dir.name}", unit="epoch", initial=state["epoch"],
                total=epochs, disable=None if config.trainer.progress and main else True, leave=False)
     try:
@@ -272,7 +273,7 @@ def fit(
                 state.update(best_epoch=epoch, best_score=chosen["score"], best_val=val)
             state["epoch"] = epoch + 1
             if main:
-                save_checkpoint(checkpoints, model, optimizer, scheduler, state, config, method)
+                save_checkpoint(checkpoints, model, optimizer, scheduler, state, config_json, method)
                 tracking.epoch(record, modulator)
             bar.set_postfix(loss=f"{train_stats['loss']:.3f}", val=f"{score:.3f}")
             if bar.disable and config.trainer.progress:
@@ -306,9 +307,10 @@ def log_progress(name: str, run_dir: Path, record: dict, epochs: int, score: flo
 
 def save_checkpoint(
     folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict,
-    config: ExperimentConfig, method: Method,
+    config_json: str, method: Method,
 ) -> None:
-    """Commit weights, best weights and the loop's state as one unit (``g2d.training.checkpoint``) in ``folder``'s run."""
+    """Commit weights, best weights and the loop's state as one unit (``g2d.training.checkpoint``) in ``folder``'s run;
+    ``config_json`` is the run's config as sorted JSON (what a resume compares)."""
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     device = next(model.parameters()).device
     payload = {
@@ -317,7 +319,7 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict(),
         "method": method.state_dict(),
         "rng": checkpoint.rng_states(device),
-        "config": json.dumps(to_dict(config), sort_keys=True),
+        "config": config_json,
         "processes": distributed.world_size(),
     }
     best_changed = state["best_epoch"] == state["epoch"] - 1
