@@ -89,12 +89,16 @@ def test_teacher_fingerprint_sees_sequence_masks_and_samples_large_splits(monkey
 
 
 def test_a_run_records_its_thread_count_and_trainer_threads_overrides_auto(tmp_path, monkeypatch):
-    """auto takes the process's cores (or a sweep worker's share); an integer wins; a bad value is refused before anything is written."""
+    """auto takes the process's cores (or a sweep worker's share), one thread for a small model; an integer wins;
+    a bad value is refused before anything is written."""
     from g2d.training import threads
 
     before = torch.get_num_threads()
     try:
         monkeypatch.setattr(threads, "available_cores", lambda: 3)
+        small = run(config_for(tmp_path, "small", "method.name=joint", "smp.enabled=false", "trainer.epochs=1"))
+        assert small["environment"]["threads"] == 1 and small["environment"]["thread_budget"] == 3
+        monkeypatch.setattr(threads, "SMALL_STEP_FLOPS", 0)  # every model counts as large
         auto = run(config_for(tmp_path, "auto", "method.name=joint", "smp.enabled=false", "trainer.epochs=1"))
         assert auto["environment"]["threads"] == 3 and torch.get_num_threads() == 3
         monkeypatch.setattr(threads, "_budget", 2)  # what a sweep worker's set_budget leaves
@@ -102,9 +106,39 @@ def test_a_run_records_its_thread_count_and_trainer_threads_overrides_auto(tmp_p
         one = run(config_for(tmp_path, "one", "method.name=joint", "smp.enabled=false", "trainer.epochs=1",
                              "trainer.threads=1"))
         assert one["environment"]["threads"] == 1 and torch.get_num_threads() == 1
+        monkeypatch.setattr(threads, "SMALL_STEP_FLOPS", 1e30)  # an integer wins over the small-model rule
+        two = run(config_for(tmp_path, "two", "method.name=joint", "smp.enabled=false", "trainer.epochs=1",
+                             "trainer.threads=2"))
+        assert two["environment"]["threads"] == 2
         for bad in ("0", "many", "-2"):
             with pytest.raises(G2DError, match="trainer.threads"):
                 run(config_for(tmp_path, "bad", "trainer.threads=" + bad))
         assert not (tmp_path / "bad").exists()
     finally:
         torch.set_num_threads(before)
+
+
+def test_forward_flops_counts_one_batch_and_leaves_the_model_and_generators_alone():
+    """Linear(4, 3) costs 2 * 4 * 3 FLOPs a row: 24 * rows; the count runs in eval mode without touching
+    the weights, the training flag or the random generators (the run's results must not depend on it)."""
+    from g2d.data.base import ModalitySpec, MultimodalData
+    from g2d.training.threads import forward_flops
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear, self.drop = torch.nn.Linear(4, 3), torch.nn.Dropout(0.5)
+
+        def forward(self, batch):
+            assert not self.training
+            return self.drop(self.linear(batch["a"])) + 0 * torch.rand(1)  # a draw the count must not consume
+
+    split = {"a": torch.randn(5, 4), "label": torch.arange(5) % 2}
+    data = MultimodalData("t", "classification", 2, {"a": ModalitySpec("vector", (4,))},
+                          {"train": split, "val": split, "test": split})
+    net = Net().train()
+    weights = {k: v.clone() for k, v in net.state_dict().items()}
+    state = torch.get_rng_state()
+    assert forward_flops(net, data, 16) == 24 * 16
+    assert net.training and torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(v, weights[k]) for k, v in net.state_dict().items())

@@ -102,6 +102,8 @@ def test_two_workers_give_the_runs_one_worker_gives(tmp_path, capsys):
     for modality in ("pix", "mor"):
         assert two["teachers"][modality]["accuracy"] == pytest.approx(one["teachers"][modality]["accuracy"], abs=0.01)
     assert two["test"]["multimodal"]["accuracy"] == pytest.approx(one["test"]["multimodal"]["accuracy"], abs=0.01)
-    # One thread budget for the whole sweep: two workers each take half the cores, one worker all of them.
-    assert two["environment"]["threads"] == max(1, available_cores() // 2)
-    assert one["environment"]["threads"] == available_cores()
+    # One thread budget for the whole sweep: two workers each take half the cores, one worker all of them
+    # (the demo-sized MLP then computes with one thread of it: threads.SMALL_STEP_FLOPS).
+    assert two["environment"]["thread_budget"] == max(1, available_cores() // 2)
+    assert one["environment"]["thread_budget"] == available_cores()
+    assert one["environment"]["threads"] == two["environment"]["threads"] == 1

@@ -38,7 +38,7 @@ from g2d.training.engine import (
 from g2d.training.epochs import record_epochs
 from g2d.training.evaluate import evaluate
 from g2d.training.tracking import Tracking, mlflow_uri, read_ids
-from g2d.training.threads import use_threads
+from g2d.training.threads import budget, fit_threads_to_model, use_threads
 from g2d.training.teachers import (
     as_modules,
     ensure_teachers,
@@ -154,6 +154,8 @@ def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of:
 
     seed_everything(config.seed)
     model = build_model(data.modalities, config.model, output_size(data), method)
+    if device.type == "cpu":
+        fit_threads_to_model(config.trainer.threads, model, data, config.trainer.batch_size)
     modulator = None
     smp_report: dict = {"enabled": smp_enabled}
     if smp_enabled:
@@ -199,7 +201,7 @@ def train_and_report(config: ExperimentConfig, data: MultimodalData, teacher_of:
         "method_params": asdict(method.params),
         "environment": {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
                         "training_path": result.path, "processes": distributed.world_size(),
-                        "threads": torch.get_num_threads()},
+                        "threads": torch.get_num_threads(), "thread_budget": budget()},
     }
     if distributed.is_main():
         write_json(run_dir / "history.json", result.history)

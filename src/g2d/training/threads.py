@@ -1,7 +1,10 @@
 """How many CPU threads a run computes with (``trainer.threads``), within its process's budget.
 
 ``auto`` takes the budget: the cores this process may run on, or its share when a sweep runs
-several workers (``set_budget``, called in each worker). It does not follow the machine's load:
+several workers (``set_budget``, called in each worker); on the CPU, a model whose training step
+is small (its forward pass under ``SMALL_STEP_FLOPS`` for one batch) gets one thread instead, since
+waking a second thread for such a step costs more than the work it takes over (docs/performance.md).
+Both depend only on the config and the model, never on the machine's load:
 the thread count changes conv results in their last bits (oneDNN splits the reductions by
 thread), so a choice that followed the load would make a rerun or a resume depend on it. What
 keeps a run from collapsing beside other processes is OpenMP's passive waiting, which ``g2d``
@@ -13,8 +16,16 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
+
+# Forward FLOPs of one training batch below which ``auto`` takes one thread on the CPU. Measured on
+# 2 cores (docs/performance.md): the demo's MLP (about 1e6 per batch) ran faster on one thread, and
+# ResNet-18 width 64 at batch 16 (about 1.6e10) gains from every core.
+SMALL_STEP_FLOPS = 1e8
 
 _budget: int | None = None
 
@@ -36,7 +47,7 @@ def choose_threads(setting: object) -> int:
     """The thread count for ``trainer.threads``: ``auto`` (the budget) or a positive integer."""
     text = str(setting).strip().lower()
     if text == "auto":
-        return _budget if _budget is not None else available_cores()
+        return budget()
     if text.isdigit() and int(text) >= 1:
         return int(text)
     raise G2DError(f"config key trainer.threads: expected auto or a positive integer, got {setting!r}")
@@ -47,3 +58,30 @@ def use_threads(setting: object) -> int:
     threads = choose_threads(setting)
     torch.set_num_threads(threads)
     return threads
+
+
+def budget() -> int:
+    """The most threads ``auto`` may take in this process: a sweep worker's share, else its cores."""
+    return _budget if _budget is not None else available_cores()
+
+
+def forward_flops(model: nn.Module, data: MultimodalData, rows: int) -> int:
+    """FLOPs of ``model``'s forward pass on ``rows`` training rows, counted (not timed) on one row, which leaves
+    the model's mode, its weights and every random generator as they were."""
+    sample = to_device(next(iter(Batches(dict(data.splits["train"]), 1, shuffle=False))), data, torch.device("cpu"))
+    training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.eval()
+            model(sample)
+    finally:
+        model.train(training)
+    return counter.get_total_flops() * rows
+
+
+def fit_threads_to_model(setting: object, model: nn.Module, data: MultimodalData, batch_size: int) -> int:
+    """Under ``auto`` on the CPU, one thread when one batch's forward pass is under ``SMALL_STEP_FLOPS``;
+    otherwise the count ``use_threads`` set stays. Returns the count the run computes with."""
+    if str(setting).strip().lower() == "auto" and forward_flops(model, data, batch_size) < SMALL_STEP_FLOPS:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
