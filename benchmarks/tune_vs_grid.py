@@ -1,6 +1,6 @@
 """``g2d tune`` against the 3x3 ``g2d sweep`` grid (avdigits CPU schedule, or mfeat), same budget and seeds.
 
-    nice -n 10 python benchmarks/tune_vs_grid.py [--dataset avdigits|mfeat] [--only STEP] [--seeds 0] [--retrain-seeds 1 2]
+    nice -n 10 python benchmarks/tune_vs_grid.py [--dataset avdigits|mfeat] [--data DIR] [--only STEP] [--seeds 0] [--retrain-seeds 1 2]
 
 The grid crosses three values of smp.tau with optim.lr in 3e-3,1e-2,3e-2 (9 runs per seed, alpha = beta
 = 1); the tune searches tau, alpha, beta and lr over ranges spanning those values for 9 trials. Both
@@ -51,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(SETTINGS), default="avdigits")
     parser.add_argument("--out", type=Path, help="default runs/tune_bench_<dataset>")
+    parser.add_argument("--data", type=Path, help="dataset.root for the runs (default: the config's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--retrain-seeds", type=int, nargs="*", default=[1, 2],
                         help="further seeds each side's best config is trained with, for its test score (default 1 2)")
@@ -58,6 +59,7 @@ def main() -> None:
                         help="run one step (two processes can run grid and tune, or both retrains, at once)")
     args = parser.parse_args()
     config, grid_keys, space = SETTINGS[args.dataset]
+    config = [*config, f"dataset.root={args.data.resolve()}"] if args.data else config
     out = (ROOT / (args.out or Path(f"runs/tune_bench_{args.dataset}"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if len(args.seeds) != 1:
