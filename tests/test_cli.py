@@ -108,3 +108,22 @@ def test_results_table_lists_methods_modalities_and_teachers():
     assert lines[1].split() == ["method", "multimodal", "pix", "mor", "best", "epoch"]
     assert lines[3].split() == ["joint", "98.2", "95.0", "33.8", "7", "of", "60"]
     assert lines[4].split() == ["teachers", "-", "97.8", "71.5", "-"]
+
+
+@pytest.mark.parametrize("command, hint", [
+    (["train", "configs/mfeat.yaml"], "(resume with trainer.resume=true)"),
+    (["sweep", "configs/mfeat.yaml", "--seeds", "0", "--out", "x"], "(run the same command again to continue)"),
+    (["tune", "configs/mfeat.yaml", "--space", "optim.lr=1e-3:1e-1:log", "--out", "x", "--trials", "2"], "the interrupted trial is retried)"),
+    (["demo"], "(run the same command again to continue)"),
+])
+def test_ctrl_c_says_how_this_command_continues(monkeypatch, capsys, command, hint):
+    """A sweep, a tune or the demo continues by running the same command; only a single run takes the flag."""
+    import g2d.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "dispatch", interrupted)
+    assert main(command) == 130
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("g2d: interrupted; completed epochs are checkpointed") and line.endswith(hint)

@@ -120,8 +120,18 @@ def main(argv: list[str] | None = None) -> int:
         print_error(describe_os_error(exc), exc)
         return 2
     except KeyboardInterrupt:
-        print("g2d: interrupted; completed epochs are checkpointed (resume with trainer.resume=true)", file=sys.stderr)
+        hint = INTERRUPTED_HINTS.get(args.command)
+        print("g2d: interrupted" + (f"; completed epochs are checkpointed ({hint})" if hint else ""), file=sys.stderr)
         return 130
+
+
+# How each command continues after Ctrl-C: a run resumes by flag; sweeps, tunes and the demo by running again.
+INTERRUPTED_HINTS = {
+    "train": "resume with trainer.resume=true",
+    "sweep": "run the same command again to continue",
+    "tune": "run the same command again to continue; the interrupted trial is retried",
+    "demo": "run the same command again to continue",
+}
 
 
 def print_error(message: str, error: BaseException) -> None:
