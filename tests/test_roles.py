@@ -131,3 +131,22 @@ def test_a_report_groups_runs_that_differ_only_in_keys_it_does_not_compare():
     groups = group_runs([record(0), record(1, **{"trainer.overwrite": True, "trainer.mlflow.parent_run_id": "x",
                                                  "trainer.device": "cuda"}), record(2, **{"optim.lr": 0.2})])
     assert [[r.run_dir.name for r in runs] for runs in groups.values()] == [["0", "1"], ["2"]]
+
+
+def test_preflight_is_the_one_check_run_relies_on(tmp_path, monkeypatch):
+    from conftest import TINY
+
+    from g2d.runs import check, experiment
+
+    config = load_config(None, [*TINY, "method.name=joint", "smp.enabled=false", "trainer.epochs=1",
+                                f"out={tmp_path / 'run'}", "trainer.loggers=[]"])
+    checked = check.preflight(config)
+    assert (checked.method.name, checked.smp, checked.config == config) == ("joint", False, True)
+    calls = []
+    original = check.preflight
+    monkeypatch.setattr(check, "preflight", lambda *args: calls.append(args[1:]) or original(*args))
+    experiment.run(checked)
+    assert calls == []  # the Checked is relied on
+    experiment.run(load_config(None, [*TINY, "method.name=joint", "smp.enabled=false", "trainer.epochs=1",
+                                      f"out={tmp_path / 'api'}", "trainer.loggers=[]"]))
+    assert calls == [("run",)]  # a plain config is checked once, naming run(config=...) in its errors
