@@ -147,6 +147,9 @@ class DatasetConfig:
     in training (``g2d.data.augment``), as the references' loaders do; the teacher cache turns off.
     ``normalize``: standardise the same modalities with ImageNet's channel mean and std, in training
     and evaluation, as the references' loaders do (teachers record it and must match).
+    ``stratify``: carve test, validation and folds of a classification dataset with each class in
+    proportion (the default); false draws rows uniformly at random, as a reference that did not
+    stratify, and keeps a class of one row from landing in a held-out split alone.
     """
 
     name: str = setting("mfeat", role=RESULT)
@@ -161,6 +164,7 @@ class DatasetConfig:
     options: dict[str, Any] = setting(factory=dict, role=RESULT)
     augment: bool = setting(False, role=RESULT)
     normalize: bool = setting(False, role=RESULT)
+    stratify: bool = setting(True, role=RESULT)
 
 
 @dataclass
