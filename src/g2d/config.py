@@ -5,6 +5,9 @@ or a value of the wrong type is an error that names the key. A setting with a fi
 values is a ``Choice`` (a str Enum), so an unknown value is refused the same way everywhere.
 Method hyperparameters and dataset options are free-form mappings here because each
 component declares its own settings dataclass in its record, checked by ``parse_settings``.
+Every key declares its ``Role`` where it is defined (``setting``/``section``): whether it changes
+results, shapes a teacher, splits a report or only says where metrics go. Resume, sweeps, reports
+and teacher runs ask ``role_of`` instead of keeping lists of keys (docs/architecture.md).
 """
 
 from __future__ import annotations
