@@ -1,4 +1,7 @@
-"""Each config key declares its role once (g2d.config.Role); resume, sweep, report and teacher runs derive from it."""
+"""Each config key declares its role once (g2d.config.Role); resume, sweep, report and teacher runs derive from it.
+
+And preflight is the one check of a config: run() relies on the Checked it returns (issue 32).
+"""
 
 from __future__ import annotations
 
