@@ -132,6 +132,19 @@ def test_fixed_split_of_mfeat_is_unchanged_by_the_fold_machinery():
     assert np.array_equal(index["val"], rest[val_pos])
 
 
+def test_unstratified_splits_ignore_the_labels():
+    labels = np.repeat(np.arange(5), [40, 40, 40, 40, 1])  # one row of class 4
+    for folds, fold in ((0, 0), (4, 3)):
+        config = DatasetConfig(stratify=False, folds=folds, fold=fold)
+        index = split_indices(config, len(labels), labels)
+        for split, rows in split_indices(DatasetConfig(folds=folds, fold=fold), len(labels)).items():
+            assert np.array_equal(index[split], rows)  # as for unlabelled rows
+    rest, test = stratified_split(labels, 0.2, 0)
+    assert 160 in test and 160 not in split_indices(DatasetConfig(stratify=False), len(labels), labels)["test"]
+    assert sorted(np.bincount(labels[split_indices(DatasetConfig(stratify=False), len(labels), labels)["test"]],
+                              minlength=5)[:4].tolist()) != [8, 8, 8, 8]
+
+
 @pytest.mark.skipif(not HOUSES.is_dir(), reason=f"real houses data not found at {HOUSES} (set G2D_DATA_ROOT)")
 def test_real_houses_fold_shapes_scaling_and_partition():
     config = DatasetConfig(name="houses", root=str(HOUSES), folds=5, fold=2)

@@ -5,16 +5,21 @@ or a value of the wrong type is an error that names the key. A setting with a fi
 values is a ``Choice`` (a str Enum), so an unknown value is refused the same way everywhere.
 Method hyperparameters and dataset options are free-form mappings here because each
 component declares its own settings dataclass in its record, checked by ``parse_settings``.
+Every key declares its ``Role`` where it is defined (``setting``/``section``): whether it changes
+results, shapes a teacher, splits a report or only says where metrics go. Resume, sweeps, reports
+and teacher runs ask ``role_of`` instead of keeping lists of keys (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -83,6 +88,54 @@ def check_settings(settings: Any, prefix: str) -> None:
         raise config_error(exc, prefix) from exc
 
 
+@dataclass(frozen=True)
+class Role:
+    """What a config key is for, declared once where the key is defined (``setting``), so every tool that
+    compares two configs asks the key instead of keeping its own list (docs/architecture.md, "Settings").
+
+    ``result``: the key changes what a run computes, so a resumed run and a sweep's finished run must match
+    it; without it, they may differ in the key. ``teacher``: it shapes the run's teachers, so the sweep's
+    teacher folder hashes it; without it, a teacher run resets it to its default. ``report``: ``g2d report``
+    keeps runs that differ in it apart; without it, such runs are repeats of one experiment. ``tracking``:
+    it only says where metrics are logged. ``folder``: it names a folder, and two spellings of one folder
+    are equal. ``extends``: a resumed run may raise it, which extends the run.
+    """
+
+    result: bool = True
+    teacher: bool = True
+    report: bool = True
+    tracking: bool = False
+    folder: bool = False
+    extends: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.result and (self.teacher or self.report):
+            raise ValueError("a key that does not change a run's result neither shapes its teachers nor splits a report")
+
+
+# The roles config keys take. A component's own settings (a method's hyperparameters under method.<name>,
+# a loader's dataset.options) take the role of the key that holds them: they change results.
+RESULT = Role()  # what the run computes, its teachers included
+STUDENT = Role(teacher=False)  # what the student computes, not its teachers (a teacher run resets it)
+REPEAT = Role(report=False)  # changes the numbers, yet runs that differ in it repeat one experiment: the seed, the machine
+EXTENDABLE = Role(extends=True)  # trainer.epochs: a resumed run may train longer
+DATA_FOLDER = Role(report=False, folder=True)  # dataset.root: which data, by its folder; other machines keep it elsewhere
+LOGISTICS = Role(result=False, teacher=False, report=False)  # where files go and how this one command behaves
+TRACKING = Role(result=False, teacher=False, report=False, tracking=True)  # where metrics are logged
+
+
+def setting(default: Any = dataclasses.MISSING, *, role: Role, factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with its ``role``: ``setting(0.1, role=RESULT)``; ``factory`` makes a mutable default."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"role": role})
+    return field(default=default, metadata={"role": role})
+
+
+def section(factory: Callable[[], Any]) -> Any:
+    """A config field that holds a settings dataclass (or a mapping of them): its keys declare their own roles."""
+    return field(default_factory=factory, metadata={"section": True})
+
+
 @dataclass
 class DatasetConfig:
     """Which data, where it lives, which modalities, and how validation/test are carved.
@@ -97,20 +150,24 @@ class DatasetConfig:
     in training (``g2d.data.augment``), as the references' loaders do; the teacher cache turns off.
     ``normalize``: standardise the same modalities with ImageNet's channel mean and std, in training
     and evaluation, as the references' loaders do (teachers record it and must match).
+    ``stratify``: carve test, validation and folds of a classification dataset with each class in
+    proportion (the default); false draws rows uniformly at random, as a reference that did not
+    stratify, and keeps a class of one row from landing in a held-out split alone.
     """
 
-    name: str = "mfeat"
-    root: Optional[str] = None
-    factory: Optional[str] = None
-    modalities: list[str] = field(default_factory=list)
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    folds: int = 0
-    fold: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-    augment: bool = False
-    normalize: bool = False
+    name: str = setting("mfeat", role=RESULT)
+    root: Optional[str] = setting(None, role=DATA_FOLDER)
+    factory: Optional[str] = setting(None, role=RESULT)
+    modalities: list[str] = setting(factory=list, role=STUDENT)
+    val_fraction: float = setting(0.1, role=RESULT)
+    test_fraction: float = setting(0.2, role=RESULT)
+    split_seed: int = setting(0, role=RESULT)
+    folds: int = setting(0, role=RESULT)
+    fold: int = setting(0, role=RESULT)
+    options: dict[str, Any] = setting(factory=dict, role=RESULT)
+    augment: bool = setting(False, role=RESULT)
+    normalize: bool = setting(False, role=RESULT)
+    stratify: bool = setting(True, role=RESULT)
 
 
 @dataclass
@@ -137,32 +194,32 @@ class EncoderConfig:
     ``lr_scale``: its learning rate is ``optim.lr * lr_scale``. See docs/encoders.md.
     """
 
-    name: str = "auto"
-    width: int = 64
-    hidden: list[int] = field(default_factory=lambda: [128])
-    dropout: float = 0.0
-    width_mult: float = 1.0
-    d_model: int = 768
-    layers: int = 4
-    heads: int = 8
-    feedforward: int = 2048
-    kernel_size: int = 1
-    positional: str = "sinusoidal"
-    pooling: str = "mean"
-    path: Optional[str] = None
-    weights: Optional[str] = None
-    weights_prefix: str = ""
-    freeze: bool = False
-    lr_scale: float = 1.0
+    name: str = setting("auto", role=RESULT)
+    width: int = setting(64, role=RESULT)
+    hidden: list[int] = setting(factory=lambda: [128], role=RESULT)
+    dropout: float = setting(0.0, role=RESULT)
+    width_mult: float = setting(1.0, role=RESULT)
+    d_model: int = setting(768, role=RESULT)
+    layers: int = setting(4, role=RESULT)
+    heads: int = setting(8, role=RESULT)
+    feedforward: int = setting(2048, role=RESULT)
+    kernel_size: int = setting(1, role=RESULT)
+    positional: str = setting("sinusoidal", role=RESULT)
+    pooling: str = setting("mean", role=RESULT)
+    path: Optional[str] = setting(None, role=RESULT)
+    weights: Optional[str] = setting(None, role=RESULT)
+    weights_prefix: str = setting("", role=RESULT)
+    freeze: bool = setting(False, role=RESULT)
+    lr_scale: float = setting(1.0, role=RESULT)
 
 
 @dataclass
 class ModelConfig:
     """Fusion plus encoders; ``encoders.<modality>`` overrides ``encoder`` for that modality."""
 
-    fusion: str = "late"
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    encoders: dict[str, EncoderConfig] = field(default_factory=dict)
+    fusion: str = setting("late", role=STUDENT)
+    encoder: EncoderConfig = section(EncoderConfig)
+    encoders: dict[str, EncoderConfig] = section(dict)
 
     def encoder_for(self, modality: str) -> EncoderConfig:
         return self.encoders.get(modality, self.encoder)
@@ -177,9 +234,9 @@ class AutoTauConfig:
     training (null: half of training split evenly among the phases, the default tau).
     """
 
-    patience: Optional[int] = None
-    min_delta: float = 0.0
-    max_share: Optional[float] = None
+    patience: Optional[int] = setting(None, role=STUDENT)
+    min_delta: float = setting(0.0, role=STUDENT)
+    max_share: Optional[float] = setting(None, role=STUDENT)
 
 
 @dataclass
@@ -191,25 +248,25 @@ class SMPConfig:
     of training, split evenly; ``auto`` ends each phase by the rule of ``auto``.
     """
 
-    enabled: Optional[bool] = None
-    schedule: Schedule = Schedule.ranked
-    tau: Any = None
-    auto: AutoTauConfig = field(default_factory=AutoTauConfig)
-    modulator: ModulatorKind = ModulatorKind.complete
-    partial_alpha: float = 1.0
-    suppression: Suppression = Suppression.freeze
+    enabled: Optional[bool] = setting(None, role=STUDENT)
+    schedule: Schedule = setting(Schedule.ranked, role=STUDENT)
+    tau: Any = setting(None, role=STUDENT)
+    auto: AutoTauConfig = section(AutoTauConfig)
+    modulator: ModulatorKind = setting(ModulatorKind.complete, role=STUDENT)
+    partial_alpha: float = setting(1.0, role=STUDENT)
+    suppression: Suppression = setting(Suppression.freeze, role=STUDENT)
 
 
 @dataclass
 class OptimConfig:
     """Optimizer and step decay; the defaults are the paper's (A.4.2)."""
 
-    name: str = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_step: int = 200
-    lr_gamma: float = 0.1
+    name: str = setting("sgd", role=RESULT)
+    lr: float = setting(1e-3, role=RESULT)
+    momentum: float = setting(0.9, role=RESULT)
+    weight_decay: float = setting(1e-4, role=RESULT)
+    lr_step: int = setting(200, role=RESULT)
+    lr_gamma: float = setting(0.1, role=RESULT)
 
 
 SELECTION_RULES = ("val", "last", "test")  # trainer.select: the epoch a run keeps
@@ -224,9 +281,9 @@ class MLflowConfig:
     MLflow experiment's name. ``parent_run_id``: the run this one is a child of (``g2d sweep`` sets it).
     """
 
-    tracking_uri: Optional[str] = None
-    experiment: str = "g2d"
-    parent_run_id: Optional[str] = None
+    tracking_uri: Optional[str] = setting(None, role=TRACKING)
+    experiment: str = setting("g2d", role=TRACKING)
+    parent_run_id: Optional[str] = setting(None, role=TRACKING)
 
 
 @dataclass
@@ -238,10 +295,10 @@ class WandbConfig:
     name under ``g2d sweep``.
     """
 
-    project: str = "g2d"
-    group: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
-    mode: Optional[str] = None
+    project: str = setting("g2d", role=TRACKING)
+    group: Optional[str] = setting(None, role=TRACKING)
+    tags: list[str] = setting(factory=list, role=TRACKING)
+    mode: Optional[str] = setting(None, role=TRACKING)
 
 
 @dataclass
@@ -265,48 +322,48 @@ class TrainerConfig:
     authors' rule: optimistic, and marked so); metrics.json records the test score under all three.
     """
 
-    epochs: int = 300
-    batch_size: int = 16
-    eval_batch_size: int = 256
-    device: str = "auto"
-    progress: bool = True
-    resume: bool = False
-    overwrite: bool = False
-    fast: str = "auto"
-    reference: bool = False
-    precision: str = "auto"
-    cuda_graph: bool = True
-    loader_workers: int = 4
-    threads: str = "auto"
-    drop_last: bool = False
-    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
-    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    select: str = "val"
+    epochs: int = setting(300, role=EXTENDABLE)
+    batch_size: int = setting(16, role=RESULT)
+    eval_batch_size: int = setting(256, role=RESULT)
+    device: str = setting("auto", role=REPEAT)
+    progress: bool = setting(True, role=LOGISTICS)
+    resume: bool = setting(False, role=LOGISTICS)
+    overwrite: bool = setting(False, role=LOGISTICS)
+    fast: str = setting("auto", role=RESULT)
+    reference: bool = setting(False, role=RESULT)
+    precision: str = setting("auto", role=RESULT)
+    cuda_graph: bool = setting(True, role=RESULT)
+    loader_workers: int = setting(4, role=RESULT)
+    threads: str = setting("auto", role=REPEAT)
+    drop_last: bool = setting(False, role=RESULT)
+    loggers: list[str] = setting(factory=lambda: ["tensorboard"], role=TRACKING)
+    mlflow: MLflowConfig = section(MLflowConfig)
+    wandb: WandbConfig = section(WandbConfig)
+    select: str = setting("val", role=RESULT)
 
 
 @dataclass
 class TeachersConfig:
     """Where unimodal teachers live; missing ones are trained first when a run needs them."""
 
-    root: Optional[str] = None
-    epochs: Optional[int] = None
-    train_missing: bool = True
+    root: Optional[str] = setting(None, role=LOGISTICS)
+    epochs: Optional[int] = setting(None, role=RESULT)
+    train_missing: bool = setting(True, role=LOGISTICS)
 
 
 @dataclass
 class ExperimentConfig:
     """One experiment. ``out`` is the run folder."""
 
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "g2d"})
-    smp: SMPConfig = field(default_factory=SMPConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    teachers: TeachersConfig = field(default_factory=TeachersConfig)
-    seed: int = 0
-    out: Optional[str] = None
+    dataset: DatasetConfig = section(DatasetConfig)
+    model: ModelConfig = section(ModelConfig)
+    method: dict[str, Any] = setting(factory=lambda: {"name": "g2d"}, role=STUDENT)
+    smp: SMPConfig = section(SMPConfig)
+    optim: OptimConfig = section(OptimConfig)
+    trainer: TrainerConfig = section(TrainerConfig)
+    teachers: TeachersConfig = section(TeachersConfig)
+    seed: int = setting(0, role=REPEAT)
+    out: Optional[str] = setting(None, role=LOGISTICS)
 
     @property
     def method_name(self) -> str:
@@ -452,18 +509,91 @@ def to_record(config: ExperimentConfig) -> dict[str, Any]:
     return record
 
 
-def same_dataset_root(old: Any, new: Any) -> bool:
-    """Whether two spellings of ``dataset.root`` (relative to this folder, or absolute) name one folder."""
+def same_folder(old: Any, new: Any) -> bool:
+    """Whether two spellings of a folder key's value (relative to this folder, or absolute) name one folder."""
     return old == new or bool(old and new and Path(old).resolve() == Path(new).resolve())
 
 
-# Keys that say where a run is tracked, not what it trains: a resumed run or a finished sweep run may differ in them.
-TRACKING_KEYS = ("trainer.loggers", "trainer.mlflow", "trainer.wandb")
+def section_type(hint: Any) -> tuple[type, bool]:
+    """The settings dataclass a ``section`` field holds, and whether it holds a mapping of them (``model.encoders``)."""
+    if typing.get_origin(hint) is dict:
+        return typing.get_args(hint)[1], True
+    return hint, False
+
+
+def schema_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """The dataclass fields of ``cls`` with their resolved type hints."""
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def walk_roles(cls: type | None = None, prefix: str = "") -> Iterator[tuple[str, Role | None]]:
+    """Every config key below ``cls`` (the whole config by default) with its declared role (None: none declared).
+    A mapping of sections is walked through ``*`` (``model.encoders.*.width``)."""
+    for item, hint in schema_fields(cls or ExperimentConfig):
+        key = f"{prefix}{item.name}"
+        if item.metadata.get("section"):
+            inner, mapping = section_type(hint)
+            yield from walk_roles(inner, f"{key}.*." if mapping else f"{key}.")
+        else:
+            yield key, item.metadata.get("role")
+
+
+def keys_with(wanted: Callable[[Role], bool]) -> tuple[str, ...]:
+    """The config keys whose declared role ``wanted`` accepts: ``keys_with(lambda role: role.tracking)``."""
+    return tuple(key for key, role in walk_roles() if role is not None and wanted(role))
+
+
+def combined(roles: list[Role]) -> Role:
+    """The role of a section: it changes what any of its keys changes; it is tracking (a folder, extendable) if all are."""
+    return Role(result=any(r.result for r in roles), teacher=any(r.teacher for r in roles),
+                report=any(r.report for r in roles), tracking=all(r.tracking for r in roles),
+                folder=all(r.folder for r in roles), extends=all(r.extends for r in roles))
+
+
+@functools.lru_cache(maxsize=None)
+def role_of(key: str) -> Role:
+    """The role of a flattened config key (``optim.lr``, ``method.g2d.alpha``, ``model.encoders.audio.width``).
+
+    A key below a declared one (a method's or a loader's own settings) takes its role; a section takes
+    ``combined`` roles; a key the schema does not know (an older g2d's) counts as changing results.
+    """
+    cls: type = ExperimentConfig
+    parts = key.split(".")
+    index = 0
+    while index < len(parts):
+        found = {f.name: (f, hint) for f, hint in schema_fields(cls)}.get(parts[index])
+        if found is None:
+            return RESULT
+        item, hint = found
+        if not item.metadata.get("section"):
+            return item.metadata.get("role") or RESULT
+        cls, mapping = section_type(hint)
+        index += 2 if mapping else 1  # a mapping's next part is its entry's name (a modality)
+    return combined([role for _, role in walk_roles(cls) if role is not None])
+
+
+# Keys that say where a run is tracked, not what it trains (derived from the declarations above).
+TRACKING_KEYS = keys_with(lambda role: role.tracking)
 
 
 def is_tracking_key(key: str) -> bool:
-    """Whether a flattened config key is one of ``TRACKING_KEYS`` or below one."""
-    return any(key == name or key.startswith(name + ".") for name in TRACKING_KEYS)
+    """Whether a flattened config key (or a section, all of whose keys are) only says where metrics are logged."""
+    return role_of(key).tracking
+
+
+def reset_keys(config: ExperimentConfig, keys: tuple[str, ...]) -> None:
+    """Set each of ``keys`` (as ``keys_with`` names them) in ``config`` to its default, in place."""
+    for key in keys:
+        *path, name = key.split(".")
+        owners: list[Any] = [config]
+        for part in path:
+            owners = [entry for owner in owners for entry in
+                      (owner.values() if part == "*" else [getattr(owner, part)])]
+        for owner in owners:
+            default = next(f for f in dataclasses.fields(owner) if f.name == name)
+            value = default.default_factory() if default.default_factory is not dataclasses.MISSING else default.default
+            setattr(owner, name, value)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

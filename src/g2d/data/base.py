@@ -213,12 +213,14 @@ def kfold_partition(size: int, folds: int, seed: int, labels: np.ndarray | None 
 
 
 def split_indices(config: DatasetConfig, size: int, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Row indices of train/val/test from ``config``, stratified by ``labels`` when given.
+    """Row indices of train/val/test from ``config``, stratified by ``labels`` when given and ``stratify`` is on.
 
     Test is the fixed ``test_fraction`` split, or fold ``fold`` of a ``folds``-fold partition;
     validation is then carved from the remaining rows, ``val_fraction`` of all rows, with
     ``split_seed + 1``, so changing the test fold never changes how validation is drawn.
     """
+    if not config.stratify:
+        labels = None
     if config.folds == 0:
         if config.fold != 0:
             raise G2DError(f"config key dataset.fold: {config.fold} needs dataset.folds (K >= 2 for K-fold splits)")

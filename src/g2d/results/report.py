@@ -14,8 +14,6 @@ from g2d.errors import G2DError
 from g2d.folders import building, check_target
 from g2d.results.tables import OPTIMISTIC_MARK, OPTIMISTIC_NOTE, cell, is_optimistic, main_metric, method_label
 
-IGNORED_CONFIG_KEYS = ("seed", "out", "teachers.root", "dataset.root", "trainer.progress", "trainer.resume",
-                       "trainer.device", "trainer.threads")
 
 
 @dataclass
@@ -105,10 +103,13 @@ def run_label(metrics: dict) -> str:
 
 
 def group_runs(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
-    """Runs sharing a configuration (all keys but seed and paths) form one group, labelled by method."""
+    """Runs sharing a configuration (the keys whose role a report compares: not the seed, the machine, paths or
+    tracking) form one group, labelled by method."""
+    from g2d.config import role_of
+
     groups: dict[tuple, list[RunRecord]] = {}
     for record in records:
-        key = tuple(sorted((k, repr(v)) for k, v in record.config.items() if k not in IGNORED_CONFIG_KEYS))
+        key = tuple(sorted((k, repr(v)) for k, v in record.config.items() if role_of(k).report))
         groups.setdefault(key, []).append(record)
     labelled: dict[str, list[RunRecord]] = {}
     for runs in groups.values():

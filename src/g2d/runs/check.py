@@ -4,17 +4,20 @@
 encoders, optimizer, loggers): no data is loaded, no teacher trained, no folder written, so a typo
 or a combination a method refuses costs a second, not a trained teacher. ``g2d train``, ``g2d sweep``
 (every grid point and seed, before the first teacher), ``g2d demo`` and ``g2d config`` all go
-through it. ``check_data`` is its second half, for what only the loaded data can tell (how many
+through it, and ``run`` relies on the ``Checked`` it returns (an API caller's ``run(config)`` checks the
+config here, once). ``check_data`` is its second half, for what only the loaded data can tell (how many
 modalities and classes it holds), made once the data is loaded and still before anything is trained.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from g2d.config import ExperimentConfig, check_ranges
+from g2d.config import ExperimentConfig, check_ranges, checked_config
 from g2d.core.autotau import check_auto, phase_cap
 from g2d.core.smp import check_phases, check_tau_list, resolve_tau
 from g2d.data import DATASETS, MultimodalData, dataset_options
@@ -28,8 +31,21 @@ from g2d.training.tracking import check_loggers, check_wandb_mode
 from g2d.training.threads import choose_threads
 
 
-def preflight(config: ExperimentConfig) -> None:
-    """Refuse, with one line naming the config key, what the records say cannot run (see the module doc)."""
+@dataclass(frozen=True)
+class Checked:
+    """A config that passed ``preflight``, with what the check worked out, so that ``run`` relies on it
+    instead of checking again. A config changed after its check must be checked again."""
+
+    config: ExperimentConfig
+    method: type[Method]
+    params: Any  # the method's hyperparameters, parsed from method.<name>
+    smp: bool  # whether SMP is on (smp.enabled, or the method's default)
+
+
+def preflight(config: ExperimentConfig, caller: str = "preflight") -> Checked:
+    """Refuse, with one line naming the config key, what the records say cannot run (see the module doc);
+    values set in code are checked as a YAML file's (``checked_config``, which names ``caller``)."""
+    config = checked_config(config, caller)
     check_ranges(config)
     choose_threads(config.trainer.threads)
     dataset = DATASETS.lookup(config.dataset.name)
@@ -50,6 +66,7 @@ def preflight(config: ExperimentConfig) -> None:
         check_smp_settings(config, len(modalities) if modalities else None)
     check_data_parallel(method, params)
     check_tracking(config)
+    return Checked(config, method, params, smp_enabled(config, method))
 
 
 def smp_enabled(config: ExperimentConfig, method: type[Method]) -> bool:

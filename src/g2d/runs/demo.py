@@ -37,11 +37,10 @@ def demo(out: Path, extra: list[str] | None = None) -> str:
                                     f"teachers.root={out}", "trainer.resume=true", *(extra or [])])
         # A second demo into the same folder shows the finished runs (or finishes interrupted ones).
         config.trainer.resume = not config.trainer.overwrite
-        preflight(config)
-        configs[method] = config
+        configs[method] = preflight(config)
     # Like a sweep, a demo continues its own folder; any other kind of folder is refused before anything is written.
     check_target(out, "demo", "--out", overwrite=False, reuse=True)
     make_folder(out, "--out")
     mark(out, "demo")
-    data = load_dataset(configs["joint"].dataset)
-    return results_table({label: run(config, data) for label, config in configs.items()})
+    data = load_dataset(configs["joint"].config.dataset)
+    return results_table({label: run(checked, data) for label, checked in configs.items()})

@@ -17,13 +17,13 @@ from typing import Iterator
 
 import torch
 
-from g2d.config import ExperimentConfig, checked_config
+from g2d.config import ExperimentConfig
 from g2d.core.smp import Modulator
 from g2d.data import MultimodalData, load_dataset
 from g2d.data.augment import check_augmentable, normalize_visual
 from g2d.errors import G2DError
 from g2d.io import load_weights, read_metrics, write_json
-from g2d.methods import Method, build_method
+from g2d.methods import Method, check_task
 from g2d.methods.build import build_model
 from g2d.models.multimodal import MultimodalModel
 from g2d.runs import check, runfolder, sanity
@@ -54,18 +54,20 @@ from g2d.training.teachers import (
 logger = logging.getLogger("g2d")
 
 
-def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of: str | None = None) -> dict:
+def run(config: ExperimentConfig | check.Checked, data: MultimodalData | None = None,
+        teacher_of: str | None = None) -> dict:
     """Train and evaluate one configured experiment; returns what it writes to metrics.json.
 
-    ``teacher_of`` marks a unimodal teacher run, whose weights are then saved as a teacher
-    artifact for ``config``'s parent experiment. Everything that can be checked is checked
+    ``config`` is checked by ``g2d.runs.check.preflight`` here, unless it is the ``Checked`` that
+    preflight returned. ``teacher_of`` marks a unimodal teacher run, whose weights are then saved as
+    a teacher artifact for ``config``'s parent experiment. Everything that can be checked is checked
     before the run folder is claimed (``g2d.runs.runfolder``) and written.
     """
-    config = checked_config(config, "run")
+    checked = config if isinstance(config, check.Checked) else check.preflight(config, "run")
+    config = checked.config
     if data is not None and not isinstance(data, MultimodalData):
         raise G2DError(f"run(data=...): must be the MultimodalData of g2d.load_dataset(config.dataset), or None, got "
                        f"{type(data).__name__}")
-    check.preflight(config)
     use_threads(config.trainer.threads)
     device = distributed.setup(select_device(config.trainer.device))
     # Encoder settings are checked against every modality the dataset has, selected or not, so one
@@ -83,15 +85,15 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
     if teacher_of is None:
         check.check_data(config, data)
     modalities = list(data.modalities)
-    method = build_method(config.method, data.task, modalities)
-    smp_enabled = check.smp_enabled(config, type(method))
+    check_task(checked.method, data.task)
+    method = checked.method(checked.params, data.task, modalities)
+    smp_enabled = checked.smp
     check_pretrained_encoders(config, data)
     if smp_enabled:
         sanity.check_smp_window(config, len(modalities))
     if teacher_of is None:
         sanity.warn_unseen_classes(data)
         sanity.warn_unused_smp_settings(config, smp_enabled)
-    distributed.check_method(method)
     with claimed_run_folder(config) as claim, Tracking() as tracking:
         if claim.finished:
             return finished_run(config, data, teacher_of)
@@ -102,8 +104,7 @@ def run(config: ExperimentConfig, data: MultimodalData | None = None, teacher_of
 def train_teachers(config: ExperimentConfig) -> dict[str, Path]:
     """Train the unimodal teachers ``config``'s run would use (those missing; existing ones are checked),
     as the CLI does; returns each modality's teacher folder, for ``g2d.load_teacher``."""
-    config = checked_config(config, "train_teachers")
-    check.preflight(config)
+    config = check.preflight(config, "train_teachers").config
     data = load_dataset(dataclasses.replace(config.dataset, modalities=[]))
     sanity.check_encoders(config, data)
     if config.dataset.modalities:

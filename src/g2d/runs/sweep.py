@@ -52,9 +52,9 @@ from g2d.config import (
     ExperimentConfig,
     check_new_keys,
     flatten,
-    is_tracking_key,
     load_config,
-    same_dataset_root,
+    role_of,
+    same_folder,
     to_dict,
 )
 from g2d.data import MultimodalData, load_dataset
@@ -69,12 +69,6 @@ from g2d.runs.experiment import run
 from g2d.training.teachers import ensure_teachers, teacher_summary
 from g2d.training.threads import available_cores, set_budget
 from g2d.training.tracking import finish_sweep, start_sweep
-
-# Keys that do not change a run's result (resume is how a sweep continues).
-IGNORED_KEYS = ("trainer.resume", "trainer.progress")
-# Keys that do not change a run's teachers (a teacher trains one modality with the task loss alone).
-NOT_TEACHER_KEYS = ("out", "teachers.root", "teachers.train_missing", "dataset.modalities", "model.fusion", "method",
-                    "smp", "trainer.resume", "trainer.progress", "trainer.loggers", "trainer.mlflow", "trainer.wandb")
 
 
 @dataclass
@@ -142,7 +136,7 @@ def grid_points(grid: list[str]) -> list[Point]:
 
 
 def teacher_key(config: ExperimentConfig) -> str:
-    """A short hash of everything a run's teachers depend on (``NOT_TEACHER_KEYS`` left out).
+    """A short hash of everything a run's teachers depend on: the keys whose role says they shape a teacher.
 
     Only settings that differ from the defaults count, so a key added to the config later (with a
     default that changes nothing) leaves the teachers of existing sweeps where they are.
@@ -151,7 +145,7 @@ def teacher_key(config: ExperimentConfig) -> str:
     if config.teachers.epochs is not None:
         flat.pop("trainer.epochs")
     kept = {k: v for k, v in flat.items()
-            if not any(k == n or k.startswith(n + ".") for n in NOT_TEACHER_KEYS) and (k not in defaults or defaults[k] != v)}
+            if role_of(k).teacher and (k not in defaults or defaults[k] != v)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -206,12 +200,12 @@ def finished(job: Job) -> bool:
     except Exception as exc:
         raise G2DError(f"{saved_path}: cannot read the finished run's config ({str(exc).splitlines()[0]})") from exc
     current = flatten(to_dict(job.config))
-    new_keys = check_new_keys(saved, current, str(saved_path), lambda key: key in IGNORED_KEYS or is_tracking_key(key))
-    # The teachers folder follows from the other keys, so a differing setting is named before it.
-    for key in sorted(set(saved) | set(current), key=lambda k: (k == "teachers.root", k)):
-        if key in new_keys or key == "dataset.root" and same_dataset_root(saved.get(key), current.get(key)):
+    new_keys = check_new_keys(saved, current, str(saved_path), lambda key: not role_of(key).result)
+    for key in sorted(set(saved) | set(current)):
+        role = role_of(key)
+        if key in new_keys or not role.result or role.folder and same_folder(saved.get(key), current.get(key)):
             continue
-        if key not in IGNORED_KEYS and not is_tracking_key(key) and saved.get(key) != current.get(key):
+        if saved.get(key) != current.get(key):
             raise G2DError(f"{saved_path}: config key {key} is {saved.get(key)!r} there but {current.get(key)!r} in this "
                            "sweep; use another --out or the same settings")
     return True

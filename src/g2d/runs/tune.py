@@ -47,7 +47,7 @@ from g2d.errors import G2DError
 from g2d.folders import check_target, kind_of, mark
 from g2d.io import atomic_write, write_json
 from g2d.locks import make_folder
-from g2d.runs.check import preflight
+from g2d.runs.check import Checked, preflight
 from g2d.runs.experiment import run
 from g2d.runs.sweep import split_values, start_worker, teacher_key
 from g2d.training import tracking
@@ -366,8 +366,8 @@ class Plan:
     def overrides(self, chosen: dict[str, Any]) -> list[str]:
         return [*self.options.overrides, *(f"{d.key}={d.value(chosen)}" for d in self.dimensions)]
 
-    def config(self, chosen: dict[str, Any], seed: int, folder: Path) -> ExperimentConfig:
-        """A trial's run for one seed: its run folder, its shared teachers (as in ``g2d sweep``)."""
+    def config(self, chosen: dict[str, Any], seed: int, folder: Path) -> Checked:
+        """A trial's run for one seed, preflight-checked: its run folder, its shared teachers (as in ``g2d sweep``)."""
         full = [*self.overrides(chosen), f"seed={seed}", f"out={folder / f'seed{seed}'}", "trainer.resume=true",
                 *self.tracked]
         config = load_config(self.options.config_path, full)
@@ -375,8 +375,7 @@ class Plan:
             out = self.options.out
             full.append(f"teachers.root={out / 'teachers' / f'{config.data_label}_seed{seed}_{teacher_key(config)}'}")
             config = load_config(self.options.config_path, full)
-        preflight(config)
-        return config
+        return preflight(config)
 
 
 def validation_score(val: dict) -> float:
@@ -415,7 +414,8 @@ def objective(plan: Plan, study: Any, log: Callable[[str], None]) -> Callable[[A
         scores = []
         try:
             for index, seed in enumerate(options.seeds):
-                config = plan.config(chosen, seed, folder)
+                checked = plan.config(chosen, seed, folder)
+                config = checked.config
                 epochs = config.trainer.epochs
 
                 def report(run_dir: Path | None, record: dict, offset: int = index * config.trainer.epochs,
@@ -432,7 +432,7 @@ def objective(plan: Plan, study: Any, log: Callable[[str], None]) -> Callable[[A
                         raise optuna.TrialPruned(f"seed {seed}, epoch {record['epoch']}")
 
                 with observing(report):
-                    metrics = run(config)
+                    metrics = run(checked)
                 scores.append(validation_score(metrics["val"]))
         except optuna.TrialPruned:
             log(f"trial {state['number']}: pruned ({chosen})")

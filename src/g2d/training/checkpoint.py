@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from g2d import faults
-from g2d.config import ExperimentConfig, check_new_keys, flatten, is_tracking_key, same_dataset_root, to_dict
+from g2d.config import ExperimentConfig, check_new_keys, flatten, role_of, same_folder, to_dict
 from g2d.errors import G2DError
 from g2d.io import check_sha256, file_sha256
 
@@ -212,28 +212,23 @@ def read_state(folder: Path) -> dict:
         raise G2DError(f"{path}: not a readable g2d checkpoint ({str(exc).splitlines()[0]})") from exc
 
 
-# Keys a resumed run may spell or set differently: how it is watched, and where the folders are
-# (a moved run folder, or a relative instead of an absolute path; teachers are checked by their metadata).
-RESUME_IGNORED_KEYS = ("trainer.resume", "trainer.progress", "trainer.overwrite", "out", "teachers.root")
-
-
 def check_resume(saved: dict, config: ExperimentConfig, path: Path) -> None:
-    """A resumed run continues the same experiment: only a larger ``trainer.epochs`` and the spelling of
-    paths may differ (``RESUME_IGNORED_KEYS``; ``dataset.root`` must resolve to the same folder); keys newer
-    than the run are at their defaults (``check_new_keys``)."""
+    """A resumed run continues the same experiment: keys whose role (``g2d.config.Role``) changes results must
+    match, except that an ``extends`` key (``trainer.epochs``) may grow and a ``folder`` key (``dataset.root``)
+    may be spelt otherwise; keys newer than the run are at their defaults (``check_new_keys``)."""
     old_values, new_values = flatten(saved), flatten(to_dict(config))
     new_keys = check_new_keys(old_values, new_values, f"the run in {path.parent.parent}",
-                              lambda key: key in RESUME_IGNORED_KEYS or is_tracking_key(key))
+                              lambda key: not role_of(key).result)
     for key in sorted(set(old_values) | set(new_values)):
-        old, new = old_values.get(key), new_values.get(key)
-        if key in RESUME_IGNORED_KEYS or is_tracking_key(key) or old == new or key in new_keys:
+        old, new, role = old_values.get(key), new_values.get(key), role_of(key)
+        if not role.result or old == new or key in new_keys:
             continue
-        if key == "trainer.epochs" and isinstance(old, int) and isinstance(new, int):
+        if role.extends and isinstance(old, int) and isinstance(new, int):
             if new > old:
                 continue
-            raise G2DError(f"config key trainer.epochs: {new} is fewer than the {old} the run in {path.parent.parent} "
+            raise G2DError(f"config key {key}: {new} is fewer than the {old} the run in {path.parent.parent} "
                            "was started with; resuming can only extend a run")
-        if key == "dataset.root" and same_dataset_root(old, new):
+        if role.folder and same_folder(old, new):
             continue
         raise G2DError(
             f"config key {key}: {new!r} differs from the interrupted run's {old!r} in {path}; "

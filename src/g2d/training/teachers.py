@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from g2d.config import EncoderConfig, ExperimentConfig, ModelConfig, SMPConfig
+from g2d.config import EncoderConfig, ExperimentConfig, ModelConfig, keys_with, reset_keys
 from g2d.data.base import ModalitySpec, MultimodalData, mask_key
 from g2d.errors import G2DError
 from g2d.io import file_sha256, load_weights, save_weights, write_json
@@ -172,15 +172,21 @@ def check_epochs(config: ExperimentConfig, metadata: dict, folder: Path) -> None
         )
 
 
+# The keys that change what a student computes but not its teachers, which a teacher run resets.
+STUDENT_KEYS = keys_with(lambda role: role.result and not role.teacher)
+
+
 def teacher_run_config(config: ExperimentConfig, modality: str) -> ExperimentConfig:
     """The student's settings for one modality, with the task loss alone and no SMP.
 
-    Only settings that shape the teacher are kept (SMP's and the method's are reset), so an
-    interrupted teacher run is resumed by any student that needs the same teacher.
+    Only settings that shape the teacher are kept: every key whose role says it does not
+    (``g2d.config.STUDENT``: the method, SMP, the fusion, the modalities) is reset to its default
+    first, so an interrupted teacher run is resumed by any student that needs the same teacher.
     """
     teacher = copy.deepcopy(config)
+    reset_keys(teacher, STUDENT_KEYS)
     teacher.method = {"name": "joint"}
-    teacher.smp = SMPConfig(enabled=False)
+    teacher.smp.enabled = False
     teacher.model = teacher_model_config(config, modality)
     teacher.dataset.modalities = [modality]
     teacher.out = str(teacher_dir(config, modality))
