@@ -12,9 +12,8 @@ from g2d.cli import main
 from g2d.config import Choice
 from g2d.core.losses import task_loss
 from g2d.data import DATASETS
-from g2d.data.base import DatasetRecord, register_dataset
 from g2d.data.mfeat import load_mfeat
-from g2d.methods import METHODS, Method, register_method
+from g2d.methods import METHODS, Method
 from g2d.results.analysis import ANALYSES, AnalysisInput
 from g2d.results.report import run_label
 
@@ -50,7 +49,7 @@ def fake_method(**facts):
 
     for key, value in facts.items():
         setattr(Scaled, key, value)
-    return register_method(Scaled)
+    return METHODS.register("scaled")(Scaled)
 
 
 def refused(capsys, argv, culprit, tmp_path):
@@ -88,11 +87,10 @@ def test_a_dataset_registered_in_one_place_loads_by_name_with_typed_options(tmp_
     class PairOptions:
         drop: Views = Views.mor
 
+    @DATASETS.register("pair", task="classification", folds=True, Options=PairOptions)
     def load_pair(config, options):
         return load_mfeat(dataclasses.replace(config, modalities=["pix", "mor", "fac"])).select(
             [v for v in ("pix", "mor", "fac") if v != options.drop])
-
-    register_dataset("pair", DatasetRecord(load_pair, task="classification", folds=True, Options=PairOptions))
     out = tmp_path / "runs"
     out.mkdir()
     base = ["train", CONFIG, *TINY, "dataset.name=pair", "dataset.modalities=[]", "method.name=joint",

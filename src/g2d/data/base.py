@@ -321,7 +321,7 @@ class NoOptions:
 
 @dataclass(frozen=True)
 class DatasetRecord:
-    """A dataset's facts, registered in the module that defines it; ``dataset.name`` selects it.
+    """A dataset's facts, registered in the module that defines it (``DATASETS.register``).
 
     ``load(config, options)`` reads it, ``options`` being its ``Options`` dataclass filled from
     ``dataset.options`` (``Options=dict``: passed through unchecked, for a user's own factory). ``task``: ``classification`` or ``regression`` (None: the data decides).
@@ -338,12 +338,9 @@ class DatasetRecord:
     prepare: Any = None
 
 
-DATASETS: Registry[DatasetRecord] = Registry("dataset", "dataset.name")
-
-
-def register_dataset(name: str, record: DatasetRecord) -> None:
-    """Add ``record`` under ``name`` (called by the dataset's own module)."""
-    DATASETS.register(name)(record)
+# ``@DATASETS.register("name", task=..., ...)`` on the loader: ``dataset.name=name`` selects it. A loader
+# shared by several datasets (``g2d.data.prepared``) is registered by applying the decorator to it.
+DATASETS: Registry[DatasetRecord] = Registry("dataset", "dataset.name", DatasetRecord)
 
 
 def dataset_options(config: DatasetConfig) -> Any:

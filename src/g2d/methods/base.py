@@ -147,7 +147,7 @@ class Method:
 
     # The method's record: the one place its facts live; the CLI, the preflight check
     # (``g2d.runs.check``), sweeps, tables and reports read them from here.
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # given by ``@METHODS.register(name)``
     label: ClassVar[str] = ""  # the paper's name, in tables and reports
     Params: ClassVar[type] = NoParams
     uses_teachers: ClassVar[bool] = False
@@ -292,11 +292,12 @@ def parse_params(params_type: type, values: dict[str, Any], prefix: str) -> Any:
     return parse_settings(params_type, values, prefix, "a hyperparameter of this method")
 
 
-METHODS: Registry[type[Method]] = Registry("method", "method.name")
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: ``method.name=<cls.name>`` selects ``cls``; its class attributes are its record."""
+def method_record(cls: type[Method]) -> type[Method]:
+    """A method's record is its class, its facts the class attributes above; the paper label is required."""
     if not cls.label:
         raise ValueError(f"method {cls.name!r} has no paper label")
-    return METHODS.register(cls.name)(cls)
+    return cls
+
+
+# ``@METHODS.register("name")`` on the class: ``method.name=name`` selects it.
+METHODS: Registry[type[Method]] = Registry("method", "method.name", method_record)
