@@ -16,6 +16,7 @@ import torch
 
 from g2d.config import ExperimentConfig, check_ranges
 from g2d.core.autotau import check_auto, phase_cap
+from g2d.core.optimizers import OPTIMIZERS
 from g2d.core.smp import check_phases, check_tau_list, resolve_tau
 from g2d.data import DATASETS, MultimodalData, dataset_options
 from g2d.errors import G2DError
@@ -23,7 +24,6 @@ from g2d.methods import METHODS, Method, check_task, method_params
 from g2d.models.encoders import ENCODERS
 from g2d.models.fusion import FUSIONS
 from g2d.training.distributed import check_data_parallel
-from g2d.training.engine import OPTIMIZERS
 from g2d.training.tracking import check_loggers, check_wandb_mode
 from g2d.training.threads import choose_threads
 
