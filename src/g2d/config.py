@@ -158,9 +158,11 @@ class EncoderConfig:
 
 @dataclass
 class ModelConfig:
-    """Fusion plus encoders; ``encoders.<modality>`` overrides ``encoder`` for that modality."""
+    """Fusion plus encoders; ``encoders.<modality>`` overrides ``encoder`` for that modality.
+    ``fusion_settings``: the fusion's own settings, checked against its ``Settings`` (docs/models.md)."""
 
     fusion: str = "late"
+    fusion_settings: dict[str, Any] = field(default_factory=dict)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     encoders: dict[str, EncoderConfig] = field(default_factory=dict)
 
