@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from g2d.config import DatasetConfig, parse_settings
+from g2d.data.commands import PrepareCommand
 from g2d.errors import G2DError
 from g2d.registry import Registry
 
@@ -327,7 +328,7 @@ class DatasetRecord:
     ``dataset.options`` (``Options=dict``: passed through unchecked, for a user's own factory). ``task``: ``classification`` or ``regression`` (None: the data decides).
     ``root``: what ``dataset.root`` must name ("" when the data is embedded). ``folds``: whether
     it takes ``dataset.folds`` (False for a fixed test split). ``prepare``: its ``g2d prepare``
-    command (``g2d.data.commands.PrepareCommand``), if any.
+    command, if any.
     """
 
     load: Callable[[DatasetConfig, Any], "MultimodalData"]
@@ -335,7 +336,7 @@ class DatasetRecord:
     root: str = ""
     folds: bool = False
     Options: type = NoOptions
-    prepare: Any = None
+    prepare: PrepareCommand | None = None
 
 
 # ``@DATASETS.register("name", task=..., ...)`` on the loader: ``dataset.name=name`` selects it. A loader
