@@ -33,7 +33,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from g2d.data.base import Batches
 from g2d.errors import G2DError
-from g2d.methods.base import Method
 
 log = logging.getLogger("g2d.distributed")
 
@@ -257,12 +256,12 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     return DataParallelModel(model, device_ids=device_ids)
 
 
-def check_method(method: Method) -> None:
+def check_method(method: Any) -> None:
     """Refuse, with one line saying why, a method whose step DDP cannot keep consistent across processes."""
     check_data_parallel(type(method), method.params)
 
 
-def check_data_parallel(method_class: type[Method], params: Any) -> None:
+def check_data_parallel(method_class: Any, params: Any) -> None:
     """Under torchrun, refuse a method whose record (``Method.data_parallel_refusal``) says it cannot train so."""
     processes = max(world_size(), launched_processes())  # torchrun says how many before the group is up
     if processes == 1:
