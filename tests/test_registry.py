@@ -10,6 +10,8 @@ from conftest import ROOT, TINY
 
 from g2d.cli import main
 from g2d.config import Choice
+from g2d.errors import G2DError
+from g2d.registry import Registry
 from g2d.core.losses import task_loss
 from g2d.data import DATASETS
 from g2d.data.mfeat import load_mfeat
@@ -182,3 +184,34 @@ def test_an_analysis_registered_in_one_place_is_written_by_g2d_analyze(tmp_path,
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [k for k in result if k != "checkpoint"][-1] == "test_rows" and result["test_rows"]["rows"] == 400  # 20 % of mfeat's 2000 rows
     assert result["test_rows"]["right"] / 400 == pytest.approx(metrics["test"]["multimodal"]["accuracy"])
+
+
+@dataclass(frozen=True)
+class WidgetRecord:
+    build: object
+    size: int = 1
+
+
+def test_the_one_decorator_builds_each_kinds_record_and_names_a_class():
+    widgets = Registry("widget", "model.widget", WidgetRecord)
+
+    @widgets.register("big", size=3)
+    def build_big():
+        return "big"
+
+    assert build_big() == "big" and widgets["big"] == WidgetRecord(build_big, size=3)  # the definition is unchanged
+    things = Registry("thing", "model.thing")
+
+    @things.register("round")
+    class Round:
+        pass
+
+    assert things["round"] is Round and Round.name == "round"  # a class is its own record, named once
+    with pytest.raises(ValueError, match="widget 'big' is registered twice"):
+        widgets.register("big")(build_big)
+    with pytest.raises(ValueError, match="thing 'oval': the class declares the name 'square'"):
+        things.register("oval")(type("Oval", (), {"name": "square"}))
+    with pytest.raises(TypeError):
+        things.register("square", size=2)(type("Square", (), {}))  # a class's facts are its attributes
+    with pytest.raises(G2DError, match=r"^config key model.widget: unknown widget 'small' \(available: big\)$"):
+        widgets["small"]
