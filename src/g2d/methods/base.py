@@ -48,10 +48,11 @@ class MethodContext:
     """What a method may use during training, handed over once by the engine before the first step.
 
     ``model`` is the run's model (under DDP, ``g2d.training.distributed.DataParallelModel``, which
-    answers the model's attributes). ``parameter_groups`` maps ``"encoder:<modality>"`` and ``"fusion"``
-    (plus ``"method"`` when the method added modules) to the optimizer's param group of that name.
-    ``teachers`` are the run's frozen teachers, called on a batch (``g2d.training.teacher_cache.FrozenTeachers``,
-    a layer above, hence the callable type), ``modulator`` its SMP.
+    answers the model's attributes). ``parameter_groups`` maps ``"encoder:<modality>"`` and
+    ``"fusion"`` (plus ``"method"`` when the method added modules) to the optimizer's param group
+    of that name. ``teachers`` are the run's frozen teachers, called on a batch
+    (``g2d.training.teacher_cache.FrozenTeachers``, a layer above, hence the callable type);
+    ``modulator`` is its SMP.
     ``mean_across_processes`` averages a tensor over the processes training together (the loop
     passes torch.distributed's all-reduce under DDP; one process keeps the tensor as it is).
     """
