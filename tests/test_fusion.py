@@ -12,8 +12,10 @@ from conftest import TINY
 from torch import nn
 
 from g2d.config import load_config
+from g2d.data.base import ModalitySpec
 from g2d.errors import G2DError
-from g2d.models import FUSIONS, DeactivationFusion, build_fusion
+from g2d.models import FUSIONS, DeactivationFusion, MultimodalModel, build_fusion
+from g2d.runs.check import preflight
 from g2d.runs.experiment import run
 
 INTERACTION = ["film", "gated", "cross_attention"]
@@ -232,3 +234,31 @@ def test_g2d_with_smp_runs_end_to_end(name: str, tmp_path, teachers_root) -> Non
     assert set(metrics["test"]["per_modality"]) == {"pix", "mor"}
     for scores in [metrics["test"]["multimodal"], *metrics["test"]["per_modality"].values()]:
         assert 0.0 <= scores["accuracy"] <= 1.0 and math.isfinite(scores["loss"])
+
+
+def test_a_fusion_takes_its_typed_settings_from_the_config() -> None:
+    """``model.fusion_settings`` reaches the fusion as its ``Settings``; left out, the width is max d_m as before."""
+    modalities, dims, _ = make_features(3)  # d_m = 3, 5, 7
+    assert build_fusion("gated", modalities, dims, 2).hidden_dim == 7
+    gated = build_fusion("gated", modalities, dims, 2, {"hidden": 16})
+    assert gated.hidden_dim == 16 and gated.head.in_features == 16
+    assert all(gated.hidden[m].out_features == 16 for m in modalities)
+    config = load_config(None, ["model.fusion=cross_attention", "model.fusion_settings.hidden=4"])
+    specs = {m: ModalitySpec("vector", (d,)) for m, d in dims.items()}
+    model = MultimodalModel(specs, config.model, 2)
+    assert model.fusion.token_dim == 4 and model.fusion.head.in_features == 3 * 4
+
+
+@pytest.mark.parametrize("overrides, culprit", [
+    (["model.fusion=late", "model.fusion_settings.hidden=8"],
+     "config key model.fusion_settings.hidden: not a setting of fusion late (allowed: none)"),
+    (["model.fusion=gated", "model.fusion_settings.hidden=0"],
+     "config key model.fusion_settings.hidden: must be at least 1, got 0"),
+    (["model.fusion=gated", "model.fusion_settings.hidden=wide"], "config key model.fusion_settings.hidden: "),
+    (["model.fusion=gated", "model.fusion_settings.width=8"],
+     "config key model.fusion_settings.width: not a setting of fusion gated (allowed: hidden)"),
+])
+def test_fusion_settings_are_checked_by_preflight_naming_the_key(overrides: list[str], culprit: str) -> None:
+    with pytest.raises(G2DError) as refused:
+        preflight(load_config(None, overrides))
+    assert str(refused.value).startswith(culprit), str(refused.value)

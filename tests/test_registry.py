@@ -10,11 +10,12 @@ from conftest import ROOT, TINY
 
 from g2d.cli import main
 from g2d.config import Choice
+from g2d.errors import G2DError
+from g2d.registry import Registry
 from g2d.core.losses import task_loss
 from g2d.data import DATASETS
-from g2d.data.base import DatasetRecord, register_dataset
 from g2d.data.mfeat import load_mfeat
-from g2d.methods import METHODS, Method, register_method
+from g2d.methods import METHODS, Method
 from g2d.results.analysis import ANALYSES, AnalysisInput
 from g2d.results.report import run_label
 
@@ -50,7 +51,7 @@ def fake_method(**facts):
 
     for key, value in facts.items():
         setattr(Scaled, key, value)
-    return register_method(Scaled)
+    return METHODS.register("scaled")(Scaled)
 
 
 def refused(capsys, argv, culprit, tmp_path):
@@ -88,11 +89,10 @@ def test_a_dataset_registered_in_one_place_loads_by_name_with_typed_options(tmp_
     class PairOptions:
         drop: Views = Views.mor
 
+    @DATASETS.register("pair", task="classification", folds=True, Options=PairOptions)
     def load_pair(config, options):
         return load_mfeat(dataclasses.replace(config, modalities=["pix", "mor", "fac"])).select(
             [v for v in ("pix", "mor", "fac") if v != options.drop])
-
-    register_dataset("pair", DatasetRecord(load_pair, task="classification", folds=True, Options=PairOptions))
     out = tmp_path / "runs"
     out.mkdir()
     base = ["train", CONFIG, *TINY, "dataset.name=pair", "dataset.modalities=[]", "method.name=joint",
@@ -184,3 +184,34 @@ def test_an_analysis_registered_in_one_place_is_written_by_g2d_analyze(tmp_path,
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [k for k in result if k != "checkpoint"][-1] == "test_rows" and result["test_rows"]["rows"] == 400  # 20 % of mfeat's 2000 rows
     assert result["test_rows"]["right"] / 400 == pytest.approx(metrics["test"]["multimodal"]["accuracy"])
+
+
+@dataclass(frozen=True)
+class WidgetRecord:
+    build: object
+    size: int = 1
+
+
+def test_the_one_decorator_builds_each_kinds_record_and_names_a_class():
+    widgets = Registry("widget", "model.widget", WidgetRecord)
+
+    @widgets.register("big", size=3)
+    def build_big():
+        return "big"
+
+    assert build_big() == "big" and widgets["big"] == WidgetRecord(build_big, size=3)  # the definition is unchanged
+    things = Registry("thing", "model.thing")
+
+    @things.register("round")
+    class Round:
+        pass
+
+    assert things["round"] is Round and Round.name == "round"  # a class is its own record, named once
+    with pytest.raises(ValueError, match="widget 'big' is registered twice"):
+        widgets.register("big")(build_big)
+    with pytest.raises(ValueError, match="thing 'oval': the class declares the name 'square'"):
+        things.register("oval")(type("Oval", (), {"name": "square"}))
+    with pytest.raises(TypeError):
+        things.register("square", size=2)(type("Square", (), {}))  # a class's facts are its attributes
+    with pytest.raises(G2DError, match=r"^config key model.widget: unknown widget 'small' \(available: big\)$"):
+        widgets["small"]

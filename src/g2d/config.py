@@ -215,9 +215,11 @@ class EncoderConfig:
 
 @dataclass
 class ModelConfig:
-    """Fusion plus encoders; ``encoders.<modality>`` overrides ``encoder`` for that modality."""
+    """Fusion plus encoders; ``encoders.<modality>`` overrides ``encoder`` for that modality.
+    ``fusion_settings``: the fusion's own settings, checked against its ``Settings`` (docs/models.md)."""
 
     fusion: str = setting("late", role=STUDENT)
+    fusion_settings: dict[str, Any] = setting(factory=dict, role=STUDENT)
     encoder: EncoderConfig = section(EncoderConfig)
     encoders: dict[str, EncoderConfig] = section(dict)
 

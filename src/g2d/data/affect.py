@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from g2d.data.base import DatasetRecord, ModalitySpec, mask_key, register_dataset
+from g2d.data.base import DATASETS, ModalitySpec, mask_key
 from g2d.data.commands import PrepareCommand, common, common_arguments, describe_splits
 from g2d.data.prepared import (
     LABEL,
@@ -40,7 +40,8 @@ from g2d.errors import G2DError
 MODALITIES = ("text", "audio", "vision")
 SPLIT_KEYS = {"train": ("train",), "val": ("valid", "val", "dev"), "test": ("test",)}
 MAX_LEN = 50
-DATASETS = {
+# Each MultiBench/MulT feature pickle g2d prepares: its file name, classes and how its labels are read.
+SOURCES = {
     "urfunny": {
         "file": "humor.pkl",
         "class_names": ["not humorous", "humorous"],
@@ -150,7 +151,7 @@ def class_labels(name: str, labels: np.ndarray, path: Path) -> tuple[np.ndarray,
     usable = np.isfinite(values)
     if name == "urfunny":
         return (values > 0).astype(np.int64), usable
-    classes = len(DATASETS[name]["class_names"])
+    classes = len(SOURCES[name]["class_names"])
     usable &= (values == np.round(values)) & (values >= 0) & (values < classes)
     return np.where(usable, values, 0).astype(np.int64), usable
 
@@ -172,10 +173,10 @@ def prepare_affect(
     overwrite: bool = False,
 ) -> dict:
     """Write a prepared ``urfunny`` or ``iemocap`` folder from a feature pickle (``root``: the file or its folder)."""
-    if name not in DATASETS:
-        raise G2DError(f"prepare_affect: unknown dataset {name!r} (one of {', '.join(DATASETS)})")
+    if name not in SOURCES:
+        raise G2DError(f"prepare_affect: unknown dataset {name!r} (one of {', '.join(SOURCES)})")
     root, out = Path(root), Path(out)
-    path = root / DATASETS[name]["file"] if root.is_dir() else root
+    path = root / SOURCES[name]["file"] if root.is_dir() else root
     if max_len < 1:
         raise G2DError(f"--max-len must be >= 1, got {max_len}")
     data = read_feature_pickle(path, trust_pickle)
@@ -190,7 +191,7 @@ def prepare_affect(
         if not unaligned and len(lengths) > 1:
             raise G2DError(f"{path}: modalities have different lengths {sorted(lengths)}; pass --unaligned")
 
-    class_names = DATASETS[name]["class_names"]
+    class_names = SOURCES[name]["class_names"]
     specs = {m: ModalitySpec(kind="sequence", shape=(steps[m], dims[m])) for m in MODALITIES}
     skipped = SkipLog()
     nonfinite = {m: 0 for m in MODALITIES}
@@ -248,7 +249,7 @@ def prepare_affect(
                 + ("step per modality" if unaligned else "text step (all modalities)")
                 + f"; the first {max_len} steps from there are kept, left-aligned, zero-padded, mask True on real steps"
             ),
-            "label_rule": DATASETS[name]["label_rule"],
+            "label_rule": SOURCES[name]["label_rule"],
             "nonfinite_values_zeroed": nonfinite,
             "split_rule": "the file's own train / valid / test splits",
             "counts": counts,
@@ -274,8 +275,8 @@ def run_affect(args: argparse.Namespace) -> dict:
                           unaligned=args.unaligned, **common(args))
 
 
-for _name, _file in (("urfunny", "humor.pkl"), ("iemocap", "iemocap_data.pkl")):
-    register_dataset(_name, DatasetRecord(
-        load_prepared_dataset, task="classification", root=f"the folder written by g2d prepare {_name}",
-        prepare=PrepareCommand(f"{_name} from a MultiBench/MulT feature pickle", affect_arguments(_file), run_affect,
-                               describe_splits)))
+for _name, _source in SOURCES.items():
+    DATASETS.register(
+        _name, task="classification", root=f"the folder written by g2d prepare {_name}",
+        prepare=PrepareCommand(f"{_name} from a MultiBench/MulT feature pickle", affect_arguments(_source["file"]),
+                               run_affect, describe_splits))(load_prepared_dataset)

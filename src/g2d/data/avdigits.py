@@ -24,7 +24,7 @@ import torch
 
 from g2d.data.audio import log_spectrogram, noise_gain, read_wav, resample
 from g2d.data.avmnist import AVMNISTOptions, load_avmnist_layout
-from g2d.data.base import DatasetRecord, register_dataset
+from g2d.data.base import DATASETS
 from g2d.data.commands import PrepareCommand
 from g2d.data.prepared import check_out, publish, say, staging_dir, warn
 from g2d.errors import G2DError
@@ -557,8 +557,8 @@ def describe_avdigits(args: argparse.Namespace, summary: dict) -> str:
             f"{summary['image']['pca_components']} PCA components")
 
 
-register_dataset("avdigits", DatasetRecord(
-    load_avmnist_layout, task="classification", Options=AVMNISTOptions,
+DATASETS.register(
+    "avdigits", task="classification", Options=AVMNISTOptions,
     root="the folder written by g2d prepare avdigits (image/, audio/ and *_labels.npy)",
     prepare=PrepareCommand("AV-MNIST-format data from FSDD, MNIST and noise wavs", avdigits_arguments, run_avdigits,
-                           describe_avdigits)))
+                           describe_avdigits))(load_avmnist_layout)

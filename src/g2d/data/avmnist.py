@@ -23,10 +23,9 @@ import torch
 
 from g2d.config import DatasetConfig
 from g2d.data.base import (
-    DatasetRecord,
+    DATASETS,
     ModalitySpec,
     MultimodalData,
-    register_dataset,
     stratified_split,
 )
 from g2d.data.commands import PrepareCommand, common, common_arguments, describe_splits
@@ -124,16 +123,6 @@ def load_avmnist_layout(config: DatasetConfig, options: AVMNISTOptions) -> Multi
                         val_rows=options.val_rows)
 
 
-def load_avmnist_folder(config: DatasetConfig, options: AVMNISTOptions) -> MultimodalData:
-    """AV-MNIST from a raw folder, or from one written by ``g2d prepare avmnist`` (its own validation split)."""
-    if not (Path(config.root or "") / "prepare.json").is_file():
-        return load_avmnist_layout(config, options)
-    if options.val_rows is not None:
-        raise G2DError(f"config key dataset.options.val_rows: {config.root} was written by g2d prepare avmnist, "
-                       "whose validation rows are fixed (--val-rows); leave the option out")
-    return load_prepared_dataset(config, options)
-
-
 def prepare_avmnist(
     root: Path, out: Path, val_rows: int = MULTIBENCH_VAL_ROWS, progress: bool = True, overwrite: bool = False
 ) -> dict:
@@ -212,8 +201,16 @@ def run_avmnist(args: argparse.Namespace) -> dict:
     return prepare_avmnist(val_rows=args.val_rows, **common(args))
 
 
-register_dataset("avmnist", DatasetRecord(
-    load_avmnist_folder, task="classification", Options=AVMNISTOptions,
+@DATASETS.register(
+    "avmnist", task="classification", Options=AVMNISTOptions,
     root="the folder with image/, audio/ and *_labels.npy, or one written by g2d prepare avmnist",
     prepare=PrepareCommand("AV-MNIST .npy folder with MultiBench's 55k/5k/10k split", avmnist_arguments, run_avmnist,
-                           describe_splits)))
+                           describe_splits))
+def load_avmnist_folder(config: DatasetConfig, options: AVMNISTOptions) -> MultimodalData:
+    """AV-MNIST from a raw folder, or from one written by ``g2d prepare avmnist`` (its own validation split)."""
+    if not (Path(config.root or "") / "prepare.json").is_file():
+        return load_avmnist_layout(config, options)
+    if options.val_rows is not None:
+        raise G2DError(f"config key dataset.options.val_rows: {config.root} was written by g2d prepare avmnist, "
+                       "whose validation rows are fixed (--val-rows); leave the option out")
+    return load_prepared_dataset(config, options)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from g2d.config import DatasetConfig, parse_settings
+from g2d.data.commands import PrepareCommand
 from g2d.errors import G2DError
 from g2d.registry import Registry
 
@@ -323,13 +324,13 @@ class NoOptions:
 
 @dataclass(frozen=True)
 class DatasetRecord:
-    """A dataset's facts, registered in the module that defines it; ``dataset.name`` selects it.
+    """A dataset's facts, registered in the module that defines it (``DATASETS.register``).
 
     ``load(config, options)`` reads it, ``options`` being its ``Options`` dataclass filled from
     ``dataset.options`` (``Options=dict``: passed through unchecked, for a user's own factory). ``task``: ``classification`` or ``regression`` (None: the data decides).
     ``root``: what ``dataset.root`` must name ("" when the data is embedded). ``folds``: whether
     it takes ``dataset.folds`` (False for a fixed test split). ``prepare``: its ``g2d prepare``
-    command (``g2d.data.commands.PrepareCommand``), if any.
+    command, if any.
     """
 
     load: Callable[[DatasetConfig, Any], "MultimodalData"]
@@ -337,15 +338,12 @@ class DatasetRecord:
     root: str = ""
     folds: bool = False
     Options: type = NoOptions
-    prepare: Any = None
+    prepare: PrepareCommand | None = None
 
 
-DATASETS: Registry[DatasetRecord] = Registry("dataset", "dataset.name")
-
-
-def register_dataset(name: str, record: DatasetRecord) -> None:
-    """Add ``record`` under ``name`` (called by the dataset's own module)."""
-    DATASETS.register(name)(record)
+# ``@DATASETS.register("name", task=..., ...)`` on the loader: ``dataset.name=name`` selects it. A loader
+# shared by several datasets (``g2d.data.prepared``) is registered by applying the decorator to it.
+DATASETS: Registry[DatasetRecord] = Registry("dataset", "dataset.name", DatasetRecord)
 
 
 def dataset_options(config: DatasetConfig) -> Any:

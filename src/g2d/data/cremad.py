@@ -29,7 +29,7 @@ from g2d.data.audiovisual import (
     modality_specs,
     write_labelled_splits,
 )
-from g2d.data.base import DatasetRecord, register_dataset
+from g2d.data.base import DATASETS
 from g2d.data.commands import (
     PrepareCommand,
     common,
@@ -174,6 +174,7 @@ def run_cremad(args: argparse.Namespace) -> dict:
     return prepare_cremad(split_dir=args.split_dir, **media(args), **common(args))
 
 
-register_dataset("cremad", DatasetRecord(
-    load_prepared_dataset, task="classification", root="the folder written by g2d prepare cremad",
-    prepare=PrepareCommand("CREMA-D from AudioWAV/ and VideoFlash/", cremad_arguments, run_cremad, describe_splits)))
+DATASETS.register(
+    "cremad", task="classification", root="the folder written by g2d prepare cremad",
+    prepare=PrepareCommand("CREMA-D from AudioWAV/ and VideoFlash/", cremad_arguments, run_cremad,
+                           describe_splits))(load_prepared_dataset)

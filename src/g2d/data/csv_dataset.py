@@ -35,12 +35,11 @@ import torch
 from g2d.config import Choice, DatasetConfig
 from g2d.data.audio import log_spectrogram, read_wav, resample
 from g2d.data.base import (
+    DATASETS,
     SPLITS,
-    DatasetRecord,
     ModalitySpec,
     MultimodalData,
     mask_key,
-    register_dataset,
     split_indices,
     standardization,
     target_scale,
@@ -100,6 +99,7 @@ class Table:
         return f"{self.path} line {self.lines[row]}, column {column!r}"
 
 
+@DATASETS.register("csv", task=None, folds=True, Options=CSVOptions, root="the path of its index CSV file")
 def load_csv_dataset(config: DatasetConfig, settings: CSVOptions) -> MultimodalData:
     """The dataset an index CSV describes, decoded into memory."""
     options = plain(settings)
@@ -402,6 +402,3 @@ def read_arrays(
     values = np.where(mask[:, :, None], (values - mean) / std, 0.0)
     return values.astype(np.float32), mask
 
-
-register_dataset("csv", DatasetRecord(load_csv_dataset, task=None, folds=True, Options=CSVOptions,
-                                      root="the path of its index CSV file"))

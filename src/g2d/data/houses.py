@@ -29,10 +29,9 @@ import torch
 
 from g2d.config import Choice, DatasetConfig
 from g2d.data.base import (
-    DatasetRecord,
+    DATASETS,
     ModalitySpec,
     MultimodalData,
-    register_dataset,
     split_indices,
     standardization,
     target_scale,
@@ -72,6 +71,8 @@ class HousesOptions:
                            f"got {self.image_size}")
 
 
+@DATASETS.register("houses", task="regression", folds=True, Options=HousesOptions,
+                   root="the folder with HousesInfo.txt and images/ (e.g. dataset.root=../shared/data/houses)")
 def load_houses(config: DatasetConfig, settings: HousesOptions) -> MultimodalData:
     """The houses folder as a regression dataset; every file is decoded here, once."""
     options = plain(settings)
@@ -157,7 +158,3 @@ def tabular_features(table: np.ndarray, train: np.ndarray, zipcode: str, min_cou
         names += [f"zip_{z}" for z in frequent] + ["zip_other"]
     return np.concatenate(columns, axis=1).astype(np.float32), names
 
-
-register_dataset("houses", DatasetRecord(
-    load_houses, task="regression", folds=True, Options=HousesOptions,
-    root="the folder with HousesInfo.txt and images/ (e.g. dataset.root=../shared/data/houses)"))

@@ -16,10 +16,9 @@ import torch
 
 from g2d.config import DatasetConfig
 from g2d.data.base import (
-    DatasetRecord,
+    DATASETS,
     ModalitySpec,
     MultimodalData,
-    register_dataset,
     split_indices,
 )
 from g2d.errors import G2DError
@@ -42,6 +41,7 @@ def read_view(root: Path, view: str) -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].astype(np.float32), table[:, -1].astype(np.int64)
 
 
+@DATASETS.register("mfeat", task="classification", folds=True)
 def load_mfeat(config: DatasetConfig, options: Any = None) -> MultimodalData:
     """The chosen views (all six by default) as a classification dataset with train/val/test.
 
@@ -79,5 +79,3 @@ def load_mfeat(config: DatasetConfig, options: Any = None) -> MultimodalData:
         class_names=[str(d) for d in range(10)],
     )
 
-
-register_dataset("mfeat", DatasetRecord(load_mfeat, task="classification", folds=True))

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from g2d.data.base import DatasetRecord, ModalitySpec, register_dataset
+from g2d.data.base import DATASETS, ModalitySpec
 from g2d.data.commands import PrepareCommand, common, common_arguments, describe_splits
 from g2d.data.prepared import (
     LABEL,
@@ -233,7 +233,7 @@ def run_misme(args: argparse.Namespace) -> dict:
     return prepare_misme(images=args.images, columns=columns, size=args.size, workers=args.workers, **common(args))
 
 
-register_dataset("misme", DatasetRecord(
-    load_prepared_dataset, task="regression", root="the folder written by g2d prepare misme",
+DATASETS.register(
+    "misme", task="regression", root="the folder written by g2d prepare misme",
     prepare=PrepareCommand("MIS-ME soil images and meteorological tables", misme_arguments, run_misme,
-                           describe_splits)))
+                           describe_splits))(load_prepared_dataset)

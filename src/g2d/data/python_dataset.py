@@ -27,12 +27,11 @@ import torch
 
 from g2d.config import DatasetConfig
 from g2d.data.base import (
+    DATASETS,
     MASKED_KINDS,
-    DatasetRecord,
     ModalitySpec,
     MultimodalData,
     mask_key,
-    register_dataset,
     target_scale,
 )
 from g2d.errors import G2DError
@@ -253,7 +252,8 @@ def epoch_seed(split_seed: int, epoch: int) -> int:
     return split_seed * 100_003 + epoch + 1
 
 
-def load_python_dataset(config: DatasetConfig) -> MultimodalData:
+@DATASETS.register("python", task=None, Options=dict)
+def load_python_dataset(config: DatasetConfig, options: Any = None) -> MultimodalData:
     """Call the factory, read every item once (seeded) and check the arrays: the dataset a run trains on.
 
     When the training items are random, ``redraw(epoch)`` reads them anew for each epoch, seeded by
@@ -282,7 +282,3 @@ def load_python_dataset(config: DatasetConfig) -> MultimodalData:
         notes={"factory": str(config.factory)}, target_offset=layout.target_offset, target_span=layout.target_span,
         deterministic=deterministic, redraw=None if deterministic else redraw,
     )
-
-
-register_dataset("python", DatasetRecord(
-    lambda config, options: load_python_dataset(config), task=None, Options=dict))

@@ -29,7 +29,7 @@ from g2d.data.audiovisual import (
     modality_specs,
     write_labelled_splits,
 )
-from g2d.data.base import DatasetRecord, register_dataset
+from g2d.data.base import DATASETS
 from g2d.data.commands import (
     PrepareCommand,
     common,
@@ -185,7 +185,7 @@ def run_vggsound(args: argparse.Namespace) -> dict:
     return prepare_vggsound(csv_path=args.csv, name_format=args.name_format, **media(args), **common(args))
 
 
-register_dataset("vggsound", DatasetRecord(
-    load_prepared_dataset, task="classification", root="the folder written by g2d prepare vggsound",
+DATASETS.register(
+    "vggsound", task="classification", root="the folder written by g2d prepare vggsound",
     prepare=PrepareCommand("VGGSound from the CSV and downloaded clips", vggsound_arguments, run_vggsound,
-                           describe_splits)))
+                           describe_splits))(load_prepared_dataset)

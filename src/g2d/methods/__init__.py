@@ -1,7 +1,7 @@
 """Training methods, one module each, and the registry that ``method.name`` selects from.
 
 Every module of this package is imported here, so a method registers itself where it is
-defined (``@register_method`` in its own file) and needs no line elsewhere.
+defined (``@METHODS.register("name")`` in its own file) and needs no line elsewhere.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from g2d.methods.base import (
     Method,
     TeacherOutputs,
     parse_params,
-    register_method,
 )
 
 for _module in pkgutil.iter_modules(__path__):
@@ -61,5 +60,4 @@ def build_method(method_config: dict[str, Any], task: str, modalities: list[str]
     return cls(params, task, modalities)
 
 
-__all__ = ["METHODS", "Method", "TeacherOutputs", "build_method", "check_task", "method_class", "method_params",
-           "register_method"]
+__all__ = ["METHODS", "Method", "TeacherOutputs", "build_method", "check_task", "method_class", "method_params"]

@@ -42,7 +42,7 @@ from torch import nn
 
 from g2d.core.balancing import in_window, scale_gradients
 from g2d.errors import G2DError
-from g2d.methods.base import ABOVE_0, AT_LEAST_0, AT_LEAST_1, MethodContext, check_numbers, register_method
+from g2d.methods.base import ABOVE_0, AT_LEAST_0, AT_LEAST_1, METHODS, MethodContext, check_numbers
 from g2d.methods.joint import JointTrain
 from g2d.models.multimodal import ModelOutput
 
@@ -120,11 +120,10 @@ def agm_coefficients(scores: torch.Tensor, running: torch.Tensor, alpha: float, 
     return torch.exp(alpha * gap.clamp(max=clip))
 
 
-@register_method
+@METHODS.register("agm")
 class AGM(JointTrain):
     """Joint training (its task loss) with each encoder's gradients scaled by AGM's adaptive coefficient."""
 
-    name = "agm"
     label = "AGM"
     data_parallel = (
         "its step runs extra forward passes with modalities zeroed and scales gradients through its own "

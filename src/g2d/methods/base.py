@@ -17,11 +17,13 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from g2d.config import parse_settings
+from g2d.config import ExperimentConfig, parse_settings
 from g2d.core.balancing import scaled_learning_rates
 from g2d.core.losses import FEATURE_REDUCTIONS, teacher_confidence
+from g2d.core.smp import SMP
+from g2d.data.base import MultimodalData
 from g2d.errors import G2DError
-from g2d.models.multimodal import ModelOutput
+from g2d.models.multimodal import ModelOutput, MultimodalModel
 from g2d.registry import Registry
 
 
@@ -45,20 +47,23 @@ class NoParams:
 class MethodContext:
     """What a method may use during training, handed over once by the engine before the first step.
 
-    ``parameter_groups`` maps ``"encoder:<modality>"`` and ``"fusion"`` (plus ``"method"`` when
-    the method added modules) to the optimizer's param group of that name. ``teachers`` are the
-    run's frozen teachers (``g2d.training.teacher_cache.FrozenTeachers``), ``modulator`` its SMP.
+    ``model`` is the run's model (under DDP, ``g2d.training.distributed.DataParallelModel``, which
+    answers the model's attributes). ``parameter_groups`` maps ``"encoder:<modality>"`` and
+    ``"fusion"`` (plus ``"method"`` when the method added modules) to the optimizer's param group
+    of that name. ``teachers`` are the run's frozen teachers, called on a batch
+    (``g2d.training.teacher_cache.FrozenTeachers``, a layer above, hence the callable type);
+    ``modulator`` is its SMP.
     ``mean_across_processes`` averages a tensor over the processes training together (the loop
     passes torch.distributed's all-reduce under DDP; one process keeps the tensor as it is).
     """
 
-    model: Any
+    model: MultimodalModel
     optimizer: torch.optim.Optimizer
-    data: Any
+    data: MultimodalData
     device: torch.device
-    config: Any
-    teachers: Any = None
-    modulator: Any = None
+    config: ExperimentConfig
+    teachers: Callable[[dict[str, torch.Tensor]], TeacherOutputs] | None = None
+    modulator: SMP | None = None
     mean_across_processes: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
 
     @property
@@ -147,7 +152,7 @@ class Method:
 
     # The method's record: the one place its facts live; the CLI, the preflight check
     # (``g2d.runs.check``), sweeps, tables and reports read them from here.
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # given by ``@METHODS.register(name)``
     label: ClassVar[str] = ""  # the paper's name, in tables and reports
     Params: ClassVar[type] = NoParams
     uses_teachers: ClassVar[bool] = False
@@ -292,11 +297,12 @@ def parse_params(params_type: type, values: dict[str, Any], prefix: str) -> Any:
     return parse_settings(params_type, values, prefix, "a hyperparameter of this method")
 
 
-METHODS: Registry[type[Method]] = Registry("method", "method.name")
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: ``method.name=<cls.name>`` selects ``cls``; its class attributes are its record."""
+def method_record(cls: type[Method]) -> type[Method]:
+    """A method's record is its class, its facts the class attributes above; the paper label is required."""
     if not cls.label:
         raise ValueError(f"method {cls.name!r} has no paper label")
-    return METHODS.register(cls.name)(cls)
+    return cls
+
+
+# ``@METHODS.register("name")`` on the class: ``method.name=name`` selects it.
+METHODS: Registry[type[Method]] = Registry("method", "method.name", method_record)

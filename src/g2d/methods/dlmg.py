@@ -43,7 +43,7 @@ from g2d.config import Choice
 from g2d.core.gradients import dot, gradients
 from g2d.core.losses import task_loss
 from g2d.data.base import Batches, to_device
-from g2d.methods.base import AT_LEAST_0, Method, TeacherOutputs, check_numbers, register_method
+from g2d.methods.base import AT_LEAST_0, METHODS, Method, TeacherOutputs, check_numbers
 from g2d.models.multimodal import ModelOutput
 
 
@@ -89,11 +89,10 @@ def heuristic_weight(epoch: int, decay: float) -> float:
     return min(max(math.exp(-decay * epoch), WEIGHT_RANGE[0]), WEIGHT_RANGE[1])
 
 
-@register_method
+@METHODS.register("dlmg")
 class DLMG(Method):
     """Supervised CE on the fused logits plus a scheduled or learned JS alignment between modalities."""
 
-    name = "dlmg"
     label = "DLMG"
     tasks = ("classification",)
     Params = DLMGParams

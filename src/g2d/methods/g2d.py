@@ -14,11 +14,11 @@ from g2d.core.losses import G2DLoss
 from g2d.methods.base import (
     ABOVE_0,
     AT_LEAST_0,
+    METHODS,
     Method,
     TeacherOutputs,
     check_feature_reduction,
     check_numbers,
-    register_method,
 )
 from g2d.models.multimodal import ModelOutput
 
@@ -38,11 +38,10 @@ class G2DParams:
         check_feature_reduction(self.feature_reduction, "g2d")
 
 
-@register_method
+@METHODS.register("g2d")
 class G2D(Method):
     """L = L_S + alpha * sum_m L_feat^m + beta * sum_m L_logit^m: the public ``g2d.G2DLoss``."""
 
-    name = "g2d"
     label = "G²D"
     Params = G2DParams
     uses_teachers = True

@@ -5,15 +5,14 @@ from __future__ import annotations
 import torch
 
 from g2d.core.losses import task_loss
-from g2d.methods.base import Method, TeacherOutputs, register_method
+from g2d.methods.base import METHODS, Method, TeacherOutputs
 from g2d.models.multimodal import ModelOutput
 
 
-@register_method
+@METHODS.register("joint")
 class JointTrain(Method):
     """All encoders trained together through the fused prediction (the paper's Joint-Train)."""
 
-    name = "joint"
     label = "Joint-Train"
     capturable = True
 

@@ -40,7 +40,7 @@ from g2d.config import Choice
 from g2d.core.losses import task_loss
 from g2d.data.base import Batches
 from g2d.errors import G2DError
-from g2d.methods.base import AT_LEAST_0, Method, check_numbers, register_method
+from g2d.methods.base import AT_LEAST_0, METHODS, Method, check_numbers
 from g2d.methods.heads import SharedHead, encoder_features
 from g2d.models.multimodal import ModelOutput
 
@@ -86,11 +86,10 @@ def entropy_gated(stacked: torch.Tensor) -> torch.Tensor:
     return (weights.unsqueeze(-1) * stacked).sum(dim=0)
 
 
-@register_method
+@METHODS.register("mla")
 class MLA(Method):
     """Alternating per-modality sub-steps through one shared, gradient-projected head."""
 
-    name = "mla"
     label = "MLA"
     data_parallel = "it runs a backward pass and an optimizer step per modality in every batch"
     Params = MLAParams

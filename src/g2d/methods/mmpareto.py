@@ -28,7 +28,7 @@ from torch import nn
 
 from g2d.core.gradients import dot, gradients
 from g2d.core.losses import task_loss
-from g2d.methods.base import ABOVE_0, Method, check_numbers, register_method
+from g2d.methods.base import ABOVE_0, METHODS, Method, check_numbers
 from g2d.methods.heads import ModalityHeads
 from g2d.models.multimodal import ModelOutput
 
@@ -76,11 +76,10 @@ def pareto_integrate(multimodal: list[torch.Tensor], unimodal: list[torch.Tensor
     return integrated
 
 
-@register_method
+@METHODS.register("mmpareto")
 class MMPareto(Method):
     """Multimodal + unimodal losses with per-encoder Pareto gradient integration."""
 
-    name = "mmpareto"
     label = "MMPareto"
     data_parallel = "it combines per-loss gradients from autograd.grad, which DDP does not average"
     Params = MMParetoParams

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from g2d.core.losses import task_loss
-from g2d.methods.base import AT_LEAST_0, Method, MethodContext, TeacherOutputs, check_numbers, register_method
+from g2d.methods.base import AT_LEAST_0, METHODS, Method, MethodContext, TeacherOutputs, check_numbers
 from g2d.models.multimodal import ModelOutput
 
 
@@ -43,11 +43,10 @@ class MSESParams:
         check_numbers(self, "mses", {"patience": AT_LEAST_0, "smoothing": ("in [0, 1)", lambda v: 0 <= v < 1)})
 
 
-@register_method
+@METHODS.register("mses")
 class MSES(Method):
     """Joint training in which each modality's encoder stops on its own validation loss plateau."""
 
-    name = "mses"
     label = "MSES"
     data_parallel = True  # one forward and backward per step; stopping decisions come from gathered validation
     Params = MSESParams

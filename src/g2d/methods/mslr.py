@@ -30,11 +30,11 @@ from g2d.errors import G2DError
 from g2d.methods.base import (
     AT_LEAST_0,
     AT_LEAST_1,
+    METHODS,
     Method,
     MethodContext,
     TeacherOutputs,
     check_numbers,
-    register_method,
 )
 from g2d.models.multimodal import ModelOutput
 
@@ -63,11 +63,10 @@ def validation_score(metrics: dict) -> float:
     return 1.0 - float(metrics["mse"])
 
 
-@register_method
+@METHODS.register("mslr")
 class MSLR(Method):
     """Joint training with a learning rate per modality encoder, adapted from validation accuracy."""
 
-    name = "mslr"
     label = "MSLR"
     data_parallel = True  # one forward and backward per step; learning rates come from gathered validation
     Params = MSLRParams

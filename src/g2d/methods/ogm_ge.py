@@ -35,7 +35,7 @@ from g2d.config import Choice
 from g2d.core.balancing import in_window
 from g2d.core.losses import teacher_confidence
 from g2d.core.smp import partial_coefficients
-from g2d.methods.base import AT_LEAST_0, MethodContext, check_numbers, register_method
+from g2d.methods.base import AT_LEAST_0, METHODS, MethodContext, check_numbers
 from g2d.methods.joint import JointTrain
 from g2d.models.multimodal import ModelOutput
 
@@ -84,11 +84,10 @@ def modulate_gradients(parameters: list[list[nn.Parameter]], coefficients: torch
                 grad.add_(torch.randn_like(grad) * std)
 
 
-@register_method
+@METHODS.register("ogm_ge")
 class OGMGE(JointTrain):
     """Joint training whose dominant encoders' gradients are damped by OGM's coefficient, plus GE noise."""
 
-    name = "ogm_ge"
     label = "OGM-GE"
     data_parallel = "its coefficients come from each process's own batch and its gradient noise is drawn per process"
     Params = OGMGEParams

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from g2d.core.balancing import in_window
 from g2d.core.losses import task_loss
 from g2d.data.base import Batches, to_device
-from g2d.methods.base import AT_LEAST_0, FRACTION, Method, TeacherOutputs, check_numbers, register_method
+from g2d.methods.base import AT_LEAST_0, FRACTION, METHODS, Method, TeacherOutputs, check_numbers
 from g2d.models.multimodal import ModelOutput
 
 
@@ -78,11 +78,10 @@ def pmr_coefficients(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pce, per
 
 
-@register_method
+@METHODS.register("pmr")
 class PMR(Method):
     """Fused cross-entropy plus prototype-based stimulation of the slow modalities."""
 
-    name = "pmr"
     label = "PMR"
     tasks = ("classification",)
     Params = PMRParams

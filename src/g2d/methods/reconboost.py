@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from g2d.core.losses import task_loss
-from g2d.methods.base import ABOVE_0, AT_LEAST_0, AT_LEAST_1, Method, check_numbers, register_method
+from g2d.methods.base import ABOVE_0, AT_LEAST_0, AT_LEAST_1, METHODS, Method, check_numbers
 from g2d.methods.heads import SharedHead, encoder_features
 from g2d.models.multimodal import ModelOutput
 
@@ -95,11 +95,10 @@ class BoostModules(nn.Module):
         self.boost_rate = nn.Parameter(torch.tensor(float(boost_rate)))
 
 
-@register_method
+@METHODS.register("reconboost")
 class ReconBoost(Method):
     """One modality per stage with a reconcilement-weighted loss, then rectification of the ensemble."""
 
-    name = "reconboost"
     label = "ReconBoost"
     data_parallel = "it alternates stages with several backward passes per batch"
     accepts_smp = "it schedules the modalities itself (one per stage)"

@@ -21,16 +21,15 @@ import torch
 from torch import nn
 
 from g2d.core.losses import task_loss
-from g2d.methods.base import Method, TeacherOutputs, register_method
+from g2d.methods.base import METHODS, Method, TeacherOutputs
 from g2d.methods.heads import ModalityHeads
 from g2d.models.multimodal import ModelOutput
 
 
-@register_method
+@METHODS.register("ume")
 class UME(Method):
     """Independent unimodal models in one run; predictions are the mean of their logits."""
 
-    name = "ume"
     label = "UME"
     capturable = True
     data_parallel = "its loss uses its own unimodal heads, never the fusion's, whose parameters DDP then waits for in vain"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from g2d.core.losses import feature_distillation, task_loss
-from g2d.methods.base import AT_LEAST_0, Method, TeacherOutputs, check_feature_reduction, check_numbers, register_method
+from g2d.methods.base import AT_LEAST_0, METHODS, Method, TeacherOutputs, check_feature_reduction, check_numbers
 from g2d.models.multimodal import ModelOutput
 
 
@@ -24,11 +24,10 @@ class UMTParams:
         check_feature_reduction(self.feature_reduction, "umt")
 
 
-@register_method
+@METHODS.register("umt")
 class UMT(Method):
     """L = L_S + feature_weight * sum_m MSE(student feature_m, teacher feature_m)."""
 
-    name = "umt"
     label = "UMT"
     Params = UMTParams
     uses_teachers = True

@@ -11,6 +11,7 @@ All but ``hf`` are written here (no torchvision) and initialised as the paper do
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -306,6 +307,29 @@ def image_channels(spec: ModalitySpec) -> int:
     return spec.shape[0] if spec.kind == "image" else spec.shape[1]
 
 
+Builder = Callable[[EncoderConfig, ModalitySpec, str], nn.Module]
+
+
+@dataclass(frozen=True)
+class EncoderRecord:
+    """An encoder's facts: ``build(config, spec, prefix)`` makes it (checking the settings it reads from
+    ``EncoderConfig``), ``kinds`` are the modality kinds it takes."""
+
+    build: Builder
+    kinds: tuple[str, ...]
+
+
+# ``@ENCODERS.register("name", kinds=(...))`` on the builder: ``model.encoder.name=name`` selects it.
+ENCODERS: Registry[EncoderRecord] = Registry("encoder", "model.encoder.name", EncoderRecord)
+
+
+@ENCODERS.register("auto", kinds=("vector", "image", "video", "sequence"))
+def build_auto(config: EncoderConfig, spec: ModalitySpec, key: str) -> nn.Module:
+    """``auto``: the paper's encoder for the modality's kind (MLP, ResNet-18 or Transformer)."""
+    return ENCODERS[AUTO_ENCODER[spec.kind]].build(config, spec, key)
+
+
+@ENCODERS.register("mlp", kinds=("vector",))
 def build_mlp(config: EncoderConfig, spec: ModalitySpec, prefix: str) -> nn.Module:
     if len(config.hidden) == 0 or min(config.hidden) < 1:
         raise G2DError(f"{prefix}.hidden: need at least one positive layer size, got {list(config.hidden)}")
@@ -313,17 +337,20 @@ def build_mlp(config: EncoderConfig, spec: ModalitySpec, prefix: str) -> nn.Modu
     return MLPEncoder(spec.shape[0], list(config.hidden), config.dropout)
 
 
+@ENCODERS.register("resnet18", kinds=("image", "video"))
 def build_resnet18(config: EncoderConfig, spec: ModalitySpec, prefix: str) -> nn.Module:
     check_positive(prefix, config, ("width",))
     return ResNet18Encoder(image_channels(spec), config.width)
 
 
+@ENCODERS.register("mobilenetv2", kinds=("image", "video"))
 def build_mobilenetv2(config: EncoderConfig, spec: ModalitySpec, prefix: str) -> nn.Module:
     if not (math.isfinite(config.width_mult) and config.width_mult > 0):
         raise G2DError(f"{prefix}.width_mult: must be a positive number, got {config.width_mult}")
     return MobileNetV2Encoder(image_channels(spec), config.width_mult)
 
 
+@ENCODERS.register("transformer", kinds=("sequence",))
 def build_transformer(config: EncoderConfig, spec: ModalitySpec, prefix: str) -> nn.Module:
     check_positive(prefix, config, ("d_model", "layers", "heads", "feedforward", "kernel_size"))
     if config.d_model % config.heads != 0:
@@ -346,24 +373,8 @@ def build_transformer(config: EncoderConfig, spec: ModalitySpec, prefix: str) ->
     )
 
 
-Builder = Callable[[EncoderConfig, ModalitySpec, str], nn.Module]
-
-# Each encoder: the modality kinds it takes, and its builder (which checks its own settings).
-ENCODERS: Registry[tuple[tuple[str, ...], Builder]] = Registry("encoder", "model.encoder.name")
-
-
-def build_auto(config: EncoderConfig, spec: ModalitySpec, key: str) -> nn.Module:
-    """``auto``: the paper's encoder for the modality's kind (MLP, ResNet-18 or Transformer)."""
-    _, build = ENCODERS[AUTO_ENCODER[spec.kind]]
-    return build(config, spec, key)
-
-
-ENCODERS.register("auto")((("vector", "image", "video", "sequence"), build_auto))
-ENCODERS.register("mlp")((("vector",), build_mlp))
-ENCODERS.register("resnet18")((("image", "video"), build_resnet18))
-ENCODERS.register("mobilenetv2")((("image", "video"), build_mobilenetv2))
-ENCODERS.register("transformer")((("sequence",), build_transformer))
-ENCODERS.register("hf")((HF_KINDS, build_hf))
+# hf's builder is defined in g2d.models.hf, a module this one imports (so it cannot import this registry).
+ENCODERS.register("hf", kinds=HF_KINDS)(build_hf)
 ENCODER_NAMES = tuple(ENCODERS)
 AUTO_ENCODER = {"vector": "mlp", "image": "resnet18", "video": "resnet18", "sequence": "transformer"}
 SPEC_RANK = {"vector": 1, "image": 3, "video": 4, "sequence": 2, "tokens": 1}
@@ -375,13 +386,13 @@ def build_encoder(config: EncoderConfig, spec: ModalitySpec, key: str) -> nn.Mod
         raise G2DError(f"{key}: modality kind {spec.kind!r} is not one of {', '.join(SPEC_RANK)}")
     if len(spec.shape) != SPEC_RANK[spec.kind]:
         raise G2DError(f"{key}: a {spec.kind} modality needs a shape of rank {SPEC_RANK[spec.kind]}, got {spec.shape}")
-    kinds, build = ENCODERS.lookup(config.name, key)
-    if spec.kind not in kinds:
+    encoder = ENCODERS.lookup(config.name, key)
+    if spec.kind not in encoder.kinds:
         if config.name == "auto":
             raise G2DError(f"{key}: a {spec.kind} modality has no automatic encoder; use hf with a model folder as path")
-        raise G2DError(f"{key}: encoder {config.name!r} takes {' or '.join(kinds)} input, but this modality is {spec.kind} {spec.shape}")
+        raise G2DError(f"{key}: encoder {config.name!r} takes {' or '.join(encoder.kinds)} input, but this modality is {spec.kind} {spec.shape}")
     prefix = key.rsplit(".", 1)[0]
     if config.path and config.name != "hf":
         raise G2DError(f"{prefix}.path: only the hf encoder reads a model folder (this one is {config.name!r}); "
                        f"for a weights file use {prefix}.weights")
-    return apply_pretrained(build(config, spec, prefix), config, prefix)
+    return apply_pretrained(encoder.build(config, spec, prefix), config, prefix)

@@ -7,16 +7,19 @@ each fusion forms them follows the paper's A.5 (see docs/models.md): late and su
 modality's own head, concat a partition of its head, and the interaction fusions (FiLM,
 gated, cross-attention) their own fused output with every other modality deactivated.
 Late, sum and concat accept k >= 1 modalities, the interaction fusions k >= 2. A new fusion
-is a ``Fusion`` subclass added to ``FUSIONS``.
+is a ``Fusion`` subclass registered where it is defined (``@FUSIONS.register("name")``); its
+settings are a dataclass named by its ``Settings`` attribute, filled from ``model.fusion_settings``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
 
+from g2d.config import parse_settings
 from g2d.errors import G2DError
 from g2d.registry import Registry
 
@@ -29,12 +32,37 @@ def make_linear(in_dim: int, out_dim: int) -> nn.Linear:
     return layer
 
 
+@dataclass
+class NoSettings:
+    """A fusion without settings."""
+
+
+@dataclass
+class HiddenSettings:
+    """``hidden``: the common width every modality is projected to; null (the default) takes the largest
+    feature size ``max_m d_m``."""
+
+    hidden: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.hidden is not None and self.hidden < 1:
+            raise G2DError(f"config key model.fusion_settings.hidden: must be at least 1, got {self.hidden}")
+
+    def width(self, feature_dims: dict[str, int]) -> int:
+        return self.hidden if self.hidden is not None else max(feature_dims.values())
+
+
 class Fusion(nn.Module):
-    """Base class: maps ``{modality: features [B, d_m]}`` to fused and per-modality logits ``[B, num_outputs]``."""
+    """Base class: maps ``{modality: features [B, d_m]}`` to fused and per-modality logits ``[B, num_outputs]``.
+
+    Its record is its class: ``name`` (given by ``@FUSIONS.register``) and ``Settings``, the dataclass of
+    its settings (``model.fusion_settings``), handed to ``__init__`` checked."""
 
     name: ClassVar[str] = ""
+    Settings: ClassVar[type] = NoSettings
 
-    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
+    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int,
+                 settings: Any = None) -> None:
         super().__init__()
         if len(modalities) == 0:
             raise G2DError("dataset.modalities: a model needs at least one modality")
@@ -46,18 +74,23 @@ class Fusion(nn.Module):
         self.modalities = list(modalities)
         self.feature_dims = {m: int(feature_dims[m]) for m in modalities}
         self.num_outputs = num_outputs
+        self.settings = settings if settings is not None else self.Settings()
 
     def forward(self, features: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
 
+# ``@FUSIONS.register("name")`` on the class: ``model.fusion=name`` selects it.
+FUSIONS: Registry[type[Fusion]] = Registry("fusion", "model.fusion")
+
+
+@FUSIONS.register("late")
 class LateFusion(Fusion):
     """One Linear head per modality; the fused logits are the mean of the heads' logits (the paper's default)."""
 
-    name = "late"
-
-    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
-        super().__init__(modalities, feature_dims, num_outputs)
+    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int,
+                 settings: Any = None) -> None:
+        super().__init__(modalities, feature_dims, num_outputs, settings)
         self.heads = nn.ModuleDict({m: make_linear(self.feature_dims[m], num_outputs) for m in self.modalities})
 
     def combine(self, stacked: Tensor) -> Tensor:
@@ -69,25 +102,24 @@ class LateFusion(Fusion):
         return fused, per_modality
 
 
+@FUSIONS.register("sum")
 class SumFusion(LateFusion):
     """Late fusion's per-modality heads, with the fused logits the sum of the heads' logits (A.3.1)."""
-
-    name = "sum"
 
     def combine(self, stacked: Tensor) -> Tensor:
         return stacked.sum(dim=0)
 
 
+@FUSIONS.register("concat")
 class ConcatFusion(Fusion):
     """One Linear on the concatenated features; per-modality logits use that modality's slice of the weight.
 
     Modality m's logits are ``f_m @ W[:, slice_m].T + bias / k``, so they sum exactly to the fused logits.
     """
 
-    name = "concat"
-
-    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
-        super().__init__(modalities, feature_dims, num_outputs)
+    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int,
+                 settings: Any = None) -> None:
+        super().__init__(modalities, feature_dims, num_outputs, settings)
         self.head = make_linear(sum(self.feature_dims.values()), num_outputs)
         self.slices: dict[str, tuple[int, int]] = {}
         start = 0
@@ -116,8 +148,9 @@ class DeactivationFusion(Fusion):
     batch of ``(k + 1) * B`` rows, which is exact because ``fuse`` treats rows independently.
     """
 
-    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
-        super().__init__(modalities, feature_dims, num_outputs)
+    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int,
+                 settings: Any = None) -> None:
+        super().__init__(modalities, feature_dims, num_outputs, settings)
         if len(self.modalities) < 2:
             raise G2DError(
                 f"model.fusion: {self.name} fuses modalities with each other and needs at least two, "
@@ -136,6 +169,7 @@ class DeactivationFusion(Fusion):
         return logits[0], {m: logits[1 + i] for i, m in enumerate(self.modalities)}
 
 
+@FUSIONS.register("film")
 class FiLMFusion(DeactivationFusion):
     """Feature-wise linear modulation (A.3.3) in which every modality is modulated by all the others.
 
@@ -148,10 +182,9 @@ class FiLMFusion(DeactivationFusion):
     projected.
     """
 
-    name = "film"
-
-    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
-        super().__init__(modalities, feature_dims, num_outputs)
+    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int,
+                 settings: Any = None) -> None:
+        super().__init__(modalities, feature_dims, num_outputs, settings)
         dims = self.feature_dims
         total = sum(dims.values())
         self.film = nn.ModuleDict({m: make_linear(total - dims[m], 2 * dims[m]) for m in self.modalities})
@@ -171,22 +204,25 @@ class FiLMFusion(DeactivationFusion):
         return self.head(torch.cat([modulated[m] for m in self.modalities], dim=1))
 
 
+@FUSIONS.register("gated")
 class GatedFusion(DeactivationFusion):
     """Gated fusion (the paper's BiGated, A.3.4): each modality's hidden state gated by the others'.
 
-    Each modality has its own Linear to a common hidden size ``d = max_m d_m``,
-    ``z_m = W_m f_m + b_m``; its gate is ``g_m = sigmoid(mean_{j != m} z_j)`` and
-    ``fused = head(sum_m g_m * z_m)``. With two modalities each hidden state gates the other
-    (the bidirectional form of OGM-GE's one-way gate); for k > 2 the gate averages the other
-    modalities' hidden states before the sigmoid, so every other modality has a say and the
-    gate's scale does not shrink with k (a product of k - 1 sigmoids would).
+    Each modality has its own Linear to a common hidden size ``d``
+    (``model.fusion_settings.hidden``; by default ``max_m d_m``), ``z_m = W_m f_m + b_m``; its gate
+    is ``g_m = sigmoid(mean_{j != m} z_j)`` and ``fused = head(sum_m g_m * z_m)``. With two
+    modalities each hidden state gates the other (the bidirectional form of OGM-GE's one-way gate);
+    for k > 2 the gate averages the other modalities' hidden states before the sigmoid, so every
+    other modality has a say and the gate's scale does not shrink with k (a product of k - 1
+    sigmoids would).
     """
 
-    name = "gated"
+    Settings = HiddenSettings
 
-    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
-        super().__init__(modalities, feature_dims, num_outputs)
-        self.hidden_dim = max(self.feature_dims.values())
+    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int,
+                 settings: Any = None) -> None:
+        super().__init__(modalities, feature_dims, num_outputs, settings)
+        self.hidden_dim = self.settings.width(self.feature_dims)
         self.hidden = nn.ModuleDict({m: make_linear(self.feature_dims[m], self.hidden_dim) for m in self.modalities})
         self.head = make_linear(self.hidden_dim, num_outputs)
 
@@ -201,25 +237,26 @@ class GatedFusion(DeactivationFusion):
         return self.head(self.gated(features))
 
 
+@FUSIONS.register("cross_attention")
 class CrossAttentionFusion(DeactivationFusion):
     """Cross-attention fusion (A.3.5): each modality's token attends across all modalities' tokens.
 
-    Features are vectors, so each modality is one token, projected by its own Linear to a
-    common size ``d = max_m d_m``: ``t_m = P_m f_m``. As in CrossViT [4], whose query token
-    attends over its own token together with the other branch's tokens, modality m's query
-    attends over all k tokens: bidirectional for two modalities, all-directional for more
-    (attending over the others alone would, for two modalities, be a softmax over one key,
-    always 1). Single head, scaled dot product:
-    ``a_m = softmax(q_m K^T / sqrt(d)) V``, and the attended representation is normalized,
-    ``r_m = LayerNorm(t_m + W_o a_m)``. ``fused = head([r_1, ..., r_k])``, one Linear from
-    ``k d`` to the outputs.
+    Features are vectors, so each modality is one token, projected by its own Linear to a common
+    size ``d`` (``model.fusion_settings.hidden``; by default ``max_m d_m``): ``t_m = P_m f_m``. As
+    in CrossViT [4], whose query token attends over its own token together with the other branch's
+    tokens, modality m's query attends over all k tokens: bidirectional for two modalities,
+    all-directional for more (attending over the others alone would, for two modalities, be a
+    softmax over one key, always 1). Single head, scaled dot product: ``a_m = softmax(q_m K^T /
+    sqrt(d)) V``, and the attended representation is normalized, ``r_m = LayerNorm(t_m + W_o
+    a_m)``. ``fused = head([r_1, ..., r_k])``, one Linear from ``k d`` to the outputs.
     """
 
-    name = "cross_attention"
+    Settings = HiddenSettings
 
-    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> None:
-        super().__init__(modalities, feature_dims, num_outputs)
-        d = self.token_dim = max(self.feature_dims.values())
+    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_outputs: int,
+                 settings: Any = None) -> None:
+        super().__init__(modalities, feature_dims, num_outputs, settings)
+        d = self.token_dim = self.settings.width(self.feature_dims)
         self.project = nn.ModuleDict({m: make_linear(self.feature_dims[m], d) for m in self.modalities})
         self.query, self.key, self.value, self.out = (make_linear(d, d) for _ in range(4))
         self.norm = nn.LayerNorm(d)
@@ -240,11 +277,13 @@ class CrossAttentionFusion(DeactivationFusion):
         return self.head(refined.flatten(1))
 
 
-FUSIONS: Registry[type[Fusion]] = Registry("fusion", "model.fusion")
-for _cls in (LateFusion, SumFusion, ConcatFusion, FiLMFusion, GatedFusion, CrossAttentionFusion):
-    FUSIONS.register(_cls.name)(_cls)
+def fusion_settings(name: str, values: dict[str, Any]) -> Any:
+    """``model.fusion_settings`` checked against the ``Settings`` of the fusion registered as ``name``."""
+    return parse_settings(FUSIONS[name].Settings, dict(values), "model.fusion_settings",
+                          f"a setting of fusion {name}")
 
 
-def build_fusion(name: str, modalities: list[str], feature_dims: dict[str, int], num_outputs: int) -> Fusion:
-    """Build the fusion registered as ``name`` (the ``model.fusion`` setting)."""
-    return FUSIONS[name](list(modalities), dict(feature_dims), num_outputs)
+def build_fusion(name: str, modalities: list[str], feature_dims: dict[str, int], num_outputs: int,
+                 settings: dict[str, Any] | None = None) -> Fusion:
+    """Build the fusion registered as ``name`` (the ``model.fusion`` setting) with its ``model.fusion_settings``."""
+    return FUSIONS[name](list(modalities), dict(feature_dims), num_outputs, fusion_settings(name, settings or {}))

@@ -51,7 +51,8 @@ class MultimodalModel(nn.Module):
         self.frozen = [m for m in self.modalities if config.encoder_for(m).freeze]
         self.lr_scales = {m: float(config.encoder_for(m).lr_scale) for m in self.modalities}
         feature_dims = {m: int(encoders[m].out_dim) for m in self.modalities}
-        self.fusion = build_fusion(config.fusion, self.modalities, feature_dims, num_outputs)
+        self.fusion = build_fusion(config.fusion, self.modalities, feature_dims, num_outputs,
+                                   config.fusion_settings)
         self.num_outputs = num_outputs
         # Trainable modules a method adds (e.g. MLA's shared head) live here, so the optimizer,
         # checkpoints and device moves include them without special cases.

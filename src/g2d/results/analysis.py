@@ -384,7 +384,8 @@ class AnalysisInput:
 
 
 # Each analysis adds its keys to analysis.json, in registration order; a new one is a function
-# registered here or in a new module of this package (``g2d.results`` imports them all).
+# registered here or in a new module of this package (``g2d.results`` imports them all), with
+# ``@ANALYSES.register("name")``: the function is its own record.
 ANALYSES: Registry[Callable[[AnalysisInput], dict]] = Registry("analysis", "g2d analyze")
 
 

@@ -1,7 +1,7 @@
 """The preflight check: every unknown name and unsupported combination refused before any work.
 
-``preflight`` reads only the config and the components' records (method, dataset, fusion,
-encoders, optimizer, loggers): no data is loaded, no teacher trained, no folder written, so a typo
+``preflight`` reads only the config and the components' records (method, dataset, fusion and its
+settings, encoders, optimizer, loggers): no data is loaded, no teacher trained, no folder written, so a typo
 or a combination a method refuses costs a second, not a trained teacher. ``g2d train``, ``g2d sweep``
 (every grid point and seed, before the first teacher), ``g2d demo`` and ``g2d config`` all go
 through it, and ``run`` relies on the ``Checked`` it returns (an API caller's ``run(config)`` checks the
@@ -19,14 +19,14 @@ import torch
 
 from g2d.config import ExperimentConfig, check_ranges, checked_config
 from g2d.core.autotau import check_auto, phase_cap
+from g2d.core.optimizers import OPTIMIZERS
 from g2d.core.smp import check_phases, check_tau_list, resolve_tau
 from g2d.data import DATASETS, MultimodalData, dataset_options
 from g2d.errors import G2DError
 from g2d.methods import METHODS, Method, check_task, method_params
 from g2d.models.encoders import ENCODERS
-from g2d.models.fusion import FUSIONS
+from g2d.models.fusion import fusion_settings
 from g2d.training.distributed import check_data_parallel
-from g2d.training.engine import OPTIMIZERS
 from g2d.training.tracking import check_loggers, check_wandb_mode
 from g2d.training.threads import choose_threads
 
@@ -50,7 +50,7 @@ def preflight(config: ExperimentConfig, caller: str = "preflight") -> Checked:
     choose_threads(config.trainer.threads)
     dataset = DATASETS.lookup(config.dataset.name)
     dataset_options(config.dataset)
-    FUSIONS.lookup(config.model.fusion)
+    fusion_settings(config.model.fusion, config.model.fusion_settings)
     ENCODERS.lookup(config.model.encoder.name, "model.encoder.name")
     for modality, encoder in config.model.encoders.items():
         ENCODERS.lookup(encoder.name, f"model.encoders.{modality}.name")

@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,13 +26,13 @@ from tqdm import tqdm
 
 from g2d.config import SELECTION_RULES, ExperimentConfig, OptimConfig, to_dict
 from g2d.core.losses import teacher_confidence
+from g2d.core.optimizers import OPTIMIZERS
 from g2d.core.smp import SMP, phase_of
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
 from g2d.io import load_weights
 from g2d.methods.base import Method, MethodContext, TeacherOutputs
 from g2d.models.pretrained import scale_learning_rates
-from g2d.registry import Registry
 from g2d.training import checkpoint, distributed
 from g2d.training.evaluate import evaluate, selection_score
 from g2d.training.fast import TrainingPath, plan_training, prepare_modules
@@ -81,25 +81,6 @@ def parameter_groups(model: nn.Module) -> list[dict]:
     if rest:
         groups.append({"name": "other", "params": rest})
     return groups
-
-
-OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer", "optim.name")
-
-
-@OPTIMIZERS.register("sgd")
-def sgd(groups: list[dict], config: OptimConfig, **options: Any) -> torch.optim.Optimizer:
-    options.pop("capturable", None)  # SGD keeps no step counter, so it needs no capturable mode
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **options)
-
-
-@OPTIMIZERS.register("adam")
-def adam(groups: list[dict], config: OptimConfig, **options: Any) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, **options)
-
-
-@OPTIMIZERS.register("adamw")
-def adamw(groups: list[dict], config: OptimConfig, **options: Any) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, **options)
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig, **options: Any) -> torch.optim.Optimizer:

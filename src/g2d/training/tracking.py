@@ -34,7 +34,7 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 from g2d.config import ExperimentConfig, flatten, load_config, to_dict
 from g2d.errors import G2DError
@@ -74,9 +74,11 @@ class RunInfo:
 
 
 class Backend:
-    """One tracking backend for one run. ``module`` is the package it needs (None: always installed)."""
+    """One tracking backend for one run; its record is its class: ``name`` (given by ``@BACKENDS.register``)
+    and ``module``, the package it needs (None: always installed)."""
 
-    module: str | None = None
+    name: ClassVar[str] = ""
+    module: ClassVar[str | None] = None
 
     def __init__(self, run: RunInfo) -> None:
         self.run = run
@@ -99,6 +101,7 @@ class Backend:
         """Flush and end the tracked run (``ok``: the run finished, else it failed)."""
 
 
+# ``@BACKENDS.register("name")`` on the class: ``trainer.loggers=[name]`` selects it.
 BACKENDS: Registry[type[Backend]] = Registry("logger", "trainer.loggers")
 
 
