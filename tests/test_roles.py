@@ -85,7 +85,7 @@ def test_the_declared_roles_answer_each_question():
         set(keys_with(lambda r: not r.result))
     # What a teacher run resets (and the sweep's teacher folder does not hash).
     assert set(keys_with(lambda r: r.result and not r.teacher)) == {
-        "dataset.modalities", "model.fusion", "method", "smp.enabled", "smp.schedule", "smp.tau", "smp.auto.patience",
+        "dataset.modalities", "model.fusion", "model.fusion_settings", "method", "smp.enabled", "smp.schedule", "smp.tau", "smp.auto.patience",
         "smp.auto.min_delta", "smp.auto.max_share", "smp.modulator", "smp.partial_alpha", "smp.suppression"}
 
 
