@@ -267,3 +267,22 @@ def test_killed_sweep_then_again_gives_the_same_table(tmp_path, point):
     assert main([*arguments, str(tmp_path / "killed")]) == 0
     assert sweep_table(tmp_path / "killed") == sweep_table(tmp_path / "whole")
     assert not [p for p in (tmp_path / "killed").rglob("*") if p.name.endswith((".tmp", ".new"))]
+
+
+def test_two_processes_marking_one_folder_at_once_both_succeed(tmp_path, monkeypatch):
+    """Two `g2d tune` processes joining one study mark its folder together: the other process's mark lands
+    between this one's write and rename, and neither may fail on the other's temporary file."""
+    from g2d import folders
+
+    real_replace = os.replace
+
+    def the_other_process_marks_first(source, target):
+        monkeypatch.setattr(os, "replace", real_replace)
+        monkeypatch.setattr(os, "getpid", lambda: 99999)
+        folders.mark(tmp_path, "tune")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", the_other_process_marks_first)
+    folders.mark(tmp_path, "tune")
+    assert json.loads((tmp_path / folders.MARKER).read_text())["kind"] == "tune"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folders.MARKER]

@@ -55,7 +55,7 @@ def mark(folder: Path, kind: str) -> None:
     except metadata.PackageNotFoundError:
         version = "unknown"
     record = {"kind": kind, "command": " ".join(sys.argv), "version": version}
-    tmp = folder / (MARKER + ".tmp")
+    tmp = folder / f"{MARKER}.{os.getpid()}.tmp"  # per process: two tunes joining one folder mark it at once
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, folder / MARKER)
 
