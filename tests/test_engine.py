@@ -141,4 +141,44 @@ def test_forward_flops_counts_one_batch_and_leaves_the_model_and_generators_alon
     state = torch.get_rng_state()
     assert forward_flops(net, data, 16) == 24 * 16
     assert net.training and torch.equal(torch.get_rng_state(), state)
+    assert all(p.grad is None for p in net.parameters())
     assert all(torch.equal(v, weights[k]) for k, v in net.state_dict().items())
+
+
+def test_forward_flops_hooks_count_what_torch_counts_and_other_layers_fall_back_to_torch():
+    """Convolutions, linear layers and norms are counted by forward hooks, equal to torch's FlopCounterMode;
+    a model with another parameterized layer (attention here) is counted by FlopCounterMode itself."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from g2d.data.base import ModalitySpec, MultimodalData
+    from g2d.training import threads
+
+    class Conv(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.BatchNorm2d(8),
+                                            torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, groups=2),
+                                            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5))
+
+        def forward(self, batch):
+            return self.body(batch["img"])
+
+    class Attention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = torch.nn.MultiheadAttention(4, 2, batch_first=True)
+
+        def forward(self, batch):
+            return self.attention(batch["seq"], batch["seq"], batch["seq"])[0]
+
+    for net, key, shape in ((Conv(), "img", (3, 12, 12)), (Attention(), "seq", (6, 4))):
+        split = {key: torch.randn(3, *shape), "label": torch.arange(3) % 2}
+        if key == "seq":
+            split["seq.mask"] = torch.ones(3, 6, dtype=torch.bool)
+        kind = "image" if key == "img" else "sequence"
+        data = MultimodalData("t", "classification", 2, {key: ModalitySpec(kind, shape)},
+                              {"train": split, "val": split, "test": split})
+        with FlopCounterMode(display=False) as counter:  # with gradients on: no fused attention kernel
+            net.eval()(dict(split, **{key: split[key][:1]}))
+        assert counter.get_total_flops() > 0
+        assert threads.forward_flops(net, data, 7) == 7 * counter.get_total_flops()
