@@ -11,16 +11,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from g2d.results.tables import main_metric  # noqa: E402
+from g2d.results.tables import main_metric
 
 DPI = 80
 MODALITY_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display), imported on first use: importing it costs every
+    g2d command about half a second, and only ``g2d report`` draws."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def integer_ticks(axis: Any) -> None:
+    """Whole-number ticks on ``axis`` (epochs)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 @dataclass
@@ -50,7 +62,7 @@ def analysed(groups: dict) -> list[str]:
 
 def model_colours(groups: dict) -> dict[str, Any]:
     """One colour per model, the same in every figure (tab10, or tab20 beyond ten models, so none repeats)."""
-    palette = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    palette = pyplot().get_cmap("tab10" if len(groups) <= 10 else "tab20")
     return {label: palette(i % palette.N) for i, label in enumerate(groups)}
 
 
@@ -63,7 +75,7 @@ def save(fig: Any, folder: Path, name: str, caption: str) -> Figure:
     """Write ``fig`` as ``folder/name.png`` at a small resolution and free it."""
     fig.tight_layout()
     fig.savefig(folder / f"{name}.png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     return Figure(name, f"{name}.png", caption)
 
 
@@ -96,7 +108,7 @@ def curves(groups: dict, folder: Path) -> Figure | None:
     """Validation score and confidence per modality over epochs, one line per model, SMP window shaded."""
     modalities = modalities_of(groups)
     key, title, factor = metric(groups)
-    fig, axes = plt.subplots(2, len(modalities), figsize=(4.8 * len(modalities), 6), squeeze=False)
+    fig, axes = pyplot().subplots(2, len(modalities), figsize=(4.8 * len(modalities), 6), squeeze=False)
     colours = model_colours(groups)
     drawn = False
     for column, m in enumerate(modalities):
@@ -118,10 +130,10 @@ def curves(groups: dict, folder: Path) -> Figure | None:
                     ax.legend(handles=[teacher], fontsize=8, loc="lower right")
             ax.set_title(f"{m} inside the model: validation {name}")
             ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            integer_ticks(ax.xaxis)
             ax.grid(alpha=0.3)
     if not drawn:
-        plt.close(fig)
+        pyplot().close(fig)
         return None
     legend_beside(axes[0][-1])
     return save(fig, folder, "curves", "Per-modality validation score (top) and confidence (bottom) of each "
@@ -139,11 +151,11 @@ def teacher_confidence(groups: dict, folder: Path) -> Figure | None:
                 tables.setdefault(m, rows)
     if not tables:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.5))
     for (m, rows), colour in zip(tables.items(), MODALITY_COLOURS):
         points = [(r["epoch"], r["val_confidence"]) for r in rows if isinstance(r.get("val_confidence"), float)]
         ax.plot([p[0] for p in points], [p[1] for p in points], color=colour, marker=".", label=f"{m} teacher")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_ticks(ax.xaxis)
     ax.set_xlabel("teacher's training epoch")
     ax.set_ylabel("confidence (Eq. 5), validation")
     ax.set_ylim(0, 1)
@@ -166,7 +178,7 @@ def grouped_bars(groups: dict, folder: Path, name: str, value: Any, ylabel: str,
     labels = analysed(groups)
     if not labels:
         return None
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(labels) * len(modalities) / 2 + 2), 3.6))
+    fig, ax = pyplot().subplots(figsize=(max(5.0, 1.4 * len(labels) * len(modalities) / 2 + 2), 3.6))
     width = 0.8 / len(modalities)
     drawn = False
     for j, (m, colour) in enumerate(zip(modalities, MODALITY_COLOURS)):
@@ -184,7 +196,7 @@ def grouped_bars(groups: dict, folder: Path, name: str, value: Any, ylabel: str,
             ax.scatter([x for x, _ in shown], [y for _, y in shown], marker="_", s=400 * width, color="black",
                        linewidths=2, zorder=3, label=marker[1] if j == 0 else None)
     if not drawn:
-        plt.close(fig)
+        pyplot().close(fig)
         return None
     if reference is not None:
         ax.axhline(reference, color="black", linewidth=0.8)
@@ -202,7 +214,7 @@ def probe(groups: dict, folder: Path) -> Figure | None:
     labels = analysed(groups)
     if not labels:
         return None
-    fig, axes = plt.subplots(1, len(modalities), figsize=(4.4 * len(modalities), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(modalities), figsize=(4.4 * len(modalities), 3.6), squeeze=False)
     for ax, m in zip(axes[0], modalities):
         for offset, (kind, colour) in zip((-0.2, 0.2), (("inside", "tab:gray"), ("probe", "tab:green"))):
             values = [[factor * r.analysis["per_modality"][m][kind][key] for r in groups[label] if r.analysis]
@@ -231,7 +243,7 @@ def missing(groups: dict, folder: Path) -> Figure | None:
         return None
     first = next(r.analysis for r in groups[labels[0]] if r.analysis)
     subsets = [tuple(row["present"]) for row in first["subsets"]]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(subsets) + 2), 3.6))
+    fig, ax = pyplot().subplots(figsize=(max(5.0, 1.2 * len(subsets) + 2), 3.6))
     width = 0.8 / len(labels)
     colours = model_colours(groups)
     for j, label in enumerate(labels):
@@ -258,7 +270,7 @@ def noise(groups: dict, folder: Path) -> Figure | None:
     labels = analysed(groups)
     if not labels:
         return None
-    fig, axes = plt.subplots(1, len(modalities), figsize=(4.2 * len(modalities), 3.4), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(modalities), figsize=(4.2 * len(modalities), 3.4), squeeze=False)
     colours = model_colours(groups)
     for ax, m in zip(axes[0], modalities):
         for label in labels:
@@ -286,7 +298,7 @@ def gap(groups: dict, folder: Path) -> Figure | None:
     if not chosen:
         return None
     modalities = modalities_of(groups)
-    fig, axes = plt.subplots(len(chosen), 2, figsize=(8, 3.4 * len(chosen)), squeeze=False)
+    fig, axes = pyplot().subplots(len(chosen), 2, figsize=(8, 3.4 * len(chosen)), squeeze=False)
     for row, (label, run) in enumerate(chosen):
         distance = " ".join(f"{v:.2f}" for v in (run.analysis.get("modality_gap") or {}).values())
         for column, method in enumerate(("pca", "tsne")):
