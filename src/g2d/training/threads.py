@@ -24,10 +24,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
 
-# Forward FLOPs of one training batch below which ``auto`` takes one thread on the CPU. Measured on
-# 2 cores (docs/performance.md): the demo's MLP (about 1e6 per batch) ran faster on one thread, and
-# ResNet-18 width 64 at batch 16 (about 1.6e10) gains from every core.
-SMALL_STEP_FLOPS = 1e8
+# Forward FLOPs of one training batch below which ``auto`` takes one thread on the CPU. Measured on a
+# 2-vCPU VM (docs/performance.md): the demo's MLP (about 1e6 per batch) and ResNet-18 at widths 4, 8 and 16
+# on AV-MNIST shapes, batch 16 (8e7 to 1.1e9) ran 2-3x faster on one thread, width 32 (4e9) about as fast,
+# width 64 (1.6e10) 1.4x faster on two. Set below that even point, leaving room for machines with more
+# real cores, whose threads pay earlier (not measured).
+SMALL_STEP_FLOPS = 2e9
 
 _budget: int | None = None
 
