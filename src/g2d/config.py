@@ -313,7 +313,7 @@ class TrainerConfig:
     bf16 on CUDA) is the fast path's autocast type, ``cuda_graph`` lets it capture whole steps,
     and ``loader_workers`` threads gather batches when the training split is not held on the GPU.
     ``threads`` (``auto`` or an integer) is the run's CPU thread count; auto = the cores the process
-    may use, or a sweep worker's share (``g2d.training.threads``).
+    may use, or a sweep worker's share, and one thread on the CPU for a small model (``g2d.training.threads``).
     See docs/performance.md. ``drop_last: false`` (the authors' loaders) keeps an epoch's last,
     partial batch (a remainder of one row is always dropped: BatchNorm cannot train on one row).
     ``resume`` continues the interrupted or finished run in ``out``

@@ -6,6 +6,7 @@ returns a ``Figure`` or None when the runs hold nothing to draw.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ DPI = 80
 MODALITY_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
 
+@functools.cache
 def pyplot() -> Any:
     """matplotlib's pyplot on the Agg backend (no display), imported on first use: importing it costs every
     g2d command about half a second, and only ``g2d report`` draws."""

@@ -19,7 +19,6 @@ import os
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from g2d.data.base import Batches, MultimodalData, to_device
 from g2d.errors import G2DError
@@ -47,11 +46,16 @@ def set_budget(threads: int) -> None:
     _budget = max(1, threads)
 
 
+def is_auto(setting: object) -> bool:
+    """Whether ``trainer.threads`` leaves the count to g2d (``auto``, in any case and spacing)."""
+    return str(setting).strip().lower() == "auto"
+
+
 def choose_threads(setting: object) -> int:
     """The thread count for ``trainer.threads``: ``auto`` (the budget) or a positive integer."""
-    text = str(setting).strip().lower()
-    if text == "auto":
+    if is_auto(setting):
         return budget()
+    text = str(setting).strip()
     if text.isdigit() and int(text) >= 1:
         return int(text)
     raise G2DError(f"config key trainer.threads: expected auto or a positive integer, got {setting!r}")
@@ -89,25 +93,30 @@ def forward_flops(model: nn.Module, data: MultimodalData, rows: int) -> int:
             module.in_channels // module.groups * math.prod(module.kernel_size)
         counted[0] += 2 * per_output * output.numel()
 
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, HOOKED)] if hooked else []
+    if hooked:
+        handles, counter = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, HOOKED)], None
+    else:  # imported here: most runs never need it, and every command imports this module
+        from torch.utils.flop_counter import FlopCounterMode
+
+        handles, counter = [], FlopCounterMode(display=False)
     training = model.training
     try:
         # With gradients on, as in training: under no_grad, eval-mode attention takes a fused kernel that
         # FlopCounterMode does not count (a transformer would look free). The graph is one row's, then dropped.
         with torch.random.fork_rng(devices=[]), torch.enable_grad(), \
-                contextlib.nullcontext() if hooked else FlopCounterMode(display=False) as counter:
+                counter if counter is not None else contextlib.nullcontext():
             model.eval()
             model(sample)
     finally:
         model.train(training)
         for handle in handles:
             handle.remove()
-    return (counted[0] if hooked else counter.get_total_flops()) * rows
+    return (counted[0] if counter is None else counter.get_total_flops()) * rows
 
 
 def fit_threads_to_model(setting: object, model: nn.Module, data: MultimodalData, batch_size: int) -> int:
-    """Under ``auto`` on the CPU, one thread when one batch's forward pass is under ``SMALL_STEP_FLOPS``;
-    otherwise the count ``use_threads`` set stays. Returns the count the run computes with."""
-    if str(setting).strip().lower() == "auto" and forward_flops(model, data, batch_size) < SMALL_STEP_FLOPS:
+    """Under ``auto``, one thread when one batch's forward pass is under ``SMALL_STEP_FLOPS`` (``run`` asks on
+    the CPU only); otherwise the count ``use_threads`` set stays. Returns the count the run computes with."""
+    if is_auto(setting) and forward_flops(model, data, batch_size) < SMALL_STEP_FLOPS:
         torch.set_num_threads(1)
     return torch.get_num_threads()
