@@ -24,6 +24,7 @@ from g2d.methods.base import Method
 from g2d.methods.g2d import G2D
 from g2d.models.multimodal import MultimodalModel
 from g2d.runs.experiment import run
+from g2d.training import engine
 from g2d.training.engine import TeacherEnsemble, prepare_training
 from g2d.training.fast import capture_key, plan_training
 from g2d.training.teachers import teacher_model_config
@@ -249,8 +250,9 @@ def test_cpu_precision_auto_is_bf16_only_where_native_and_only_once_verified(mon
     assert opted.fast and opted.dtype is None  # precision auto: still fp32 until verified
     monkeypatch.setattr(fast, "FAST_PATH_VERIFIED_ON_CPU", True)
     plan = plan_training(tiny_config(), CPU, method, data, None)
-    assert plan.fast and plan.dtype == torch.bfloat16 and plan.hint is None and not plan.channels_last
-    assert plan_training(tiny_config("trainer.precision=fp32"), CPU, method, data, None).dtype is None
+    assert plan.fast and plan.dtype == torch.bfloat16 and plan.hint is None and plan.channels_last and plan.host_freeze
+    fp32 = plan_training(tiny_config("trainer.precision=fp32"), CPU, method, data, None)
+    assert fp32.dtype is None and not fp32.channels_last and fp32.host_freeze  # channels_last paid in bf16 only
     native["avx512_bf16"] = False  # a CPU that would emulate bf16: fp32, and asked-for bf16 is named as emulated
     assert fast.cpu_bf16_features() == []
     assert plan_training(tiny_config(), CPU, method, data, None).dtype is None
@@ -353,8 +355,23 @@ def test_fast_path_makes_no_host_synchronization_per_step(tmp_path, monkeypatch)
                                   "trainer.fast=true", f"trainer.batch_size={batch_size}", f"out={tmp_path / name}",
                                   f"teachers.root={tmp_path / 'teachers'}"])
 
+    def as_on_cuda():  # SMP's freeze selects with torch.where, as it must under a CUDA graph
+        original = engine.plan_training
+
+        def planned(*args, **kwargs):
+            plan = original(*args, **kwargs)
+            plan.host_freeze = False
+            return plan
+
+        monkeypatch.setattr(engine, "plan_training", planned)
+
     run(config("warm", 64))
-    assert count_host_reads(monkeypatch, config("few", 128)) == count_host_reads(monkeypatch, config("many", 16))
+    as_on_cuda()
+    few = count_host_reads(monkeypatch, config("few", 128))
+    as_on_cuda()
+    assert few == count_host_reads(monkeypatch, config("many", 16))
+    # The CPU's default reads kappa once a step to leave frozen encoders out of it (free on the CPU).
+    assert count_host_reads(monkeypatch, config("cpu-few", 128)) < count_host_reads(monkeypatch, config("cpu-many", 16))
 
 
 def test_cli_prints_the_path_and_reference_flag_selects_the_reference_path(tmp_path, tiny_overrides, capsys):

@@ -65,15 +65,17 @@ class TwoEncoders(nn.Module):
         return self.a(x) + self.b(x)
 
 
-def one_step(suppression, kappa, steps=2, optimizer_name="sgd"):
+def one_step(suppression, kappa, steps=2, optimizer_name="sgd", host_freeze=False, foreach=None):
     torch.manual_seed(0)
     model = TwoEncoders()
     encoders = {"a": list(model.a.parameters()), "b": list(model.b.parameters())}
     modulator = Modulator(SMPConfig(suppression=suppression, tau=[1]), encoders, epochs=2)
+    modulator.host_freeze = host_freeze
     if optimizer_name == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2, foreach=foreach)
     else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.1, weight_decay=1e-2)
+        kind = torch.optim.Adam if optimizer_name == "adam" else torch.optim.AdamW
+        optimizer = kind(model.parameters(), lr=0.1, weight_decay=1e-2, foreach=foreach)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for step in range(steps):
         x = torch.randn(4, 1, 4, 4)
@@ -86,9 +88,11 @@ def one_step(suppression, kappa, steps=2, optimizer_name="sgd"):
     return model, optimizer, before
 
 
+@pytest.mark.parametrize("host_freeze", [False, True])
 @pytest.mark.parametrize("optimizer_name", ["sgd", "adam"])
-def test_freeze_keeps_suppressed_encoder_bit_identical(optimizer_name):
-    model, optimizer, before = one_step("freeze", [[0.0, 1.0], [0.0, 1.0]], optimizer_name=optimizer_name)
+def test_freeze_keeps_suppressed_encoder_bit_identical(optimizer_name, host_freeze):
+    model, optimizer, before = one_step("freeze", [[0.0, 1.0], [0.0, 1.0]], optimizer_name=optimizer_name,
+                                        host_freeze=host_freeze)
     for name, param in model.named_parameters():
         if name.startswith("a."):
             assert torch.equal(param, before[name]), name
@@ -104,6 +108,20 @@ def test_freeze_then_release_equals_a_fresh_start_for_that_encoder():
     grad = model.a[0].weight.grad
     expected = grad + 1e-2 * before["a.0.weight"]
     assert torch.allclose(buffer, expected)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("optimizer_name", ["sgd", "adam", "adamw"])
+def test_freeze_on_the_host_gives_the_same_weights_as_selecting_them_back(optimizer_name, foreach):
+    """The CPU fast path leaves frozen encoders out of the step (host_freeze); the graph-safe default
+    copies and selects them back. Frozen, released, frozen again, the other way round: same bits."""
+    kappa = [[0.0, 1.0], [0.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 0.0]]
+    selected, _, _ = one_step("freeze", kappa, steps=5, optimizer_name=optimizer_name, foreach=foreach)
+    skipped, optimizer, _ = one_step("freeze", kappa, steps=5, optimizer_name=optimizer_name, host_freeze=True,
+                                     foreach=foreach)
+    for (name, a), b in zip(selected.named_parameters(), skipped.parameters()):
+        assert torch.equal(a, b), name
+        assert b.grad is not None  # the gradients set aside are put back
 
 
 def test_zero_grad_still_lets_momentum_and_weight_decay_move_the_encoder():

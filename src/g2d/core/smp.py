@@ -173,8 +173,14 @@ class SMP:
     In your own loop: ``rank`` once (ranked schedule), ``start_epoch`` each epoch, and ``apply``
     after the step's last ``backward()`` and before ``optimizer.step()``. The CLI's engine uses the
     same object through ``coefficients``, ``scale_gradients`` and ``optimizer_step``, which never
-    read kappa on the host.
+    read kappa on the host unless ``host_freeze`` is set.
     """
+
+    # How ``optimizer_step`` holds a frozen encoder still: False selects its parameters and optimizer
+    # state back with ``torch.where`` (no host read, so the step can be captured in a CUDA graph);
+    # True reads kappa on the host and leaves the frozen encoders out of the step, which is free on the
+    # CPU and saves copying every encoder twice a step. Both give the same weights and updates.
+    host_freeze = False
 
     # ``tau="auto"`` ends phases on g2d's own validation metrics (``end_epoch``), which only the CLI's
     # engine computes: the CLI's ``Modulator`` accepts it, the public ``SMP`` refuses it.
@@ -315,6 +321,9 @@ class SMP:
         if self.config.suppression != "freeze":
             optimizer.step()
             return
+        if self.host_freeze:
+            self.step_without_frozen(optimizer, kappa)
+            return
         saved = []
         for index, params in enumerate(self.targets):
             for param in params:
@@ -332,6 +341,20 @@ class SMP:
                         if previous is None:
                             previous = torch.zeros_like(value)
                         value.copy_(torch.where(keep, previous, value))
+
+    def step_without_frozen(self, optimizer: torch.optim.Optimizer, kappa: torch.Tensor) -> None:
+        """``optimizer.step()`` with the gradients of encoders whose kappa is 0 set aside: every torch
+        optimizer skips a parameter without a gradient (no update, no momentum, no weight decay, no
+        state created), which is what ``torch.where`` restores. The gradients are put back after."""
+        aside = [(param, param.grad) for value, params in zip(kappa.tolist(), self.targets) if value == 0
+                 for param in params]
+        for param, _ in aside:
+            param.grad = None
+        try:
+            optimizer.step()
+        finally:
+            for param, grad in aside:
+                param.grad = grad
 
     def rank(self, confidences: Mapping[str, float | torch.Tensor]) -> list[str]:
         """Rank the modalities by their teachers' mean confidence on the training set (Eq. 5; ranked

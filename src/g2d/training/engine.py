@@ -154,6 +154,8 @@ def prepare_training(
         teachers.to(device)
     prepare_modules(plan, model, teachers)
     optimizer = build_optimizer(model, config.optim, **plan.optimizer_options())
+    if modulator is not None:
+        modulator.host_freeze = plan.host_freeze
     path = TrainingPath(plan, method, data, batches, teachers, modulator, optimizer, config.trainer.eval_batch_size)
     # The method steps through DDP when several processes train; everything else holds the model itself.
     method.setup(MethodContext(model=distributed.wrap_model(model, device), optimizer=optimizer, data=data,
