@@ -17,7 +17,7 @@ On a GPU it then checks the CUDA graph capture: the same steps, across an SMP ph
     python benchmarks/student_step.py --shapes avmnist --modalities 2 --batch-sizes 16 --profile  # + top operators
     python benchmarks/student_step.py --profile-only           # only the top operators, per shape, batch 16
     OMP_WAIT_POLICY=PASSIVE python benchmarks/student_step.py --shapes avmnist --modalities 2 --batch-sizes 16 \
-        --paths reference fast-fp32 fast-bf16 fast-bf16-channels-last --repeats 3   # the CPU's paths, issue 35
+        --paths reference fast-fp32 fast-bf16 --repeats 5 --warmup 3 --steps 4   # the CPU's paths, issue 35
 
 On the CPU, set ``OMP_WAIT_POLICY=PASSIVE`` as ``import g2d`` does (this script imports torch
 first): with OpenMP's default spinning, a loaded machine collapses multi-threaded steps.
@@ -56,7 +56,7 @@ EPOCHS = 300  # SMP's default window is the first half, so epoch 0 is modulated
 CHECK_RTOL = 5e-2
 
 
-CHANNELS_LAST = "channels_last"  # a benchmark-only switch: the fast path's CUDA conv layout, on any device
+CHANNELS_LAST = "channels_last"  # a benchmark-only switch: channels_last on any path (CUDA and CPU bf16 have it already)
 PATHS = {
     "reference": ["trainer.reference=true"],
     "fast": ["trainer.fast=true"],
@@ -69,7 +69,7 @@ PATHS = {
 
 @contextlib.contextmanager
 def channels_last_plan(on: bool) -> Iterator[None]:
-    """While building, plans switch on channels_last weights and image inputs (CUDA does it already)."""
+    """While building, plans switch on channels_last weights and image inputs (CUDA and CPU bf16 do already)."""
     if not on:
         yield
         return

@@ -66,8 +66,8 @@ UNVERIFIED_NOTE = (
 FAST_PATH_VERIFIED_ON_CPU = False
 CPU_OPT_IN_NOTE = (
     "this CPU computes bf16 natively ({features}): opt in to bf16 training with trainer.fast=true "
-    "trainer.precision=bf16 (its speed varies by CPU and model: docs/performance.md); not the default until its "
-    "check shows it changes no result (docs/results/bf16_check.md)"
+    "trainer.precision=bf16 (its speed varies by CPU and model: docs/performance.md); not the default: its "
+    "training-level check did not pass (docs/results/bf16_check.md)"
 )
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
 NATIVE_BF16_FEATURES = ("avx512_bf16", "amx_bf16")
