@@ -455,7 +455,7 @@ class TrainingPath:
         inputs = self.augment(to_device(batch, self.data, self.device))
         if self.plan.channels_last:
             for modality, spec in self.data.modalities.items():
-                if spec.kind == "image":
+                if spec.kind == "image" and inputs[modality].dim() == 4:  # channels_last is a 4-D layout
                     inputs[modality] = inputs[modality].contiguous(memory_format=torch.channels_last)
         return inputs
 
