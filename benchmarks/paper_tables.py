@@ -12,6 +12,7 @@ design detects with 80 % power:
     python benchmarks/paper_tables.py --tables-only      # regenerate docs/results/paper_tables.md from the CSV
     python benchmarks/paper_tables.py --pilot 12 24 48 --data DATA --out OUT     # choose a schedule (issue 31)
     python benchmarks/paper_tables.py --epochs pilot --seeds 0 1 2 3 4 5 6 7 8 9 --points ... --data DATA --out OUT
+    python benchmarks/paper_tables.py --epochs 48 --authors ...   # the same under the authors' protocol (AUTHORS)
 
 Runs append each seed's rows to the CSV as that seed ends, and skip every (configuration, seed) already there.
 
@@ -83,10 +84,19 @@ def points(epochs: int = EPOCHS) -> dict[str, list[str]]:
     }
 
 
-def paths(epochs: int) -> tuple[Path, Path, Path]:
-    """The raw CSV, the parts' record (JSON) and the generated page of the grid at ``epochs``."""
+def paths(epochs: int, authors: bool = False) -> tuple[Path, Path, Path]:
+    """The raw CSV, the parts' record (JSON) and the generated page of the grid at ``epochs`` (its authors'-protocol
+    arm keeps its own CSV and record and is rendered on the same page)."""
     stem = "paper_tables" if epochs == EPOCHS else f"paper_tables_e{epochs}"
-    return RESULTS / f"{stem}.csv", RESULTS / f"{stem}.json", RESULTS / f"{stem}.md"
+    page = RESULTS / f"{stem}.md"
+    stem += "_authors" if authors else ""
+    return RESULTS / f"{stem}.csv", RESULTS / f"{stem}.json", page
+
+
+# The authors' protocol (issue 31 item 4): train on the whole training split and keep the epoch with the best test
+# score, for the teachers too. avdigits carves validation from its 1,500 training rows; one row (the last) is the
+# least it can hold out, so these runs train on 1,499 rows, and their 'test' rule is the authors' selection.
+AUTHORS = ["dataset.options.val_rows=1", "trainer.select=test"]
 
 
 POINTS = points()
@@ -298,13 +308,18 @@ def comparison_rows(found: list[Contrast]) -> list[str]:
     return rows
 
 
-def changed_verdicts(table: dict[str, dict[int, dict]]) -> list[str]:
-    """Cells whose verdict word differs between validation selection and the authors' best-on-test rule."""
+def changed_verdicts(val_cells: list[Contrast], other_cells: list[Contrast], name: str = "test") -> list[str]:
+    """Cells whose verdict word, or whose interval's side of zero, differs between validation selection and
+    ``other_cells`` (the best-on-test rule, on the same runs or under the authors' protocol)."""
     lines = []
-    for val, test in zip(contrasts(table, "val"), contrasts(table, "test")):
+    other = {(c.first, c.second, c.column): c for c in other_cells}
+    for val in val_cells:
+        test = other.get((val.first, val.second, val.column))
+        if test is None:
+            continue
         if val.verdict != test.verdict or (val.low > 0) != (test.low > 0) or (val.high < 0) != (test.high < 0):
             lines.append(f"- {val.first} − {val.second}, {val.column}: val {val.quote()} ({val.verdict}); "
-                         f"test {test.quote()} ({test.verdict})")
+                         f"{name} {test.quote()} ({test.verdict})")
     return lines
 
 
@@ -325,8 +340,10 @@ RULE_TEXT = [
 ]
 
 
-def render(table: dict[str, dict[int, dict]], meta: dict, epochs: int = EPOCHS) -> str:
-    """The markdown page: setup, the declared primary contrast and verdict rule, tables, the selection rule."""
+def render(table: dict[str, dict[int, dict]], meta: dict, epochs: int = EPOCHS,
+           authors: dict[str, dict[int, dict]] | None = None) -> str:
+    """The markdown page: setup, the declared primary contrast and verdict rule, tables, the selection rule, and
+    the authors' protocol (``authors``: the rows of that arm) against validation selection."""
     parts = meta.get("parts", [])
     option = "" if epochs == EPOCHS else f" --epochs {epochs}"
     lines = [f"# Paper tables on avdigits (CPU schedule, {epochs} epochs), generated from {paths(epochs)[0].name}", "",
@@ -359,7 +376,7 @@ def render(table: dict[str, dict[int, dict]], meta: dict, epochs: int = EPOCHS) 
               "", "## The same under the authors' rule (epoch with the best test score: optimistic)", "",
               *header, *comparison_rows(contrasts(table, "test")),
               "", "## Cells whose verdict, or whose unadjusted interval's side of zero, differs between the two rules", "",
-              *(changed_verdicts(table) or ["- none"]),
+              *(changed_verdicts(val, contrasts(table, "test")) or ["- none"]),
               "", "## How much the selection rule matters (same runs, points of test accuracy)", "",
               "Each of the two difference columns is one Holm family; p (Holm) in brackets.", "",
               "| method | seeds | test rule − val rule | last − val rule | val-rule epoch (mean, from 0) |",
@@ -375,12 +392,36 @@ def render(table: dict[str, dict[int, dict]], meta: dict, epochs: int = EPOCHS) 
                 for cells, adjusted in columns]
         epoch = statistics.mean(r["val_best_epoch"] for r in table[label].values())
         lines.append(f"| {label} | {len(table[label])} | {text[0]} | {text[1]} | {epoch:.1f} |")
+    if authors:
+        found = contrasts(authors, "test")
+        lines += ["", "## The authors' protocol: the whole training split, the epoch with the best test score", "",
+                  "Separate runs (`--authors`: " + " ".join(f"`{o}`" for o in AUTHORS) + "): teachers and students "
+                  "train on 1,499 of the 1,500 training rows (one row is the least the loader holds out) and keep "
+                  "the epoch with the best test score; on ties the earlier epoch (the authors' code keeps the later). "
+                  "Each comparison is paired by seed within this arm. The primary cell is the primary contrast's "
+                  "second sensitivity check.", "",
+                  *(f"- `{p['command']}`: {p['elapsed_seconds'] / 60:.0f} min, load {p['load']}"
+                    for p in meta.get("authors_parts", [])), "",
+                  "| method | seeds | multimodal | audio | image |", "| --- | --- | --- | --- | --- |"]
+        for label in [*TABLE4, *(p for p in POINTS if p not in TABLE4)]:
+            runs = list(authors.get(label, {}).values())
+            if runs:
+                lines.append(f"| {label} | {len(runs)} | "
+                             + " | ".join(percent([r[f"test_{c}"] for r in runs]) for c in COLUMNS) + " |")
+        lines += ["", *header, *comparison_rows(found), "",
+                  "### Cells whose verdict, or whose interval's side of zero, differs between validation selection "
+                  "(90 % of the training rows) and the authors' protocol", "",
+                  *(changed_verdicts(val, found, "authors") or ["- none"])]
     return "\n".join(lines) + "\n"
 
 
 def run_missing(labels: dict[str, list[str]], seeds: list[int], epochs: int, csv_path: Path, data: Path, out: Path,
-                workers: int, pilot: bool = False, after_seed: Callable[[int], None] = lambda seed: None) -> None:
-    """Run every (configuration, seed) the CSV lacks, one seed at a time, appending that seed's rows when it ends."""
+                workers: int, pilot: bool = False, after_seed: Callable[[int], None] = lambda seed: None,
+                authors: bool = False) -> None:
+    """Run every (configuration, seed) the CSV lacks, one seed at a time, appending that seed's rows when it ends;
+    ``authors``: under the authors' protocol (``AUTHORS``), in a folder of its own."""
+    if authors:
+        labels = {label: [*overrides, *AUTHORS] for label, overrides in labels.items()}
     for seed in seeds:
         done = {(row["config"], int(row["seed"])) for row in read_csv(csv_path)
                 if not pilot or int(row["epochs"]) == epochs}
@@ -388,7 +429,8 @@ def run_missing(labels: dict[str, list[str]], seeds: list[int], epochs: int, csv
         if not missing:
             continue
         results = run_sweep(CONFIG, [f"dataset.root={data}", *schedule(epochs)],
-                            [Point(label, labels[label]) for label in missing], [seed], out / f"e{epochs}",
+                            [Point(label, labels[label]) for label in missing], [seed],
+                            out / f"e{epochs}{'_authors' if authors else ''}",
                             workers=workers, log=lambda line: print(line, flush=True))
         append_rows(csv_path, [csv_row(label, labels[label], metrics, epochs if pilot else None)
                                for label, runs in results.items() for metrics in runs])
@@ -466,6 +508,8 @@ def main() -> None:
     parser.add_argument("--machine", default="2-core CPU shared with other jobs", help="what ran it, for the page")
     parser.add_argument("--tables-only", action="store_true", help="regenerate the tables from the committed CSV")
     parser.add_argument("--pilot-only", action="store_true", help="regenerate the pilot's page from its CSV")
+    parser.add_argument("--authors", action="store_true",
+                        help="run the authors'-protocol arm (whole training split, best test epoch) into its own CSV")
     args = parser.parse_args()
     command = shlex.join(["python", "benchmarks/paper_tables.py", *sys.argv[1:]])
     started, load_before = time.perf_counter(), os.getloadavg()[0]
@@ -494,19 +538,25 @@ def main() -> None:
     if unknown:
         parser.error(f"--points: unknown configuration {unknown[0]!r}; known: {', '.join(labels)}")
     csv_path, meta_path, tables_path = paths(epochs)
+    authors_csv, authors_meta, _ = paths(epochs, authors=True)
     if running:
+        run_csv, run_meta = (authors_csv, authors_meta) if args.authors else (csv_path, meta_path)
         part = {"id": f"{time.time():.0f}", "command": command}
-        seeds = sorted({*(json.loads(meta_path.read_text()).get("seeds", []) if meta_path.is_file() else []), *args.seeds})
+        seeds = sorted({*(json.loads(run_meta.read_text()).get("seeds", []) if run_meta.is_file() else []), *args.seeds})
+        extra = [*schedule(epochs), *(AUTHORS if args.authors else [])]
         info = {"data": f"avdigits capped ({args.data.name}: see docs/results.md)",
-                "schedule": f"{CONFIG.name} with {' '.join(schedule(epochs))}", "seeds": seeds, "workers": args.workers,
+                "schedule": f"{CONFIG.name} with {' '.join(extra)}", "seeds": seeds, "workers": args.workers,
                 "machine": f"{args.machine} ({platform.machine()}, OMP_NUM_THREADS=1 per worker)"}
-        record_part(meta_path, part, started, load_before, **info)
-        run_missing({p: labels[p] for p in args.points}, args.seeds, epochs, csv_path, args.data, args.out,
-                    args.workers, after_seed=lambda seed: record_part(meta_path, part, started, load_before, **info))
+        record_part(run_meta, part, started, load_before, **info)
+        run_missing({p: labels[p] for p in args.points}, args.seeds, epochs, run_csv, args.data, args.out,
+                    args.workers, after_seed=lambda seed: record_part(run_meta, part, started, load_before, **info),
+                    authors=args.authors)
     if not csv_path.is_file():
         sys.exit(f"{csv_path}: no raw results yet; run the grid first")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    page = render(read_rows(csv_path), meta, epochs)
+    if authors_meta.is_file():
+        meta["authors_parts"] = json.loads(authors_meta.read_text()).get("parts", [])
+    page = render(read_rows(csv_path), meta, epochs, read_rows(authors_csv) if authors_csv.is_file() else None)
     tables_path.write_text(page)
     print(page)
 

@@ -223,3 +223,27 @@ def test_bf16_page_is_rendered_from_its_committed_csv():
     bf16 = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bf16)
     assert (ROOT / "docs" / "results" / "bf16_check.md").read_text() == bf16.render(bf16.read_rows())
+
+
+def test_the_authors_protocol_runs_apart_and_its_changed_verdicts_are_listed(tmp_path, monkeypatch, table):
+    """Item 4: the authors' arm adds its overrides, runs in a folder of its own, and the page lists each cell whose
+    verdict differs between validation selection and that arm."""
+    calls = []
+
+    def sweep(config, overrides, points, seeds, out, workers, log):
+        calls.append((out.name, [p.overrides for p in points]))
+        return {p.label: [fake_metrics(seeds[0], 3)] for p in points}
+
+    monkeypatch.setattr(script, "run_sweep", sweep)
+    labels = {"G²D": script.points(12)["G²D"]}
+    script.run_missing(labels, [0], 12, tmp_path / "authors.csv", tmp_path, tmp_path / "runs", 2, authors=True)
+    assert calls == [("e12_authors", [[*labels["G²D"], *script.AUTHORS]])]
+    assert script.paths(12, authors=True)[0].name == "paper_tables_e12_authors.csv"
+    assert script.paths(12, authors=True)[2] == script.paths(12)[2]  # one page for both arms
+    # The authors' arm as the committed 6-epoch grid's best-on-test scores: the page's list must equal the same-run list.
+    page = script.render(table, {}, epochs=24, authors=table)
+    arm = page.split("## The authors' protocol")[1]
+    same_runs = script.changed_verdicts(script.contrasts(table, "val"), script.contrasts(table, "test"))
+    assert same_runs and [line.replace("; authors ", "; test ") for line in arm.split("- none")[0].splitlines()
+                          if line.startswith("- ") and " − " in line] == same_runs
+    assert "| Table 4 | G²D − Joint-Train (primary) |" in arm
