@@ -16,7 +16,8 @@ JOINT_SMP = "Joint-Train + SMP"
 INTERVAL = re.compile(r"[+-]?\d+\.\d \[[+-]?\d+\.\d, [+-]?\d+\.\d\]")
 
 # Every interval each file quotes, in the order it appears: (words within 200 characters before it, A, B, selection
-# rule, score, whether "detectable X" follows it). The quote must read "A − B [CI], p ..." as the CSV gives it.
+# rule, score, whether "detectable X" follows it[, the grid's epochs when not the 6-epoch grid; rule "authors" is that
+# grid's authors'-protocol arm]). The quote must read "A − B [CI], p ..." as the CSV gives it.
 CLAIMS = {
     "README.md": [
         ("primary contrast", G2D, JOINT, "val", "multimodal", False),
@@ -79,15 +80,28 @@ def flat(path: str) -> str:
     return " ".join((ROOT / path).read_text().split())
 
 
-@pytest.mark.parametrize("path", sorted(CLAIMS))
-def test_every_quoted_interval_is_what_the_committed_csv_gives(path, table):
+def grid(epochs: int) -> dict:
+    """``{rule: contrasts}`` of the committed grid at ``epochs`` (its authors' arm under the rule 'authors')."""
+    table = script.read_rows(script.paths(epochs)[0])
     found = {rule: script.contrasts(table, rule) for rule in script.RULES if rule != "last"}
+    authors = script.paths(epochs, authors=True)[0]
+    if authors.is_file():
+        found["authors"] = script.contrasts(script.read_rows(authors), "test")
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(CLAIMS))
+def test_every_quoted_interval_is_what_the_committed_csv_gives(path):
+    """Each claim quotes the 6-epoch grid, or the grid at the epochs its eighth field names."""
+    grids = {}
     text = flat(path)
     matches = list(INTERVAL.finditer(text))
     assert len(matches) == len(CLAIMS[path]), (
         f"{path} quotes {len(matches)} intervals, the claims table lists {len(CLAIMS[path])}: "
         f"{[m.group() for m in matches]}")
-    for match, (words, first, second, rule, column, detectable) in zip(matches, CLAIMS[path]):
+    for match, (words, first, second, rule, column, detectable, *epochs) in zip(matches, CLAIMS[path]):
+        epochs = epochs[0] if epochs else script.EPOCHS
+        found = grids.setdefault(epochs, grid(epochs))
         contrast = script.find(found[rule], first, second, column)
         where = f"{path}: {first} − {second} ({rule}, {column}) at ...{text[match.start() - 60:match.end() + 20]}..."
         assert text.startswith(contrast.quote(), match.start()), f"{where}: the CSV gives {contrast.quote()}"
