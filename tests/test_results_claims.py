@@ -53,6 +53,13 @@ CLAIMS = {
         ("tau 5", "G²D, tau 5/6", G2D, "val", "multimodal", False),
         ("audio inside", "G²D, tau 5/6", G2D, "val", "audio", False),
         ("image inside", "G²D, tau 5/6", G2D, "val", "image", False),
+        ("G²D − Joint-Train at 48 epochs", G2D, JOINT, "val", "multimodal", False, 48),
+        ("G²D − UMT at 48 epochs", G2D, UMT, "val", "multimodal", False, 48),
+        ("Joint-Train + SMP − Joint-Train at 48 epochs", JOINT_SMP, JOINT, "val", "multimodal", False, 48),
+        ("UMT + SMP − UMT at 48 epochs", UMT_SMP, UMT, "val", "multimodal", False, 48),
+        ("G²D − G²D loss at 48 epochs", G2D, LOSS, "val", "multimodal", False, 48),
+        ("tau 1/6 at 48 epochs", "G²D, tau 1/6", G2D, "val", "multimodal", False, 48),
+        ("tau 5/6 at 48 epochs", "G²D, tau 5/6", G2D, "val", "multimodal", False, 48),
         ("supersedes these with Joint-Train + SMP − Joint-Train", JOINT_SMP, JOINT, "val", "multimodal", False),
     ],
 }
