@@ -107,6 +107,7 @@ PILOT_CSV, PILOT_PAGE = RESULTS / "schedule_pilot.csv", RESULTS / "schedule_pilo
 PILOT_SEEDS = [0, 1, 2]
 SETTLED = 0.8  # the kept epoch (counted from 1) must average below this share of the epochs, for both methods
 TABLE4 = ["Joint-Train", "Joint-Train + SMP", "UMT", "UMT + SMP", "G²D loss (no SMP)", "G²D"]
+ORDER = [*TABLE4, *(p for p in POINTS if p not in TABLE4)]  # the rows of every per-method table
 # (section, first, second): each row is first - second, paired by seed.
 COMPARISONS = [
     ("Table 4", "Joint-Train + SMP", "Joint-Train"),
@@ -362,7 +363,7 @@ def render(table: dict[str, dict[int, dict]], meta: dict, epochs: int = EPOCHS,
                   f"**{primary.verdict}**.", ""]
     lines += ["## Table 4 analogue: test accuracy (%), mean ± std over seeds, epoch chosen on validation", "",
               "| method | seeds | multimodal | audio | image | wall s/run |", "| --- | --- | --- | --- | --- | --- |"]
-    for label in [*TABLE4, *(p for p in POINTS if p not in TABLE4)]:
+    for label in ORDER:
         runs = list(table.get(label, {}).values())
         if not runs:
             continue
@@ -403,7 +404,7 @@ def render(table: dict[str, dict[int, dict]], meta: dict, epochs: int = EPOCHS,
                   *(f"- `{p['command']}`: {p['elapsed_seconds'] / 60:.0f} min, load {p['load']}"
                     for p in meta.get("authors_parts", [])), "",
                   "| method | seeds | multimodal | audio | image |", "| --- | --- | --- | --- | --- |"]
-        for label in [*TABLE4, *(p for p in POINTS if p not in TABLE4)]:
+        for label in ORDER:
             runs = list(authors.get(label, {}).values())
             if runs:
                 lines.append(f"| {label} | {len(runs)} | "

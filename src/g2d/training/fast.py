@@ -159,8 +159,7 @@ def plan_training(
         return TrainingPlan(fast=False, device=device, augment_seed=augment_seed, hint=hint)
     # On the CPU a host read of SMP's kappa costs nothing and no step is captured, so ``freeze`` skips
     # the frozen encoders in the optimizer step instead of copying and selecting them back.
-    plan = TrainingPlan(fast=True, device=device, channels_last=cuda, fused_optimizer=cuda, host_freeze=not cuda,
-                        augment_seed=augment_seed)
+    plan = TrainingPlan(fast=True, device=device, fused_optimizer=cuda, host_freeze=not cuda, augment_seed=augment_seed)
     if precision == "auto":
         precision = "bf16" if cuda or (native and FAST_PATH_VERIFIED_ON_CPU) else "fp32"
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
